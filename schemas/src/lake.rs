@@ -1,0 +1,654 @@
+//! The lake's tables as Arrow schemas, and the columnar conversion of flow batches.
+//!
+//! Column types are the ones Delta Lake can store (signed integers, microsecond UTC
+//! timestamps, strings, maps, lists), so that Spark, Trino, DuckDB, Polars and DataFusion
+//! read the tables without casts. IP addresses are text; "unknown" is NULL, never "" or 0.
+//!
+//! [`FlowColumns`] appends [`FlowBatch`]es straight into Arrow column builders: no
+//! intermediate row structs, and no allocation per row (addresses are formatted into one
+//! reused buffer).
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+use crate::proto::{Direction, FlowBatch, FlowRecord, PolicyDecision};
+
+/// A lake table: its name, schema and Hive-style partition columns.
+#[derive(Clone, Copy, Debug)]
+pub struct TableSpec {
+    pub name: &'static str,
+    pub partition_columns: &'static [&'static str],
+    pub schema: fn() -> SchemaRef,
+    pub description: &'static str,
+}
+
+/// Every lake table (the read models of the topics).
+pub const TABLES: &[TableSpec] = &[
+    TableSpec {
+        name: "flows",
+        partition_columns: &["date", "hour"],
+        schema: flows_schema,
+        description: "one row per evicted flow record, enriched with workloads, labels, DNS name and policy decision",
+    },
+    TableSpec {
+        name: "edges",
+        partition_columns: &["date"],
+        schema: edges_schema,
+        description: "the application-dependency map: per time window, source -> destination workload, port, protocol, process",
+    },
+    TableSpec {
+        name: "workloads",
+        partition_columns: &[],
+        schema: workloads_schema,
+        description: "hosts with their addresses, listening services and labels (from the inventory topic)",
+    },
+    TableSpec {
+        name: "policy",
+        partition_columns: &[],
+        schema: policy_schema,
+        description: "every provisioned policy version",
+    },
+    TableSpec {
+        name: "recommendations",
+        partition_columns: &[],
+        schema: recommendations_schema,
+        description: "candidate rules with their evidence",
+    },
+    TableSpec {
+        name: "status",
+        partition_columns: &[],
+        schema: status_schema,
+        description: "enforcer heartbeats: applied version, mode, rule count, errors",
+    },
+];
+
+/// The spec of the table called `name`.
+pub fn table(name: &str) -> Option<&'static TableSpec> {
+    TABLES.iter().find(|t| t.name == name)
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// `map<string, string>` as arrow's `MapBuilder` produces it (and Parquet stores it).
+pub fn labels_type() -> DataType {
+    DataType::Map(
+        Arc::new(Field::new(
+            "entries",
+            DataType::Struct(Fields::from(vec![
+                Field::new("keys", DataType::Utf8, false),
+                Field::new("values", DataType::Utf8, true),
+            ])),
+            false,
+        )),
+        false,
+    )
+}
+
+/// `list<string>` as arrow's `ListBuilder` produces it.
+pub fn string_list_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
+fn f(name: &str, data_type: DataType, nullable: bool) -> Field {
+    Field::new(name, data_type, nullable)
+}
+
+/// The `flows` table. Partitioned by the UTC `date` and `hour` of `first_seen`.
+pub fn flows_schema() -> SchemaRef {
+    use DataType::*;
+    Arc::new(Schema::new(vec![
+        f("date", Date32, false),
+        f("hour", Int32, false),
+        f("host_id", Utf8, false),
+        f("interface", Utf8, true),
+        f("ifindex", Int32, false),
+        f("direction", Utf8, false),
+        f("ip_version", Int32, false),
+        f("src_ip", Utf8, false),
+        f("dst_ip", Utf8, false),
+        f("src_port", Int32, false),
+        f("dst_port", Int32, false),
+        f("protocol", Int32, false),
+        f("packets", Int64, false),
+        f("bytes", Int64, false),
+        f("tcp_flags", Int32, false),
+        f("first_seen", ts(), false),
+        f("last_seen", ts(), false),
+        f("sampling_rate", Int32, false),
+        f("pid", Int32, true),
+        f("process_name", Utf8, true),
+        f("executable", Utf8, true),
+        f("cgroup_id", Int64, true),
+        f("uid", Int32, true),
+        f("closed", Boolean, false),
+        f("local_is_server", Boolean, false),
+        f("dns_name", Utf8, true),
+        f("src_workload", Utf8, true),
+        f("dst_workload", Utf8, true),
+        f("src_labels", labels_type(), true),
+        f("dst_labels", labels_type(), true),
+        f("src_ip_lists", string_list_type(), true),
+        f("dst_ip_lists", string_list_type(), true),
+        f("policy_decision", Utf8, false),
+        f("policy_version", Int64, true),
+        f("agent_instance_id", Utf8, false),
+        f("batch_seq", Int64, false),
+    ]))
+}
+
+/// The `edges` table: the application-dependency map, one row per window and edge.
+pub fn edges_schema() -> SchemaRef {
+    use DataType::*;
+    Arc::new(Schema::new(vec![
+        f("date", Date32, false),
+        f("window_start", ts(), false),
+        f("window_end", ts(), false),
+        f("src_workload", Utf8, true),
+        f("src_ip", Utf8, true),
+        f("dst_workload", Utf8, true),
+        f("dst_ip", Utf8, true),
+        f("src_labels", labels_type(), true),
+        f("dst_labels", labels_type(), true),
+        f("dst_port", Int32, false),
+        f("protocol", Int32, false),
+        f("process", Utf8, true),
+        f("flows", Int64, false),
+        f("packets", Int64, false),
+        f("bytes", Int64, false),
+        f("first_seen", ts(), false),
+        f("last_seen", ts(), false),
+        f("policy_decision", Utf8, false),
+    ]))
+}
+
+/// The `workloads` table: the latest inventory of each host and its effective labels.
+pub fn workloads_schema() -> SchemaRef {
+    use DataType::*;
+    Arc::new(Schema::new(vec![
+        f("workload_id", Utf8, false),
+        f("hostname", Utf8, true),
+        f("os", Utf8, true),
+        f("agent_version", Utf8, true),
+        f("addresses", string_list_type(), true),
+        f("listening_ports", string_list_type(), true),
+        f("labels", labels_type(), true),
+        f("host_labels", labels_type(), true),
+        f("enforcement_mode", Utf8, true),
+        f("quarantined", Boolean, false),
+        f("observed_at", ts(), false),
+    ]))
+}
+
+/// The `policy` table: one row per provisioned version.
+pub fn policy_schema() -> SchemaRef {
+    use DataType::*;
+    Arc::new(Schema::new(vec![
+        f("version", Int64, false),
+        f("parent_version", Int64, false),
+        f("created_at", ts(), false),
+        f("provisioned_by", Utf8, false),
+        f("note", Utf8, true),
+        f("content_sha256", Utf8, false),
+        f("rulesets", Int32, false),
+        f("rules", Int32, false),
+        f("deny_rules", Int32, false),
+        f("document_json", Utf8, false),
+    ]))
+}
+
+/// The `recommendations` table.
+pub fn recommendations_schema() -> SchemaRef {
+    use DataType::*;
+    Arc::new(Schema::new(vec![
+        f("id", Utf8, false),
+        f("kind", Utf8, false),
+        f("ruleset", Utf8, false),
+        f("scope", labels_type(), true),
+        f("consumers", Utf8, false),
+        f("providers", Utf8, false),
+        f("services", Utf8, false),
+        f("flows", Int64, false),
+        f("bytes", Int64, false),
+        f("support", Float64, false),
+        f("confidence", Float64, false),
+        f("rationale", Utf8, true),
+        f("rule_json", Utf8, false),
+        f("created_at", ts(), false),
+        f("status", Utf8, false),
+    ]))
+}
+
+/// The `status` table: enforcer heartbeats.
+pub fn status_schema() -> SchemaRef {
+    use DataType::*;
+    Arc::new(Schema::new(vec![
+        f("host_id", Utf8, false),
+        f("at", ts(), false),
+        f("state", Utf8, false),
+        f("applied_version", Int64, false),
+        f("mode", Utf8, false),
+        f("quarantined", Boolean, false),
+        f("rule_count", Int32, false),
+        f("set_elements", Int32, false),
+        f("last_error", Utf8, true),
+        f("rejected_version", Int64, false),
+        f("dropped_packets", Int64, false),
+        f("potentially_blocked_packets", Int64, false),
+        f("apply_duration_us", Int64, false),
+    ]))
+}
+
+/// Text of a direction as the lake stores it.
+pub fn direction_text(direction: i32) -> &'static str {
+    match Direction::try_from(direction) {
+        Ok(Direction::Ingress) => "ingress",
+        Ok(Direction::Egress) => "egress",
+        _ => "unspecified",
+    }
+}
+
+/// Text of a policy decision as the lake stores it.
+pub fn decision_text(decision: i32) -> &'static str {
+    match PolicyDecision::try_from(decision) {
+        Ok(PolicyDecision::Allowed) => "allowed",
+        Ok(PolicyDecision::PotentiallyBlocked) => "potentially_blocked",
+        Ok(PolicyDecision::Blocked) => "blocked",
+        _ => "unknown",
+    }
+}
+
+const NS_PER_US: u64 = 1_000;
+const NS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
+const NS_PER_DAY: i64 = 24 * NS_PER_HOUR;
+
+/// UTC date (days since epoch) and hour of a Unix-nanosecond instant: the partition of a
+/// flow.
+pub fn date_hour(unix_ns: u64) -> (i32, i32) {
+    let ns = unix_ns.min(i64::MAX as u64) as i64;
+    (ns.div_euclid(NS_PER_DAY) as i32, ns.div_euclid(NS_PER_HOUR).rem_euclid(24) as i32)
+}
+
+fn micros(unix_ns: u64) -> i64 {
+    (unix_ns / NS_PER_US).min(i64::MAX as u64) as i64
+}
+
+/// Column builders for the `flows` table. Append batches, then [`finish`](Self::finish)
+/// into one `RecordBatch`; the builder is reset and can be reused.
+pub struct FlowColumns {
+    date: Date32Builder,
+    hour: Int32Builder,
+    host_id: StringBuilder,
+    interface: StringBuilder,
+    ifindex: Int32Builder,
+    direction: StringBuilder,
+    ip_version: Int32Builder,
+    src_ip: StringBuilder,
+    dst_ip: StringBuilder,
+    src_port: Int32Builder,
+    dst_port: Int32Builder,
+    protocol: Int32Builder,
+    packets: Int64Builder,
+    bytes: Int64Builder,
+    tcp_flags: Int32Builder,
+    first_seen: TimestampMicrosecondBuilder,
+    last_seen: TimestampMicrosecondBuilder,
+    sampling_rate: Int32Builder,
+    pid: Int32Builder,
+    process_name: StringBuilder,
+    executable: StringBuilder,
+    cgroup_id: Int64Builder,
+    uid: Int32Builder,
+    closed: BooleanBuilder,
+    local_is_server: BooleanBuilder,
+    dns_name: StringBuilder,
+    src_workload: StringBuilder,
+    dst_workload: StringBuilder,
+    src_labels: MapBuilder<StringBuilder, StringBuilder>,
+    dst_labels: MapBuilder<StringBuilder, StringBuilder>,
+    src_ip_lists: ListBuilder<StringBuilder>,
+    dst_ip_lists: ListBuilder<StringBuilder>,
+    policy_decision: StringBuilder,
+    policy_version: Int64Builder,
+    agent_instance_id: StringBuilder,
+    batch_seq: Int64Builder,
+    /// Reused buffer for formatting addresses.
+    ip_text: String,
+    rows: usize,
+}
+
+/// A record whose addresses are not 4 or 16 bytes long.
+#[derive(Debug, thiserror::Error)]
+#[error("flow record {index} of batch {batch_seq} from host {host_id:?}: {field} has {len} bytes, not 4 (IPv4) or 16 (IPv6)")]
+pub struct BadAddress {
+    pub host_id: String,
+    pub batch_seq: u64,
+    pub index: usize,
+    pub field: &'static str,
+    pub len: usize,
+}
+
+fn opt_str(builder: &mut StringBuilder, value: &str) {
+    if value.is_empty() {
+        builder.append_null();
+    } else {
+        builder.append_value(value);
+    }
+}
+
+fn append_labels(
+    builder: &mut MapBuilder<StringBuilder, StringBuilder>,
+    labels: &std::collections::BTreeMap<String, String>,
+) {
+    if labels.is_empty() {
+        builder.append(false).expect("map builder keys and values stay aligned");
+        return;
+    }
+    for (key, value) in labels {
+        builder.keys().append_value(key);
+        builder.values().append_value(value);
+    }
+    builder.append(true).expect("map builder keys and values stay aligned");
+}
+
+fn append_list(builder: &mut ListBuilder<StringBuilder>, items: &[String]) {
+    if items.is_empty() {
+        builder.append_null();
+        return;
+    }
+    for item in items {
+        builder.values().append_value(item);
+    }
+    builder.append(true);
+}
+
+impl Default for FlowColumns {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl FlowColumns {
+    /// Builders with room for `rows` rows (strings get a guessed average length).
+    pub fn with_capacity(rows: usize) -> Self {
+        let s = |avg: usize| StringBuilder::with_capacity(rows, rows * avg);
+        Self {
+            date: Date32Builder::with_capacity(rows),
+            hour: Int32Builder::with_capacity(rows),
+            host_id: s(16),
+            interface: s(8),
+            ifindex: Int32Builder::with_capacity(rows),
+            direction: s(7),
+            ip_version: Int32Builder::with_capacity(rows),
+            src_ip: s(14),
+            dst_ip: s(14),
+            src_port: Int32Builder::with_capacity(rows),
+            dst_port: Int32Builder::with_capacity(rows),
+            protocol: Int32Builder::with_capacity(rows),
+            packets: Int64Builder::with_capacity(rows),
+            bytes: Int64Builder::with_capacity(rows),
+            tcp_flags: Int32Builder::with_capacity(rows),
+            first_seen: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            last_seen: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            sampling_rate: Int32Builder::with_capacity(rows),
+            pid: Int32Builder::with_capacity(rows),
+            process_name: s(8),
+            executable: s(16),
+            cgroup_id: Int64Builder::with_capacity(rows),
+            uid: Int32Builder::with_capacity(rows),
+            closed: BooleanBuilder::with_capacity(rows),
+            local_is_server: BooleanBuilder::with_capacity(rows),
+            dns_name: s(8),
+            src_workload: s(0),
+            dst_workload: s(0),
+            src_labels: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
+            dst_labels: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
+            src_ip_lists: ListBuilder::new(StringBuilder::new()),
+            dst_ip_lists: ListBuilder::new(StringBuilder::new()),
+            policy_decision: s(7),
+            policy_version: Int64Builder::with_capacity(rows),
+            agent_instance_id: s(16),
+            batch_seq: Int64Builder::with_capacity(rows),
+            ip_text: String::with_capacity(48),
+            rows: 0,
+        }
+    }
+
+    /// Rows appended since the last `finish`.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Appends every record of `batch`. A record with a malformed address rejects the
+    /// whole batch, before anything is appended, so the columns never hold half a batch.
+    pub fn append_batch(&mut self, batch: &FlowBatch) -> Result<(), BadAddress> {
+        for (index, record) in batch.records.iter().enumerate() {
+            for (field, ip) in [("src_ip", &record.src_ip), ("dst_ip", &record.dst_ip)] {
+                if ip.len() != 4 && ip.len() != 16 {
+                    return Err(BadAddress {
+                        host_id: batch.host_id.clone(),
+                        batch_seq: batch.batch_seq,
+                        index,
+                        field,
+                        len: ip.len(),
+                    });
+                }
+            }
+        }
+        for record in &batch.records {
+            self.append_record(batch, record);
+        }
+        Ok(())
+    }
+
+    fn append_record(&mut self, batch: &FlowBatch, r: &FlowRecord) {
+        let (date, hour) = date_hour(r.first_seen_unix_ns);
+        self.date.append_value(date);
+        self.hour.append_value(hour);
+        let host_id = if r.host_id.is_empty() { &batch.host_id } else { &r.host_id };
+        self.host_id.append_value(host_id);
+        opt_str(&mut self.interface, &r.interface);
+        self.ifindex.append_value(r.ifindex as i32);
+        self.direction.append_value(direction_text(r.direction));
+        self.ip_version.append_value(r.ip_version as i32);
+        crate::ip::write_text(&r.src_ip, &mut self.ip_text);
+        self.src_ip.append_value(&self.ip_text);
+        crate::ip::write_text(&r.dst_ip, &mut self.ip_text);
+        self.dst_ip.append_value(&self.ip_text);
+        self.src_port.append_value(r.src_port as i32);
+        self.dst_port.append_value(r.dst_port as i32);
+        self.protocol.append_value(r.protocol as i32);
+        self.packets.append_value(r.packets.min(i64::MAX as u64) as i64);
+        self.bytes.append_value(r.bytes.min(i64::MAX as u64) as i64);
+        self.tcp_flags.append_value(r.tcp_flags as i32);
+        self.first_seen.append_value(micros(r.first_seen_unix_ns));
+        self.last_seen.append_value(micros(r.last_seen_unix_ns));
+        self.sampling_rate.append_value(r.sampling_rate.max(1) as i32);
+        self.pid.append_option((r.pid != 0).then_some(r.pid as i32));
+        opt_str(&mut self.process_name, &r.process_name);
+        opt_str(&mut self.executable, &r.executable);
+        // cgroup ids are 64-bit kernfs ids; stored bit for bit in a signed column.
+        self.cgroup_id.append_option((r.cgroup_id != 0).then_some(r.cgroup_id as i64));
+        self.uid.append_option((r.pid != 0).then_some(r.uid as i32));
+        self.closed.append_value(r.closed);
+        self.local_is_server.append_value(r.local_is_server);
+        opt_str(&mut self.dns_name, &r.remote_dns_name);
+        opt_str(&mut self.src_workload, &r.src_workload);
+        opt_str(&mut self.dst_workload, &r.dst_workload);
+        append_labels(&mut self.src_labels, &r.src_labels);
+        append_labels(&mut self.dst_labels, &r.dst_labels);
+        append_list(&mut self.src_ip_lists, &r.src_ip_lists);
+        append_list(&mut self.dst_ip_lists, &r.dst_ip_lists);
+        self.policy_decision.append_value(decision_text(r.policy_decision));
+        self.policy_version.append_option((r.policy_version != 0).then_some(r.policy_version as i64));
+        self.agent_instance_id.append_value(&batch.agent_instance_id);
+        self.batch_seq.append_value(batch.batch_seq as i64);
+        self.rows += 1;
+    }
+
+    /// The appended rows as a `RecordBatch` of [`flows_schema`]; the builders are reset.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.date.finish()),
+            Arc::new(self.hour.finish()),
+            Arc::new(self.host_id.finish()),
+            Arc::new(self.interface.finish()),
+            Arc::new(self.ifindex.finish()),
+            Arc::new(self.direction.finish()),
+            Arc::new(self.ip_version.finish()),
+            Arc::new(self.src_ip.finish()),
+            Arc::new(self.dst_ip.finish()),
+            Arc::new(self.src_port.finish()),
+            Arc::new(self.dst_port.finish()),
+            Arc::new(self.protocol.finish()),
+            Arc::new(self.packets.finish()),
+            Arc::new(self.bytes.finish()),
+            Arc::new(self.tcp_flags.finish()),
+            Arc::new(self.first_seen.finish()),
+            Arc::new(self.last_seen.finish()),
+            Arc::new(self.sampling_rate.finish()),
+            Arc::new(self.pid.finish()),
+            Arc::new(self.process_name.finish()),
+            Arc::new(self.executable.finish()),
+            Arc::new(self.cgroup_id.finish()),
+            Arc::new(self.uid.finish()),
+            Arc::new(self.closed.finish()),
+            Arc::new(self.local_is_server.finish()),
+            Arc::new(self.dns_name.finish()),
+            Arc::new(self.src_workload.finish()),
+            Arc::new(self.dst_workload.finish()),
+            Arc::new(self.src_labels.finish()),
+            Arc::new(self.dst_labels.finish()),
+            Arc::new(self.src_ip_lists.finish()),
+            Arc::new(self.dst_ip_lists.finish()),
+            Arc::new(self.policy_decision.finish()),
+            Arc::new(self.policy_version.finish()),
+            Arc::new(self.agent_instance_id.finish()),
+            Arc::new(self.batch_seq.finish()),
+        ];
+        self.rows = 0;
+        RecordBatch::try_new(flows_schema(), columns)
+    }
+}
+
+/// Converts flow batches into one `RecordBatch` of the `flows` schema.
+pub fn flow_batches_to_arrow<'a>(
+    batches: impl IntoIterator<Item = &'a FlowBatch>,
+) -> Result<RecordBatch, FlowConversionError> {
+    let batches: Vec<&FlowBatch> = batches.into_iter().collect();
+    let rows = batches.iter().map(|b| b.records.len()).sum();
+    let mut columns = FlowColumns::with_capacity(rows);
+    for batch in batches {
+        columns.append_batch(batch)?;
+    }
+    Ok(columns.finish()?)
+}
+
+/// Why flow batches could not be converted.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowConversionError {
+    #[error(transparent)]
+    BadAddress(#[from] BadAddress),
+    #[error("building the Arrow batch failed (a bug in bulkhead-schemas): {0}")]
+    Arrow(#[from] ArrowError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type};
+
+    fn record(i: u32) -> FlowRecord {
+        FlowRecord {
+            host_id: "h1".into(),
+            interface: "eth0".into(),
+            direction: Direction::Egress as i32,
+            ip_version: 4,
+            src_ip: vec![10, 0, 0, 1],
+            dst_ip: vec![10, 0, 0, 2],
+            src_port: 40000 + i,
+            dst_port: 443,
+            protocol: 6,
+            packets: 3,
+            bytes: 180,
+            first_seen_unix_ns: 1_764_115_200_000_000_000 + u64::from(i), // 2025-11-26T00:00Z
+            last_seen_unix_ns: 1_764_115_201_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_table_schema_builds_and_names_are_unique() {
+        let mut names = std::collections::HashSet::new();
+        for table in TABLES {
+            let schema = (table.schema)();
+            for column in table.partition_columns {
+                assert!(schema.field_with_name(column).is_ok(), "{}.{column}", table.name);
+            }
+            assert!(names.insert(table.name), "duplicate table {}", table.name);
+        }
+    }
+
+    #[test]
+    fn converts_records_with_nulls_for_unknowns() {
+        let mut with_process = record(1);
+        with_process.pid = 42;
+        with_process.process_name = "curl".into();
+        with_process.src_labels.insert("app".into(), "crm".into());
+        let batch = FlowBatch {
+            host_id: "h1".into(),
+            agent_instance_id: "a".into(),
+            batch_seq: 7,
+            records: vec![record(0), with_process],
+            ..Default::default()
+        };
+        let rb = flow_batches_to_arrow([&batch]).unwrap();
+        assert_eq!(rb.num_rows(), 2);
+        assert_eq!(rb.schema(), flows_schema());
+        let col = |name: &str| rb.column_by_name(name).unwrap().clone();
+        assert_eq!(col("src_ip").as_string::<i32>().value(0), "10.0.0.1");
+        assert_eq!(col("date").as_primitive::<arrow_array::types::Date32Type>().value(0), 20418);
+        assert_eq!(col("hour").as_primitive::<Int32Type>().value(0), 0);
+        assert!(col("pid").is_null(0));
+        assert_eq!(col("pid").as_primitive::<Int32Type>().value(1), 42);
+        assert!(col("process_name").is_null(0));
+        assert!(col("src_labels").is_null(0) && !col("src_labels").is_null(1));
+        assert_eq!(col("batch_seq").as_primitive::<Int64Type>().value(1), 7);
+        assert_eq!(col("policy_decision").as_string::<i32>().value(0), "unknown");
+    }
+
+    #[test]
+    fn a_bad_address_rejects_the_whole_batch_and_names_it() {
+        let mut bad = record(1);
+        bad.dst_ip = vec![1, 2, 3];
+        let batch = FlowBatch {
+            host_id: "h9".into(),
+            batch_seq: 3,
+            records: vec![record(0), bad],
+            ..Default::default()
+        };
+        let mut columns = FlowColumns::default();
+        let err = columns.append_batch(&batch).unwrap_err();
+        assert_eq!(columns.len(), 0, "nothing of the bad batch was appended");
+        let message = err.to_string();
+        assert!(message.contains("record 1") && message.contains("dst_ip") && message.contains("h9"), "{message}");
+    }
+
+    #[test]
+    fn partitions_are_utc_date_and_hour() {
+        assert_eq!(date_hour(0), (0, 0));
+        assert_eq!(date_hour(NS_PER_DAY as u64 + 5 * NS_PER_HOUR as u64 + 1), (1, 5));
+    }
+}
