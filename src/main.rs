@@ -1,1 +1,80 @@
-fn main() {}
+//! `bulkhead`: one binary for every Bulkhead role. Thin by design: it parses flags and
+//! the config file, sets up logging, and calls into the component crates. Every command
+//! listed here works; components add theirs as they land.
+
+mod commands;
+mod config;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::GlobalArgs;
+
+/// Zero Trust micro-segmentation: eBPF flow capture, a Kafka event log, a flow lake you
+/// query with SQL, recommended label-based policy, and nftables enforcement.
+#[derive(Parser)]
+#[command(
+    name = "bulkhead",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The commands, one per role (an explicit registry: what is listed works).
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a seeded synthetic estate's inventory and flows; publish them or print them.
+    Gen(commands::gen_flows::GenArgs),
+    /// Create or list Bulkhead's Kafka topics.
+    #[command(subcommand)]
+    Topics(commands::topics::TopicsCommand),
+    /// Work with policy files and signing keys offline.
+    #[command(subcommand)]
+    Policy(commands::policy::PolicyCommand),
+    /// Run the pieces that exist end to end against a broker and show what they do.
+    Demo(commands::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::Settings::load(&cli.global) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("bulkhead: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    config::init_tracing(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bulkhead: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Gen(args) => commands::gen_flows::run(&settings, args).await,
+            Command::Topics(command) => commands::topics::run(&settings, command).await,
+            Command::Policy(command) => commands::policy::run(command),
+            Command::Demo(args) => commands::demo::run(&settings, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bulkhead: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,11 @@
-//! bench
+//! # bulkhead-bench — synthetic workloads and benchmarks
+//!
+//! Role: produce realistic, reproducible input for tests, the demo and benchmarks, and
+//! (as components land) measure them against baselines in the same run.
+//! Consumes: a seed and sizes. Produces: [`workload::Estate`]s — hosts with labels and
+//! inventories — and their [`FlowBatch`](bulkhead_schemas::proto::FlowBatch)es, exactly as
+//! collectors would publish them (both ends of a connection report it).
+//!
+//! `bulkhead gen` is the command-line face of [`workload`].
+
+pub mod workload;

@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub fn from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
         4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?))),
-        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(bytes).ok()?,
+        ))),
         _ => None,
     }
 }
@@ -42,7 +44,12 @@ mod tests {
 
     #[test]
     fn round_trips_v4_and_v6_and_rejects_other_lengths() {
-        for text in ["10.1.2.3", "fd00::1", "::ffff:10.0.0.1", "2001:db8::8:800:200c:417a"] {
+        for text in [
+            "10.1.2.3",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "2001:db8::8:800:200c:417a",
+        ] {
             let ip: IpAddr = text.parse().unwrap();
             let mut out = String::new();
             assert!(write_text(&to_bytes(ip), &mut out));

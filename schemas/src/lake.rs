@@ -273,7 +273,10 @@ const NS_PER_DAY: i64 = 24 * NS_PER_HOUR;
 /// flow.
 pub fn date_hour(unix_ns: u64) -> (i32, i32) {
     let ns = unix_ns.min(i64::MAX as u64) as i64;
-    (ns.div_euclid(NS_PER_DAY) as i32, ns.div_euclid(NS_PER_HOUR).rem_euclid(24) as i32)
+    (
+        ns.div_euclid(NS_PER_DAY) as i32,
+        ns.div_euclid(NS_PER_HOUR).rem_euclid(24) as i32,
+    )
 }
 
 fn micros(unix_ns: u64) -> i64 {
@@ -326,7 +329,9 @@ pub struct FlowColumns {
 
 /// A record whose addresses are not 4 or 16 bytes long.
 #[derive(Debug, thiserror::Error)]
-#[error("flow record {index} of batch {batch_seq} from host {host_id:?}: {field} has {len} bytes, not 4 (IPv4) or 16 (IPv6)")]
+#[error(
+    "flow record {index} of batch {batch_seq} from host {host_id:?}: {field} has {len} bytes, not 4 (IPv4) or 16 (IPv6)"
+)]
 pub struct BadAddress {
     pub host_id: String,
     pub batch_seq: u64,
@@ -348,14 +353,18 @@ fn append_labels(
     labels: &std::collections::BTreeMap<String, String>,
 ) {
     if labels.is_empty() {
-        builder.append(false).expect("map builder keys and values stay aligned");
+        builder
+            .append(false)
+            .expect("map builder keys and values stay aligned");
         return;
     }
     for (key, value) in labels {
         builder.keys().append_value(key);
         builder.values().append_value(value);
     }
-    builder.append(true).expect("map builder keys and values stay aligned");
+    builder
+        .append(true)
+        .expect("map builder keys and values stay aligned");
 }
 
 fn append_list(builder: &mut ListBuilder<StringBuilder>, items: &[String]) {
@@ -456,7 +465,11 @@ impl FlowColumns {
         let (date, hour) = date_hour(r.first_seen_unix_ns);
         self.date.append_value(date);
         self.hour.append_value(hour);
-        let host_id = if r.host_id.is_empty() { &batch.host_id } else { &r.host_id };
+        let host_id = if r.host_id.is_empty() {
+            &batch.host_id
+        } else {
+            &r.host_id
+        };
         self.host_id.append_value(host_id);
         opt_str(&mut self.interface, &r.interface);
         self.ifindex.append_value(r.ifindex as i32);
@@ -469,17 +482,20 @@ impl FlowColumns {
         self.src_port.append_value(r.src_port as i32);
         self.dst_port.append_value(r.dst_port as i32);
         self.protocol.append_value(r.protocol as i32);
-        self.packets.append_value(r.packets.min(i64::MAX as u64) as i64);
+        self.packets
+            .append_value(r.packets.min(i64::MAX as u64) as i64);
         self.bytes.append_value(r.bytes.min(i64::MAX as u64) as i64);
         self.tcp_flags.append_value(r.tcp_flags as i32);
         self.first_seen.append_value(micros(r.first_seen_unix_ns));
         self.last_seen.append_value(micros(r.last_seen_unix_ns));
-        self.sampling_rate.append_value(r.sampling_rate.max(1) as i32);
+        self.sampling_rate
+            .append_value(r.sampling_rate.max(1) as i32);
         self.pid.append_option((r.pid != 0).then_some(r.pid as i32));
         opt_str(&mut self.process_name, &r.process_name);
         opt_str(&mut self.executable, &r.executable);
         // cgroup ids are 64-bit kernfs ids; stored bit for bit in a signed column.
-        self.cgroup_id.append_option((r.cgroup_id != 0).then_some(r.cgroup_id as i64));
+        self.cgroup_id
+            .append_option((r.cgroup_id != 0).then_some(r.cgroup_id as i64));
         self.uid.append_option((r.pid != 0).then_some(r.uid as i32));
         self.closed.append_value(r.closed);
         self.local_is_server.append_value(r.local_is_server);
@@ -490,9 +506,12 @@ impl FlowColumns {
         append_labels(&mut self.dst_labels, &r.dst_labels);
         append_list(&mut self.src_ip_lists, &r.src_ip_lists);
         append_list(&mut self.dst_ip_lists, &r.dst_ip_lists);
-        self.policy_decision.append_value(decision_text(r.policy_decision));
-        self.policy_version.append_option((r.policy_version != 0).then_some(r.policy_version as i64));
-        self.agent_instance_id.append_value(&batch.agent_instance_id);
+        self.policy_decision
+            .append_value(decision_text(r.policy_decision));
+        self.policy_version
+            .append_option((r.policy_version != 0).then_some(r.policy_version as i64));
+        self.agent_instance_id
+            .append_value(&batch.agent_instance_id);
         self.batch_seq.append_value(batch.batch_seq as i64);
         self.rows += 1;
     }
@@ -595,7 +614,11 @@ mod tests {
         for table in TABLES {
             let schema = (table.schema)();
             for column in table.partition_columns {
-                assert!(schema.field_with_name(column).is_ok(), "{}.{column}", table.name);
+                assert!(
+                    schema.field_with_name(column).is_ok(),
+                    "{}.{column}",
+                    table.name
+                );
             }
             assert!(names.insert(table.name), "duplicate table {}", table.name);
         }
@@ -619,14 +642,22 @@ mod tests {
         assert_eq!(rb.schema(), flows_schema());
         let col = |name: &str| rb.column_by_name(name).unwrap().clone();
         assert_eq!(col("src_ip").as_string::<i32>().value(0), "10.0.0.1");
-        assert_eq!(col("date").as_primitive::<arrow_array::types::Date32Type>().value(0), 20418);
+        assert_eq!(
+            col("date")
+                .as_primitive::<arrow_array::types::Date32Type>()
+                .value(0),
+            20418
+        );
         assert_eq!(col("hour").as_primitive::<Int32Type>().value(0), 0);
         assert!(col("pid").is_null(0));
         assert_eq!(col("pid").as_primitive::<Int32Type>().value(1), 42);
         assert!(col("process_name").is_null(0));
         assert!(col("src_labels").is_null(0) && !col("src_labels").is_null(1));
         assert_eq!(col("batch_seq").as_primitive::<Int64Type>().value(1), 7);
-        assert_eq!(col("policy_decision").as_string::<i32>().value(0), "unknown");
+        assert_eq!(
+            col("policy_decision").as_string::<i32>().value(0),
+            "unknown"
+        );
     }
 
     #[test]
@@ -643,12 +674,18 @@ mod tests {
         let err = columns.append_batch(&batch).unwrap_err();
         assert_eq!(columns.len(), 0, "nothing of the bad batch was appended");
         let message = err.to_string();
-        assert!(message.contains("record 1") && message.contains("dst_ip") && message.contains("h9"), "{message}");
+        assert!(
+            message.contains("record 1") && message.contains("dst_ip") && message.contains("h9"),
+            "{message}"
+        );
     }
 
     #[test]
     fn partitions_are_utc_date_and_hour() {
         assert_eq!(date_hour(0), (0, 0));
-        assert_eq!(date_hour(NS_PER_DAY as u64 + 5 * NS_PER_HOUR as u64 + 1), (1, 5));
+        assert_eq!(
+            date_hour(NS_PER_DAY as u64 + 5 * NS_PER_HOUR as u64 + 1),
+            (1, 5)
+        );
     }
 }

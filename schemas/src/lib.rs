@@ -15,6 +15,7 @@
 //!   rulesets, deny boundaries, enforcement modes), read from JSON or YAML, validated with
 //!   errors that name the offending item, converted to and from protobuf, and signed with
 //!   Ed25519 ([`policy::PolicySigner`], [`policy::PolicyVerifier`]).
+//! - [`json`]: flow records as JSON lines for people and scripts.
 //! - [`ip`]: addresses as they travel (network-order bytes) and as they are stored (text).
 //!
 //! ## Extending
@@ -28,6 +29,7 @@
 //!   the dead-letter topic) or a new `.v2` topic.
 
 pub mod ip;
+pub mod json;
 pub mod lake;
 pub mod policy;
 pub mod topics;

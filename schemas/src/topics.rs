@@ -148,12 +148,19 @@ mod tests {
             Topic::FlowsDeadLetter,
         ];
         for topic in all {
-            assert_eq!(TOPICS.iter().filter(|s| s.topic == topic).count(), 1, "{topic:?}");
+            assert_eq!(
+                TOPICS.iter().filter(|s| s.topic == topic).count(),
+                1,
+                "{topic:?}"
+            );
         }
         let names: HashSet<_> = TOPICS.iter().map(|s| s.suffix).collect();
         assert_eq!(names.len(), TOPICS.len(), "duplicate topic suffix");
         assert_eq!(Topic::Flows.name(DEFAULT_PREFIX), "bulkhead.flows.v1");
-        assert_eq!(Topic::FlowsDeadLetter.name(DEFAULT_PREFIX), "bulkhead.flows.dlq.v1");
+        assert_eq!(
+            Topic::FlowsDeadLetter.name(DEFAULT_PREFIX),
+            "bulkhead.flows.dlq.v1"
+        );
     }
 
     #[test]

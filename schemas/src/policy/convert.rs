@@ -5,14 +5,17 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Actor, DenyRule, EnforcementMode, IpList, Label, PolicyDocument, PolicyError, PolicyVersion, PortRange,
-    Rule, Ruleset, Service, ServiceRef, ValidationErrors, ValidationIssue,
+    Actor, DenyRule, EnforcementMode, IpList, Label, PolicyDocument, PolicyError, PolicyVersion,
+    PortRange, Rule, Ruleset, Service, ServiceRef, ValidationErrors, ValidationIssue,
 };
 use crate::proto;
 
 impl From<&Label> for proto::Label {
     fn from(l: &Label) -> Self {
-        proto::Label { key: l.key.clone(), value: l.value.clone() }
+        proto::Label {
+            key: l.key.clone(),
+            value: l.value.clone(),
+        }
     }
 }
 
@@ -24,13 +27,21 @@ impl From<&proto::Label> for Label {
 
 impl From<&PortRange> for proto::PortRange {
     fn from(r: &PortRange) -> Self {
-        proto::PortRange { protocol: r.protocol, port_from: r.from, port_to: r.to }
+        proto::PortRange {
+            protocol: r.protocol,
+            port_from: r.from,
+            port_to: r.to,
+        }
     }
 }
 
 impl From<&proto::PortRange> for PortRange {
     fn from(r: &proto::PortRange) -> Self {
-        PortRange { protocol: r.protocol, from: r.port_from, to: r.port_to }
+        PortRange {
+            protocol: r.protocol,
+            from: r.port_from,
+            to: r.port_to,
+        }
     }
 }
 
@@ -39,7 +50,9 @@ impl From<&Actor> for proto::Actor {
         use proto::actor::Actor as P;
         let actor = match a {
             Actor::Any => P::Any(true),
-            Actor::Labels(labels) => P::Labels(proto::LabelSet { labels: labels.iter().map(Into::into).collect() }),
+            Actor::Labels(labels) => P::Labels(proto::LabelSet {
+                labels: labels.iter().map(Into::into).collect(),
+            }),
             Actor::IpList(name) => P::IpList(name.clone()),
             Actor::Workload(id) => P::Workload(id.clone()),
         };
@@ -54,7 +67,9 @@ impl From<&ServiceRef> for proto::ServiceRef {
             ServiceRef::Named(name) => P::Name(name.clone()),
             ServiceRef::Ports(range) => P::Ports(range.into()),
         };
-        proto::ServiceRef { service: Some(service) }
+        proto::ServiceRef {
+            service: Some(service),
+        }
     }
 }
 
@@ -138,7 +153,10 @@ impl From<&PolicyDocument> for proto::PolicyDocument {
                 .map(|w| proto::WorkloadPolicy {
                     workload_id: w.workload_id.clone(),
                     labels: w.labels.clone(),
-                    mode: w.mode.map_or(proto::EnforcementMode::Unspecified, Into::into) as i32,
+                    mode: w
+                        .mode
+                        .map_or(proto::EnforcementMode::Unspecified, Into::into)
+                        as i32,
                     quarantined: w.quarantined,
                     enforce_outbound: w.enforce_outbound,
                 })
@@ -169,7 +187,10 @@ struct Issues(Vec<ValidationIssue>);
 
 impl Issues {
     fn push(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.0.push(ValidationIssue { path: path.into(), problem: problem.into() });
+        self.0.push(ValidationIssue {
+            path: path.into(),
+            problem: problem.into(),
+        });
     }
 
     fn actors(&mut self, path: &str, actors: &[proto::Actor]) -> Vec<Actor> {
@@ -178,7 +199,9 @@ impl Issues {
         for (i, a) in actors.iter().enumerate() {
             match &a.actor {
                 Some(P::Any(_)) => out.push(Actor::Any),
-                Some(P::Labels(set)) => out.push(Actor::Labels(set.labels.iter().map(Into::into).collect())),
+                Some(P::Labels(set)) => {
+                    out.push(Actor::Labels(set.labels.iter().map(Into::into).collect()))
+                }
                 Some(P::IpList(name)) => out.push(Actor::IpList(name.clone())),
                 Some(P::Workload(id)) => out.push(Actor::Workload(id.clone())),
                 None => self.push(format!("{path}[{i}]"), "actor has nothing set"),
@@ -253,7 +276,11 @@ impl TryFrom<&proto::Rule> for Rule {
     fn try_from(r: &proto::Rule) -> Result<Self, Self::Error> {
         let mut issues = Issues::default();
         let rule = proto_rule(&mut issues, &format!("rule[{}]", r.id), r);
-        if issues.0.is_empty() { Ok(rule) } else { Err(ValidationErrors(issues.0)) }
+        if issues.0.is_empty() {
+            Ok(rule)
+        } else {
+            Err(ValidationErrors(issues.0))
+        }
     }
 }
 
@@ -293,7 +320,13 @@ impl TryFrom<&proto::PolicyDocument> for PolicyDocument {
                 rules: rs
                     .rules
                     .iter()
-                    .map(|r| proto_rule(&mut issues, &format!("rulesets[{}].rules[{}]", rs.name, r.id), r))
+                    .map(|r| {
+                        proto_rule(
+                            &mut issues,
+                            &format!("rulesets[{}].rules[{}]", rs.name, r.id),
+                            r,
+                        )
+                    })
                     .collect(),
             })
             .collect();
@@ -317,13 +350,19 @@ impl TryFrom<&proto::PolicyDocument> for PolicyDocument {
             .iter()
             .map(|w| super::WorkloadPolicy {
                 workload_id: w.workload_id.clone(),
-                labels: w.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),
+                labels: w
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<BTreeMap<_, _>>(),
                 mode: issues.mode(&format!("workloads[{}].mode", w.workload_id), w.mode),
                 quarantined: w.quarantined,
                 enforce_outbound: w.enforce_outbound,
             })
             .collect();
-        let default_mode = issues.mode("default_mode", d.default_mode).unwrap_or_default();
+        let default_mode = issues
+            .mode("default_mode", d.default_mode)
+            .unwrap_or_default();
         if !issues.0.is_empty() {
             return Err(ValidationErrors(issues.0));
         }
@@ -349,9 +388,15 @@ impl TryFrom<&proto::PolicyVersion> for PolicyVersion {
             });
         }
         let content_sha256 = <[u8; 32]>::try_from(v.content_sha256.as_slice()).map_err(|_| {
-            PolicyError::Malformed(format!("content_sha256 has {} bytes, not 32", v.content_sha256.len()))
+            PolicyError::Malformed(format!(
+                "content_sha256 has {} bytes, not 32",
+                v.content_sha256.len()
+            ))
         })?;
-        let document = v.document.as_ref().ok_or_else(|| PolicyError::Malformed("no document".into()))?;
+        let document = v
+            .document
+            .as_ref()
+            .ok_or_else(|| PolicyError::Malformed("no document".into()))?;
         Ok(PolicyVersion {
             version: v.version,
             parent_version: v.parent_version,

@@ -67,7 +67,10 @@ pub struct Label {
 
 impl Label {
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { key: key.into(), value: value.into() }
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -97,7 +100,9 @@ impl Serialize for Label {
 
 impl<'de> Deserialize<'de> for Label {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -155,10 +160,18 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn tcp(port: u16) -> Self {
-        Self { protocol: protocol::TCP, from: port.into(), to: port.into() }
+        Self {
+            protocol: protocol::TCP,
+            from: port.into(),
+            to: port.into(),
+        }
     }
     pub fn udp(port: u16) -> Self {
-        Self { protocol: protocol::UDP, from: port.into(), to: port.into() }
+        Self {
+            protocol: protocol::UDP,
+            from: port.into(),
+            to: port.into(),
+        }
     }
     /// Whether the range covers every port of its protocol.
     pub fn all_ports(&self) -> bool {
@@ -191,7 +204,9 @@ impl fmt::Display for PortRange {
 impl FromStr for PortRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| format!("service {s:?}: {why} (expected e.g. tcp/443, tcp/8000-8100, udp/*, icmp)");
+        let bad = |why: &str| {
+            format!("service {s:?}: {why} (expected e.g. tcp/443, tcp/8000-8100, udp/*, icmp)")
+        };
         let (proto_text, ports) = match s.split_once('/') {
             Some((p, ports)) => (p, Some(ports)),
             None => (s, None),
@@ -200,7 +215,11 @@ impl FromStr for PortRange {
         let (from, to) = match ports.map(str::trim) {
             None | Some("*") => (0, 0),
             Some(ports) => {
-                let number = |p: &str| p.trim().parse::<u32>().map_err(|_| bad("ports must be numbers"));
+                let number = |p: &str| {
+                    p.trim()
+                        .parse::<u32>()
+                        .map_err(|_| bad("ports must be numbers"))
+                };
                 match ports.split_once('-') {
                     Some((a, b)) => (number(a)?, number(b)?),
                     None => {
@@ -222,7 +241,9 @@ impl Serialize for PortRange {
 
 impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -265,7 +286,9 @@ impl Serialize for ServiceRef {
 
 impl<'de> Deserialize<'de> for ServiceRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -301,7 +324,8 @@ impl Actor {
 pub fn label_set_matches(set: &[Label], labels: &BTreeMap<String, String>) -> bool {
     set.iter().all(|wanted| {
         labels.get(&wanted.key).is_some_and(|have| {
-            set.iter().any(|alt| alt.key == wanted.key && &alt.value == have)
+            set.iter()
+                .any(|alt| alt.key == wanted.key && &alt.value == have)
         })
     })
 }
@@ -349,10 +373,22 @@ impl TryFrom<ActorRepr> for Actor {
 impl From<Actor> for ActorRepr {
     fn from(actor: Actor) -> Self {
         match actor {
-            Actor::Any => ActorRepr { any: true, ..Default::default() },
-            Actor::Labels(labels) => ActorRepr { labels: Some(labels), ..Default::default() },
-            Actor::IpList(name) => ActorRepr { ip_list: Some(name), ..Default::default() },
-            Actor::Workload(id) => ActorRepr { workload: Some(id), ..Default::default() },
+            Actor::Any => ActorRepr {
+                any: true,
+                ..Default::default()
+            },
+            Actor::Labels(labels) => ActorRepr {
+                labels: Some(labels),
+                ..Default::default()
+            },
+            Actor::IpList(name) => ActorRepr {
+                ip_list: Some(name),
+                ..Default::default()
+            },
+            Actor::Workload(id) => ActorRepr {
+                workload: Some(id),
+                ..Default::default()
+            },
         }
     }
 }
@@ -372,7 +408,8 @@ pub struct IpList {
 impl IpList {
     /// Whether `ip` is in the list (in a CIDR and in no exclusion).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        self.cidrs.iter().any(|net| net.contains(&ip)) && !self.exclusions.iter().any(|net| net.contains(&ip))
+        self.cidrs.iter().any(|net| net.contains(&ip))
+            && !self.exclusions.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -431,7 +468,9 @@ pub struct DenyRule {
 }
 
 /// How much of the policy a workload's enforcer applies.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EnforcementMode {
     /// No bulkhead table at all.
@@ -446,8 +485,12 @@ pub enum EnforcementMode {
 }
 
 impl EnforcementMode {
-    pub const ALL: [EnforcementMode; 4] =
-        [EnforcementMode::Idle, EnforcementMode::VisibilityOnly, EnforcementMode::Selective, EnforcementMode::Full];
+    pub const ALL: [EnforcementMode; 4] = [
+        EnforcementMode::Idle,
+        EnforcementMode::VisibilityOnly,
+        EnforcementMode::Selective,
+        EnforcementMode::Full,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -516,7 +559,10 @@ pub struct PolicyDocument {
 pub enum PolicyError {
     /// The text is not a policy document (syntax, unknown field, bad value).
     #[error("{source_name}: {message}")]
-    Parse { source_name: String, message: String },
+    Parse {
+        source_name: String,
+        message: String,
+    },
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
     #[error("policy message has no signature: refusing unsigned policy")]
@@ -525,7 +571,9 @@ pub enum PolicyError {
     UnknownKey { key_id: String },
     #[error("policy signature does not verify with key {key_id}: forged or corrupted")]
     BadSignature { key_id: String },
-    #[error("policy version {version} is not newer than the applied version {applied}: refusing stale policy")]
+    #[error(
+        "policy version {version} is not newer than the applied version {applied}: refusing stale policy"
+    )]
     Stale { version: u64, applied: u64 },
     #[error("policy schema_version {found} is newer than this build understands ({supported})")]
     UnsupportedSchemaVersion { found: u32, supported: u32 },
@@ -582,7 +630,9 @@ impl PolicyDocument {
 
     /// Every allow rule, with the ruleset it belongs to.
     pub fn rules(&self) -> impl Iterator<Item = (&Ruleset, &Rule)> {
-        self.rulesets.iter().flat_map(|rs| rs.rules.iter().map(move |r| (rs, r)))
+        self.rulesets
+            .iter()
+            .flat_map(|rs| rs.rules.iter().map(move |r| (rs, r)))
     }
 
     /// SHA-256 of the document's protobuf encoding (deterministic).
@@ -610,7 +660,13 @@ pub struct PolicyVersion {
 
 impl PolicyVersion {
     /// A version of `document`, with its content hash computed.
-    pub fn new(version: u64, parent_version: u64, provisioned_by: &str, note: &str, document: PolicyDocument) -> Self {
+    pub fn new(
+        version: u64,
+        parent_version: u64,
+        provisioned_by: &str,
+        note: &str,
+        document: PolicyDocument,
+    ) -> Self {
         Self {
             version,
             parent_version,

@@ -12,8 +12,8 @@
 //! verify (strict Ed25519: no malleable signatures, no weak keys), an undecodable payload,
 //! a version not above the applied one, and a document that fails validation.
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use prost::Message as _;
 use sha2::Digest as _;
@@ -48,16 +48,21 @@ pub struct KeyError {
 /// Reads a public key from 64 hex characters (the raw 32 bytes) or a PEM
 /// `PUBLIC KEY` (SubjectPublicKeyInfo). `source_name` names the input in errors.
 pub fn parse_verifying_key(text: &str, source_name: &str) -> Result<VerifyingKey, KeyError> {
-    let err = |message: String| KeyError { source_name: source_name.to_string(), message };
+    let err = |message: String| KeyError {
+        source_name: source_name.to_string(),
+        message,
+    };
     let text = text.trim();
     if text.starts_with("-----BEGIN") {
         return VerifyingKey::from_public_key_pem(text)
             .map_err(|e| err(format!("not an Ed25519 PEM public key: {e}")));
     }
     let mut bytes = [0u8; 32];
-    hex::decode_to_slice(text, &mut bytes)
-        .map_err(|_| err("expected an Ed25519 public key: 64 hex characters or a PEM PUBLIC KEY".into()))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| err(format!("not a valid Ed25519 public key: {e}")))
+    hex::decode_to_slice(text, &mut bytes).map_err(|_| {
+        err("expected an Ed25519 public key: 64 hex characters or a PEM PUBLIC KEY".into())
+    })?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|e| err(format!("not a valid Ed25519 public key: {e}")))
 }
 
 /// Signs policy versions with one Ed25519 key.
@@ -81,10 +86,12 @@ impl PolicySigner {
 
     /// Reads a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`).
     pub fn from_pkcs8_pem(pem: &str, source_name: &str) -> Result<Self, KeyError> {
-        SigningKey::from_pkcs8_pem(pem).map(Self::new).map_err(|e| KeyError {
-            source_name: source_name.to_string(),
-            message: format!("not an Ed25519 PKCS#8 PEM private key: {e}"),
-        })
+        SigningKey::from_pkcs8_pem(pem)
+            .map(Self::new)
+            .map_err(|e| KeyError {
+                source_name: source_name.to_string(),
+                message: format!("not an Ed25519 PKCS#8 PEM private key: {e}"),
+            })
     }
 
     /// The private key as PKCS#8 PEM.
@@ -133,11 +140,17 @@ pub struct PolicyVerifier {
 impl PolicyVerifier {
     /// Trusts `keys` (more than one during a key rotation).
     pub fn new(keys: impl IntoIterator<Item = VerifyingKey>) -> Self {
-        Self { keys: keys.into_iter().map(|k| (key_id(&k), k)).collect() }
+        Self {
+            keys: keys.into_iter().map(|k| (key_id(&k), k)).collect(),
+        }
     }
 
     /// Decodes and verifies raw bytes from the policy topic.
-    pub fn verify_bytes(&self, bytes: &[u8], applied: Option<u64>) -> Result<PolicyVersion, PolicyError> {
+    pub fn verify_bytes(
+        &self,
+        bytes: &[u8],
+        applied: Option<u64>,
+    ) -> Result<PolicyVersion, PolicyError> {
         let signed = proto::SignedPolicy::decode(bytes)
             .map_err(|e| PolicyError::Malformed(format!("not a SignedPolicy: {e}")))?;
         self.verify(&signed, applied)
@@ -145,7 +158,11 @@ impl PolicyVerifier {
 
     /// The policy version in `signed`, if it is signed by a trusted key, newer than
     /// `applied` (the version in force, if any) and valid.
-    pub fn verify(&self, signed: &proto::SignedPolicy, applied: Option<u64>) -> Result<PolicyVersion, PolicyError> {
+    pub fn verify(
+        &self,
+        signed: &proto::SignedPolicy,
+        applied: Option<u64>,
+    ) -> Result<PolicyVersion, PolicyError> {
         if signed.schema_version > crate::SCHEMA_VERSION {
             return Err(PolicyError::UnsupportedSchemaVersion {
                 found: signed.schema_version,
@@ -160,8 +177,12 @@ impl PolicyVerifier {
             .iter()
             .find(|(id, _)| *id == signed.key_id)
             .map(|(_, key)| key)
-            .ok_or_else(|| PolicyError::UnknownKey { key_id: signed.key_id.clone() })?;
-        let bad_signature = || PolicyError::BadSignature { key_id: signed.key_id.clone() };
+            .ok_or_else(|| PolicyError::UnknownKey {
+                key_id: signed.key_id.clone(),
+            })?;
+        let bad_signature = || PolicyError::BadSignature {
+            key_id: signed.key_id.clone(),
+        };
         let signature = Signature::from_slice(&signed.signature).map_err(|_| bad_signature())?;
         key.verify_strict(&signed_message(&signed.payload), &signature)
             .map_err(|_| bad_signature())?;
@@ -170,12 +191,17 @@ impl PolicyVerifier {
             .map_err(|e| PolicyError::Malformed(format!("payload is not a PolicyVersion: {e}")))?;
         let version = PolicyVersion::try_from(&version)?;
         if version.version == 0 {
-            return Err(PolicyError::Malformed("version 0 (versions start at 1)".into()));
+            return Err(PolicyError::Malformed(
+                "version 0 (versions start at 1)".into(),
+            ));
         }
         if let Some(applied) = applied
             && version.version <= applied
         {
-            return Err(PolicyError::Stale { version: version.version, applied });
+            return Err(PolicyError::Stale {
+                version: version.version,
+                applied,
+            });
         }
         version.document.validate()?;
         Ok(version)

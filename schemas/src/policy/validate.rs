@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use super::{
-    Actor, DenyRule, Label, PolicyDocument, PortRange, Rule, STANDARD_LABEL_KEYS, ServiceRef, protocol,
+    Actor, DenyRule, Label, PolicyDocument, PortRange, Rule, STANDARD_LABEL_KEYS, ServiceRef,
+    protocol,
 };
 
 /// One problem: where it is and what is wrong.
@@ -23,7 +24,11 @@ pub struct ValidationErrors(pub Vec<ValidationIssue>);
 impl fmt::Display for ValidationErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "invalid policy ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "invalid policy ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
         for issue in &self.0 {
             write!(f, "\n  {}: {}", issue.path, issue.problem)?;
         }
@@ -43,7 +48,10 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn issue(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.issues.push(ValidationIssue { path: path.into(), problem: problem.into() });
+        self.issues.push(ValidationIssue {
+            path: path.into(),
+            problem: problem.into(),
+        });
     }
 
     fn name(&mut self, path: &str, what: &str, name: &str, seen: &mut HashSet<String>) {
@@ -72,12 +80,19 @@ impl Checker<'_> {
 
     fn port_range(&mut self, path: &str, range: &PortRange) {
         if range.protocol > 255 {
-            self.issue(path, format!("protocol {} is out of range 0-255", range.protocol));
+            self.issue(
+                path,
+                format!("protocol {} is out of range 0-255", range.protocol),
+            );
             return;
         }
         if !protocol::has_ports(range.protocol) && range.protocol != protocol::ANY {
             if !range.all_ports() {
-                let bare = PortRange { from: 0, to: 0, ..*range };
+                let bare = PortRange {
+                    from: 0,
+                    to: 0,
+                    ..*range
+                };
                 self.issue(path, format!("{range}: {bare} has no ports; write {bare}"));
             }
             return;
@@ -96,13 +111,21 @@ impl Checker<'_> {
             }
         }
         if range.from > range.to {
-            self.issue(path, format!("port range {}-{} is reversed", range.from, range.to));
+            self.issue(
+                path,
+                format!("port range {}-{} is reversed", range.from, range.to),
+            );
         }
     }
 
     fn actors(&mut self, path: &str, role: &str, actors: &[Actor]) {
         if actors.is_empty() {
-            self.issue(path, format!("no {role}: a rule needs at least one (use {{any: true}} to mean everyone)"));
+            self.issue(
+                path,
+                format!(
+                    "no {role}: a rule needs at least one (use {{any: true}} to mean everyone)"
+                ),
+            );
         }
         for (i, actor) in actors.iter().enumerate() {
             let path = format!("{path}[{i}]");
@@ -132,7 +155,10 @@ impl Checker<'_> {
 
     fn services(&mut self, path: &str, services: &[ServiceRef]) {
         if services.is_empty() {
-            self.issue(path, "no services: a rule needs at least one (use `any` for every service)");
+            self.issue(
+                path,
+                "no services: a rule needs at least one (use `any` for every service)",
+            );
         }
         for (i, service) in services.iter().enumerate() {
             let path = format!("{path}[{i}]");
@@ -151,7 +177,10 @@ impl Checker<'_> {
         if id.trim().is_empty() {
             self.issue(path, "rule has an empty id");
         } else if !seen.insert(id.to_string()) {
-            self.issue(path, format!("duplicate rule id {id:?} (ids are unique across rulesets and deny rules)"));
+            self.issue(
+                path,
+                format!("duplicate rule id {id:?} (ids are unique across rulesets and deny rules)"),
+            );
         }
     }
 
@@ -171,7 +200,9 @@ impl Checker<'_> {
 fn valid_key_syntax(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 64
-        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl PolicyDocument {
@@ -190,9 +221,15 @@ impl PolicyDocument {
         for (i, key) in self.custom_label_keys.iter().enumerate() {
             let path = format!("custom_label_keys[{i}]");
             if !valid_key_syntax(key) {
-                c.issue(&path, format!("label key {key:?} must be 1-64 characters of a-z, 0-9, _ and -"));
+                c.issue(
+                    &path,
+                    format!("label key {key:?} must be 1-64 characters of a-z, 0-9, _ and -"),
+                );
             } else if STANDARD_LABEL_KEYS.contains(&key.as_str()) {
-                c.issue(&path, format!("{key:?} is a standard key; do not declare it"));
+                c.issue(
+                    &path,
+                    format!("{key:?} is a standard key; do not declare it"),
+                );
             } else if !c.label_keys.insert(key.as_str()) {
                 c.issue(&path, format!("duplicate label key {key:?}"));
             }
@@ -212,7 +249,13 @@ impl PolicyDocument {
             let path = format!("services[{}]", service.name);
             c.name(&path, "service", &service.name, &mut seen);
             if protocol::parse(&service.name).is_some() || service.name.contains('/') {
-                c.issue(&path, format!("service name {:?} reads as a port range; choose another", service.name));
+                c.issue(
+                    &path,
+                    format!(
+                        "service name {:?} reads as a port range; choose another",
+                        service.name
+                    ),
+                );
             }
             if service.ports.is_empty() {
                 c.issue(&path, "service has no ports");
@@ -262,13 +305,20 @@ impl PolicyDocument {
             if workload.workload_id.trim().is_empty() {
                 c.issue(&path, "workload has an empty id");
             } else if !seen.insert(workload.workload_id.clone()) {
-                c.issue(&path, format!("duplicate workload {:?}", workload.workload_id));
+                c.issue(
+                    &path,
+                    format!("duplicate workload {:?}", workload.workload_id),
+                );
             }
             for (key, value) in &workload.labels {
                 c.label_kv(&format!("{path}.labels"), key, value);
             }
         }
 
-        if c.issues.is_empty() { Ok(()) } else { Err(ValidationErrors(c.issues)) }
+        if c.issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(c.issues))
+        }
     }
 }

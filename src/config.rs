@@ -1,0 +1,97 @@
+//! Settings shared by every command: flags > `BULKHEAD_*` environment > TOML file >
+//! defaults. The file is read and checked before any command starts, so a broken config
+//! is reported (with its path and the problem) before anything touches the world.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use bulkhead_kafka::{KafkaArgs, KafkaConfig, KafkaFileConfig};
+use serde::Deserialize;
+
+/// Flags every command takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// TOML config file (sections: [kafka]).
+    #[arg(
+        long,
+        short = 'c',
+        env = "BULKHEAD_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or bulkhead_kafka=debug.
+    #[arg(
+        long,
+        env = "BULKHEAD_LOG",
+        default_value = "info",
+        value_name = "FILTER",
+        global = true
+    )]
+    pub log: String,
+    /// Log line format.
+    #[arg(
+        long,
+        env = "BULKHEAD_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The TOML config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub kafka: Option<KafkaFileConfig>,
+}
+
+/// Everything a command needs, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    pub kafka: KafkaConfig,
+}
+
+impl Settings {
+    pub fn load(args: &GlobalArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            }
+        };
+        let kafka = KafkaConfig::resolve(&args.kafka, file.kafka.as_ref())?;
+        Ok(Self { kafka })
+    }
+}
+
+/// Logs go to stderr through `tracing`, as text or JSON lines.
+pub fn init_tracing(args: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
+        eprintln!(
+            "bulkhead: --log {:?} is not a valid filter ({e}); using info",
+            args.log
+        );
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,222 @@
+//! The `bulkhead` binary as users meet it: its help, its errors on bad input, and the
+//! commands `docker-compose.yml` runs.
+
+use std::process::{Command, Output};
+
+fn bulkhead(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(args)
+        .env_remove("BULKHEAD_KAFKA")
+        .env_remove("BULKHEAD_CONFIG")
+        .output()
+        .expect("the bulkhead binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The subcommands `bulkhead --help` lists.
+fn listed_commands() -> Vec<String> {
+    let help = text(&bulkhead(&["--help"]));
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+#[test]
+fn help_lists_only_commands_that_run() {
+    let commands = listed_commands();
+    assert!(commands.len() >= 4, "{commands:?}");
+    for command in &commands {
+        let output = bulkhead(&[command, "--help"]);
+        assert!(
+            output.status.success(),
+            "bulkhead {command} --help: {}",
+            text(&output)
+        );
+        let help = text(&output);
+        assert!(
+            !help.to_lowercase().contains("not implemented"),
+            "{command}: {help}"
+        );
+    }
+}
+
+#[test]
+fn compose_services_run_real_subcommands() {
+    let compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .unwrap(),
+    )
+    .expect("docker-compose.yml is YAML");
+    let services = compose["services"].as_mapping().expect("services");
+    let listed = listed_commands();
+    let mut checked = 0;
+    for (name, service) in services {
+        let uses_bulkhead = service
+            .get("image")
+            .and_then(|i| i.as_str())
+            .is_some_and(|i| i.starts_with("bulkhead"))
+            || service.get("<<").is_some()
+            || service.get("build").is_some();
+        if !uses_bulkhead {
+            continue;
+        }
+        let command: Vec<&str> = service["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("service {name:?} has a command list"))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            listed.iter().any(|c| c == command[0]),
+            "{name:?} runs `{}`, which `bulkhead --help` does not list",
+            command[0]
+        );
+        // The whole command line must parse: append --help so nothing runs.
+        let mut args = command.clone();
+        args.push("--help");
+        let output = bulkhead(&args);
+        assert!(
+            output.status.success(),
+            "service {name:?}: `bulkhead {}` does not parse: {}",
+            command.join(" "),
+            text(&output)
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 1,
+        "no bulkhead service found in docker-compose.yml"
+    );
+}
+
+#[test]
+fn a_broken_config_file_is_named_with_its_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulkhead.toml");
+    std::fs::write(&path, "[kafka]\nbrokers = \"localhost\"\n").unwrap();
+    let output = bulkhead(&["--config", path.to_str().unwrap(), "topics", "list"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output).contains("\"localhost\"") && text(&output).contains("host:port"),
+        "{}",
+        text(&output)
+    );
+
+    std::fs::write(&path, "[kafka]\nbrokrs = \"a:1\"\n").unwrap();
+    let output = bulkhead(&["--config", path.to_str().unwrap(), "topics", "list"]);
+    assert!(
+        text(&output).contains(path.to_str().unwrap()) && text(&output).contains("brokrs"),
+        "{}",
+        text(&output)
+    );
+
+    let output = bulkhead(&["--config", "/nonexistent/bulkhead.toml", "topics", "list"]);
+    assert!(
+        text(&output).contains("cannot read config file /nonexistent/bulkhead.toml"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn policy_validate_reports_every_problem_and_fails() {
+    let ok = bulkhead(&[
+        "policy",
+        "validate",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy.yaml"),
+    ]);
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "rulesets:\n  - name: r\n    scope: []\n    rules:\n      - {id: a, consumers: [{labels: [tier=web]}], providers: [{any: true}], services: [tcp/99999]}\n").unwrap();
+    let output = bulkhead(&["policy", "validate", bad.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let report = text(&output);
+    for expected in [
+        "rulesets[r].scope: empty scope",
+        "unknown label key \"tier\"",
+        "port 99999 is out of range",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing {expected:?} in:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_its_owner_reads() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let output = bulkhead(&["policy", "keygen", "--out", out]);
+    assert!(output.status.success(), "{}", text(&output));
+    let private = dir.path().join("policy-signing.pem");
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let public = std::fs::read_to_string(dir.path().join("policy-signing.pub.pem")).unwrap();
+    bulkhead_schemas::policy::parse_verifying_key(&public, "pub").unwrap();
+    // A second run refuses to overwrite.
+    let again = bulkhead(&["policy", "keygen", "--out", out]);
+    assert!(
+        !again.status.success() && text(&again).contains("--force"),
+        "{}",
+        text(&again)
+    );
+}
+
+#[test]
+fn gen_to_stdout_prints_json_lines_and_stops_quietly_on_a_closed_pipe() {
+    let output = bulkhead(&[
+        "gen", "--to", "stdout", "--flows", "25", "--hosts", "10", "--seed", "3",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 25);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["src_ip"].is_string() && l["bytes"].is_u64())
+    );
+
+    // A reader that stops early (`| head -1`) ends the run without an error.
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "gen", "--to", "stdout", "--flows", "2000000", "--hosts", "10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('{'));
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
