@@ -40,6 +40,9 @@ enum Command {
     Policy(commands::policy::PolicyCommand),
     /// Run the pieces that exist end to end against a broker and show what they do.
     Demo(commands::demo::DemoArgs),
+    /// Enforce the signed policy on this host with nftables (table inet bulkhead), and
+    /// report status.
+    Enforce(bulkhead_enforcer::EnforceArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Topics(command) => commands::topics::run(&settings, command).await,
             Command::Policy(command) => commands::policy::run(command),
             Command::Demo(args) => commands::demo::run(&settings, args).await,
+            Command::Enforce(args) => commands::enforce::run(&settings, args).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! One module per command; each parses its own flags and calls into a component crate.
 
 pub mod demo;
+pub mod enforce;
 pub mod gen_flows;
 pub mod policy;
 pub mod topics;
@@ -17,4 +18,43 @@ pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+/// Serves Prometheus metrics on `addr` (empty: off). A failure to listen is logged, not
+/// fatal: a service keeps doing its job without its metrics endpoint.
+pub fn serve_metrics(addr: &str) {
+    if addr.is_empty() {
+        return;
+    }
+    let parsed: std::net::SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(addr, error = %e, "metrics address is not host:port; metrics are off");
+            return;
+        }
+    };
+    match metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(parsed)
+        .install()
+    {
+        Ok(()) => tracing::info!(%parsed, "serving Prometheus metrics at /metrics"),
+        Err(e) => tracing::warn!(%parsed, error = %e, "cannot serve metrics"),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
 }
