@@ -57,7 +57,10 @@ pub struct Enforcer {
     /// Lowest version acceptable, from the state file (refuses rollback after restart).
     floor: u64,
     control_plane: Vec<AddrRange>,
-    last_error: Option<(String, u64)>,
+    /// Last refused policy message; cleared when a newer valid version is accepted.
+    policy_error: Option<(String, u64)>,
+    /// Last failed apply; cleared by a successful apply.
+    apply_error: Option<(String, u64)>,
     rejected_version: u64,
     /// Counters of tables replaced since start (each apply starts fresh counters).
     dropped_before: u64,
@@ -87,7 +90,8 @@ impl Enforcer {
             applied: None,
             floor,
             control_plane: Vec::new(),
-            last_error: None,
+            policy_error: None,
+            apply_error: None,
             rejected_version: 0,
             dropped_before: 0,
             potentially_blocked_before: 0,
@@ -126,20 +130,37 @@ impl Enforcer {
         }
     }
 
-    fn error(&mut self, message: String) {
-        self.last_error = Some((message, bulkhead_schemas::now_unix_ns()));
+    /// The most recent of the policy and apply errors.
+    fn last_error(&self) -> Option<&(String, u64)> {
+        match (&self.policy_error, &self.apply_error) {
+            (Some(p), Some(a)) => Some(if p.1 >= a.1 { p } else { a }),
+            (p, a) => p.as_ref().or(a.as_ref()),
+        }
     }
 
-    /// Verifies a message from the policy topic; keeps it as current if it is good.
+    /// Verifies a message from the policy topic; keeps it as current if it is good. After
+    /// a restart nothing below the persisted version is accepted (the same version is, so
+    /// that the table is reconciled).
     fn on_policy(&mut self, payload: &[u8]) -> bool {
-        let applied = self
-            .current
-            .as_ref()
-            .map(|p| p.version)
-            .or(self.floor.checked_sub(1));
-        match self.config.verifier.verify_bytes(payload, applied) {
+        let applied = self.current.as_ref().map(|p| p.version);
+        let verified = self
+            .config
+            .verifier
+            .verify_bytes(payload, applied)
+            .and_then(|version| {
+                if applied.is_none() && version.version < self.floor {
+                    Err(PolicyError::Stale {
+                        version: version.version,
+                        applied: self.floor,
+                    })
+                } else {
+                    Ok(version)
+                }
+            });
+        match verified {
             Ok(version) => {
                 self.current = Some(version);
+                self.policy_error = None;
                 true
             }
             Err(e) => {
@@ -158,7 +179,10 @@ impl Enforcer {
                     self.rejected_version = self.rejected_version.max(v.version);
                 }
                 telemetry::policy_rejected(&self.config.host_id, reason, &e);
-                self.error(format!("policy refused: {e}"));
+                self.policy_error = Some((
+                    format!("policy refused: {e}"),
+                    bulkhead_schemas::now_unix_ns(),
+                ));
                 false
             }
         }
@@ -247,13 +271,21 @@ impl Enforcer {
                 };
                 self.persist(&applied);
                 self.applied = Some(applied);
-                self.last_error = None;
+                self.apply_error = None;
             }
             Ok(Err(e)) => {
                 telemetry::apply_failed(&self.config.host_id, policy.version, &e);
-                self.error(format!("applying version {} failed: {e}", policy.version));
+                self.apply_error = Some((
+                    format!("applying version {} failed: {e}", policy.version),
+                    bulkhead_schemas::now_unix_ns(),
+                ));
             }
-            Err(e) => self.error(format!("apply task failed: {e}")),
+            Err(e) => {
+                self.apply_error = Some((
+                    format!("apply task failed: {e}"),
+                    bulkhead_schemas::now_unix_ns(),
+                ))
+            }
         }
     }
 
@@ -265,7 +297,7 @@ impl Enforcer {
             .and_then(Result::ok)
             .unwrap_or_default();
         let (dropped, potentially) = summarize(&counts);
-        let state = match (&self.applied, &self.last_error) {
+        let state = match (&self.applied, self.last_error()) {
             (None, _) => EnforcerState::Error,
             (Some(a), _)
                 if self
@@ -295,11 +327,10 @@ impl Enforcer {
             applied_unix_ns: applied.map_or(0, |a| a.at_unix_ns),
             apply_duration_us: applied.map_or(0, |a| a.took.as_micros() as u64),
             last_error: self
-                .last_error
-                .as_ref()
+                .last_error()
                 .map(|(m, _)| m.clone())
                 .unwrap_or_default(),
-            last_error_unix_ns: self.last_error.as_ref().map_or(0, |(_, at)| *at),
+            last_error_unix_ns: self.last_error().map_or(0, |(_, at)| *at),
             rejected_version: self.rejected_version,
             dropped_packets: self.dropped_before + dropped,
             potentially_blocked_packets: self.potentially_blocked_before + potentially,
@@ -478,7 +509,8 @@ pub async fn run(
                     }
                 };
                 let changed = if message.topic() == policy_topic {
-                    message.payload().is_some_and(|p| enforcer.on_policy(p)) || enforcer.last_error.is_some()
+                    // A refusal changes the status too: report it now.
+                    message.payload().is_some_and(|p| enforcer.on_policy(p)) || enforcer.policy_error.is_some()
                 } else {
                     enforcer.on_inventory(message.key(), message.payload())
                 };

@@ -3,6 +3,8 @@
 //! changed.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 
 use nftables::helper::{self, NftablesError};
 use nftables::schema::{NfListObject, NfObject, Nftables};
@@ -73,14 +75,50 @@ impl Nft {
 
     /// Applies `batch` in one transaction: all of it or, on error, none of it.
     pub fn apply(&self, batch: &Nftables) -> Result<(), NftError> {
-        helper::apply_ruleset_with_args(batch, Some(&self.program), &[] as &[&str])
-            .map_err(|e| convert(&self.program, "ruleset", e))
+        self.feed(&[], batch, "ruleset")
     }
 
     /// Asks nft whether it would accept `batch` (`nft --check`), changing nothing.
     pub fn check(&self, batch: &Nftables) -> Result<(), NftError> {
-        helper::apply_ruleset_with_args(batch, Some(&self.program), &["--check"])
-            .map_err(|e| convert(&self.program, "ruleset (check)", e))
+        self.feed(&["--check"], batch, "ruleset (check)")
+    }
+
+    /// `nft [args] -j -f -` with `batch` on stdin. (nftables' own helper lets nft's stderr
+    /// through to ours, losing the reason of a refusal; here it is captured.)
+    fn feed(&self, args: &[&str], batch: &Nftables, what: &'static str) -> Result<(), NftError> {
+        let payload = serde_json::to_vec(batch).expect("an nftables batch serializes");
+        let exec = |e: std::io::Error| NftError::Exec {
+            program: self.program.clone(),
+            reason: e.to_string(),
+        };
+        let mut child = Command::new(&self.program)
+            .args(args)
+            .args(["-j", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(exec)?;
+        let written = child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(&payload);
+        let output = child.wait_with_output().map_err(exec)?;
+        if output.status.success() && written.is_ok() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        let stderr = if stderr.is_empty() {
+            format!(
+                "{} (exit {})",
+                String::from_utf8_lossy(&output.stdout).trim(),
+                output.status
+            )
+        } else {
+            stderr
+        };
+        Err(NftError::Refused { what, stderr })
     }
 
     /// The bulkhead table as nft lists it, or `None` when there is none.
