@@ -3,11 +3,10 @@
 //! policy published through the real broker, and connection attempts that really
 //! succeed or time out.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bulkhead_bench::lab::{self as support, Host, Process};
 use bulkhead_enforcer::nft::Nft;
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::rdkafka::Message as _;
@@ -16,7 +15,6 @@ use bulkhead_schemas::policy::{PolicyDocument, PolicySigner, PolicyVersion};
 use bulkhead_schemas::proto::{self, EnforcerStatus, HostInventory};
 use bulkhead_schemas::topics::{POLICY_KEY, Topic};
 use prost::Message as _;
-use support::{Host, Process};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -155,23 +153,26 @@ workloads:
 
     fn enforce(&self, host: &Host) -> Process {
         let key = hex::encode(self.signer.verifying_key().as_bytes());
-        host.spawn_bulkhead(&[
-            "enforce",
-            "--kafka",
-            support::LAB_KAFKA,
-            "--topic-prefix",
-            &self.kafka.topic_prefix,
-            "--host-id",
-            &host.ns,
-            "--policy-key",
-            &key,
-            "--heartbeat-secs",
-            "1",
-            "--state-dir",
-            self.state_dir.path().to_str().unwrap(),
-            "--metrics-addr",
-            "",
-        ])
+        host.spawn_bulkhead(
+            env!("CARGO_BIN_EXE_bulkhead"),
+            &[
+                "enforce",
+                "--kafka",
+                support::LAB_KAFKA,
+                "--topic-prefix",
+                &self.kafka.topic_prefix,
+                "--host-id",
+                &host.ns,
+                "--policy-key",
+                &key,
+                "--heartbeat-secs",
+                "1",
+                "--state-dir",
+                self.state_dir.path().to_str().unwrap(),
+                "--metrics-addr",
+                "",
+            ],
+        )
     }
 
     /// Waits until `host` reports a status that satisfies `ok`; returns it.
@@ -465,14 +466,17 @@ async fn restart_reconciles_refuses_rollback_and_remove_leaves_other_tables_alon
     assert_connects(&lab.web, &lab.app, 9999, false);
 
     drop(_app);
-    let mut remove = lab.app.spawn_bulkhead(&[
-        "enforce",
-        "--remove",
-        "--host-id",
-        "x",
-        "--policy-key",
-        &hex::encode(lab.signer.verifying_key().as_bytes()),
-    ]);
+    let mut remove = lab.app.spawn_bulkhead(
+        env!("CARGO_BIN_EXE_bulkhead"),
+        &[
+            "enforce",
+            "--remove",
+            "--host-id",
+            "x",
+            "--policy-key",
+            &hex::encode(lab.signer.verifying_key().as_bytes()),
+        ],
+    );
     assert!(remove.terminate_or_wait().success(), "{}", remove.log());
     assert!(
         lab.app.nft(&["list", "table", "inet", "bulkhead"]).is_err(),
@@ -493,18 +497,21 @@ async fn dry_run_prints_the_batch_and_changes_nothing() {
     lab.provision(1, lab.document(["full", "full", "full"], false, "", ""))
         .await;
     let key = hex::encode(lab.signer.verifying_key().as_bytes());
-    let mut dry = lab.app.spawn_bulkhead(&[
-        "enforce",
-        "--dry-run",
-        "--kafka",
-        support::LAB_KAFKA,
-        "--topic-prefix",
-        &lab.kafka.topic_prefix,
-        "--host-id",
-        &lab.app.ns,
-        "--policy-key",
-        &key,
-    ]);
+    let mut dry = lab.app.spawn_bulkhead(
+        env!("CARGO_BIN_EXE_bulkhead"),
+        &[
+            "enforce",
+            "--dry-run",
+            "--kafka",
+            support::LAB_KAFKA,
+            "--topic-prefix",
+            &lab.kafka.topic_prefix,
+            "--host-id",
+            &lab.app.ns,
+            "--policy-key",
+            &key,
+        ],
+    );
     assert!(dry.terminate_or_wait().success(), "{}", dry.log());
     let output = dry.log();
     assert!(

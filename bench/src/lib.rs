@@ -6,6 +6,10 @@
 //! inventories — and their [`FlowBatch`](bulkhead_schemas::proto::FlowBatch)es, exactly as
 //! collectors would publish them (both ends of a connection report it).
 //!
-//! `bulkhead gen` is the command-line face of [`workload`].
+//! [`lab`] builds test hosts (network namespaces on a bridge) for end-to-end tests and
+//! benchmarks. `bulkhead gen` is the command-line face of [`workload`].
 
+pub mod enforcer;
+pub mod lab;
+pub mod stats;
 pub mod workload;

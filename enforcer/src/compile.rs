@@ -137,6 +137,9 @@ struct Resolver<'a> {
     doc: &'a PolicyDocument,
     membership: &'a Membership,
     labels: HashMap<&'a str, &'a BTreeMap<String, String>>,
+    /// Every workload the policy or the inventory knows, sorted (built once: rules look
+    /// them up many times).
+    workloads: Vec<&'a str>,
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
@@ -150,18 +153,26 @@ impl<'a> Resolver<'a> {
         scope.is_none_or(|scope| label_set_matches(scope, self.labels_of(workload)))
     }
 
-    /// Every workload the policy or the inventory knows.
-    fn workloads(&self) -> impl Iterator<Item = &str> {
-        let mut all: Vec<&str> = self
-            .doc
+    fn new(doc: &'a PolicyDocument, membership: &'a Membership) -> Self {
+        let mut workloads: Vec<&str> = doc
             .workloads
             .iter()
             .map(|w| w.workload_id.as_str())
-            .chain(self.membership.workloads())
+            .chain(membership.workloads())
             .collect();
-        all.sort_unstable();
-        all.dedup();
-        all.into_iter()
+        workloads.sort_unstable();
+        workloads.dedup();
+        let labels = doc
+            .workloads
+            .iter()
+            .map(|w| (w.workload_id.as_str(), &w.labels))
+            .collect();
+        Self {
+            doc,
+            membership,
+            labels,
+            workloads,
+        }
     }
 
     fn workload_addresses(&self, workload: &str) -> impl Iterator<Item = AddrRange> + '_ {
@@ -174,16 +185,20 @@ impl<'a> Resolver<'a> {
     /// Addresses of `actor`; workloads limited to `scope` when given.
     fn addresses(&self, actor: &Actor, scope: Option<&[Label]>) -> Vec<AddrRange> {
         let workloads = |pred: &dyn Fn(&str) -> bool| -> Vec<AddrRange> {
-            self.workloads()
+            self.workloads
+                .iter()
                 .filter(|w| pred(w) && self.in_scope(w, scope))
-                .flat_map(|w| self.workload_addresses(w).collect::<Vec<_>>())
+                .flat_map(|w| self.workload_addresses(w))
                 .collect()
         };
         match actor {
             Actor::Any if scope.is_none() => vec![AddrRange::all(false), AddrRange::all(true)],
             Actor::Any => workloads(&|_| true),
             Actor::Labels(set) => workloads(&|w| label_set_matches(set, self.labels_of(w))),
-            Actor::Workload(id) => workloads(&|w| w == id),
+            Actor::Workload(id) if self.in_scope(id, scope) => {
+                self.workload_addresses(id).collect()
+            }
+            Actor::Workload(_) => Vec::new(),
             Actor::IpList(name) => match self.doc.ip_lists.iter().find(|l| &l.name == name) {
                 Some(list) => {
                     let holes: Vec<AddrRange> =
@@ -247,15 +262,7 @@ pub fn compile(
     control_plane: &[AddrRange],
 ) -> HostPolicy {
     let doc = &policy.document;
-    let resolver = Resolver {
-        doc,
-        membership,
-        labels: doc
-            .workloads
-            .iter()
-            .map(|w| (w.workload_id.as_str(), &w.labels))
-            .collect(),
-    };
+    let resolver = Resolver::new(doc, membership);
     let me = doc.workloads.iter().find(|w| w.workload_id == host_id);
     let mut out = HostPolicy {
         version: policy.version,

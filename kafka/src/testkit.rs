@@ -30,6 +30,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 fn must_run() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
         || std::env::var_os("BULKHEAD_REQUIRE_KAFKA").is_some_and(|v| v == "1")
+        || std::env::var_os("BULKHEAD_REQUIRE_ALL").is_some_and(|v| v == "1")
 }
 
 fn reachable(brokers: &str) -> bool {

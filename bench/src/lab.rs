@@ -1,11 +1,12 @@
-//! Test hosts for end-to-end tests: network namespaces on a lab bridge, listeners and
-//! clients inside them, and a real `bulkhead` process running inside a namespace.
+//! Lab hosts: network namespaces on a lab bridge, listeners and clients inside them, and
+//! real `bulkhead` processes running inside a namespace. Used by the end-to-end tests and
+//! the benchmarks.
 //!
 //! Every host sits on the bridge `bhlab0` (10.250.0.1/16, fd00:250::1/64 in the root
 //! namespace), which is where the dev broker's lab listener is advertised
 //! (`dev/kafka/up`). Namespaces and veths are removed on drop, even when a test fails.
-
-#![allow(dead_code, reason = "each test binary uses part of the support module")]
+//! Addresses are only ever in 10.250.0.0/16 and fd00:250::/64, inside namespaces this
+//! process made.
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -48,16 +49,7 @@ pub fn run(args: &[&str]) -> String {
 /// Whether this process can build test hosts (root, `ip`, `nft`). When it cannot, says so
 /// loudly; under CI (or BULKHEAD_REQUIRE_ALL=1) that is a failure instead.
 pub fn can_build_hosts() -> bool {
-    let problem = if unsafe { libc::geteuid() } != 0 {
-        Some("not root (network namespaces and nftables need CAP_NET_ADMIN)".to_string())
-    } else if let Err(e) = sh(&["ip", "-V"]) {
-        Some(format!("no iproute2: {e}"))
-    } else if let Err(e) = sh(&["nft", "--version"]) {
-        Some(format!("no nft (apt-get install nftables): {e}"))
-    } else {
-        None
-    };
-    match problem {
+    match host_problem() {
         None => true,
         Some(p) if required() => {
             panic!("this test needs test hosts, and this run requires them: {p}")
@@ -68,6 +60,19 @@ pub fn can_build_hosts() -> bool {
             );
             false
         }
+    }
+}
+
+/// Why this process cannot build lab hosts, if it cannot.
+pub fn host_problem() -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        Some("not root (network namespaces and nftables need CAP_NET_ADMIN)".to_string())
+    } else if let Err(e) = sh(&["ip", "-V"]) {
+        Some(format!("no iproute2: {e}"))
+    } else if let Err(e) = sh(&["nft", "--version"]) {
+        Some(format!("no nft (apt-get install nftables): {e}"))
+    } else {
+        None
     }
 }
 
@@ -212,13 +217,13 @@ impl Host {
         sh(&full)
     }
 
-    /// Starts `bulkhead <args>` inside the host; it is killed when the guard drops. Its
-    /// output goes to a log file that is printed if the test fails.
-    pub fn spawn_bulkhead(&self, args: &[&str]) -> Process {
+    /// Starts `<bulkhead> <args>` inside the host; it is killed when the guard drops. Its
+    /// output goes to a log file that is printed if the caller is panicking.
+    pub fn spawn_bulkhead(&self, bulkhead: &str, args: &[&str]) -> Process {
         let log_path = std::env::temp_dir().join(format!("{}.log", self.ns));
         let log = File::create(&log_path).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_bulkhead")])
+            .args(["netns", "exec", &self.ns, bulkhead])
             .args(args)
             .env("BULKHEAD_LOG", "info,bulkhead_enforcer=debug")
             .stdout(log.try_clone().unwrap())
