@@ -442,74 +442,53 @@ impl Builder {
         if policy.quarantined {
             return;
         }
-        let drop = [counter(), Statement::Drop(None)];
-        match policy.mode {
-            EnforcementMode::Idle => {}
+        let drop = vec![counter(), Statement::Drop(None)];
+        // What a deny boundary does, and the last rule after the allows, by mode.
+        let (deny_verdict, deny_comment, last_rule) = match policy.mode {
+            EnforcementMode::Idle => return,
             EnforcementMode::VisibilityOnly => {
-                self.matcher_rules(
-                    dir,
-                    &format!("deny_{tag}"),
-                    deny,
-                    &[counter()],
-                    Some(counters::POTENTIALLY_BLOCKED),
-                );
-                if default_deny {
-                    self.matcher_rules(
-                        dir,
-                        &format!("allow_{tag}"),
-                        allow,
-                        &[Statement::Accept(None)],
-                        None,
-                    );
-                    self.icmpv6_essentials(dir);
-                    let log = Statement::Log(Some(Log {
-                        prefix: Some("bulkhead potentially blocked: ".into()),
-                        ..Log::new(None)
-                    }));
-                    let limit = Statement::Limit(nftables::stmt::Limit {
-                        rate: 10,
-                        rate_unit: None,
-                        per: Some("second".into()),
-                        burst: Some(20),
-                        burst_unit: None,
-                        inv: None,
-                    });
-                    self.rule(
-                        dir.chain(),
-                        vec![counter(), limit, log],
-                        Some(counters::POTENTIALLY_BLOCKED),
-                    );
-                }
+                let limit = Statement::Limit(nftables::stmt::Limit {
+                    rate: 10,
+                    rate_unit: None,
+                    per: Some("second".into()),
+                    burst: Some(20),
+                    burst_unit: None,
+                    inv: None,
+                });
+                let log = Statement::Log(Some(Log {
+                    prefix: Some("bulkhead potentially blocked: ".into()),
+                    ..Log::new(None)
+                }));
+                (
+                    vec![counter()],
+                    counters::POTENTIALLY_BLOCKED,
+                    Some((vec![counter(), limit, log], counters::POTENTIALLY_BLOCKED)),
+                )
             }
-            EnforcementMode::Selective => {
-                self.matcher_rules(
-                    dir,
-                    &format!("deny_{tag}"),
-                    deny,
-                    &drop,
-                    Some(counters::DENY_BOUNDARY),
-                );
-            }
-            EnforcementMode::Full => {
-                self.matcher_rules(
-                    dir,
-                    &format!("deny_{tag}"),
-                    deny,
-                    &drop,
-                    Some(counters::DENY_BOUNDARY),
-                );
-                if default_deny {
-                    self.matcher_rules(
-                        dir,
-                        &format!("allow_{tag}"),
-                        allow,
-                        &[Statement::Accept(None)],
-                        None,
-                    );
-                    self.icmpv6_essentials(dir);
-                    self.rule(dir.chain(), drop.to_vec(), Some(counters::DEFAULT_DENY));
-                }
-            }
+            EnforcementMode::Selective => (drop, counters::DENY_BOUNDARY, None),
+            EnforcementMode::Full => (
+                drop.clone(),
+                counters::DENY_BOUNDARY,
+                Some((drop, counters::DEFAULT_DENY)),
+            ),
+        };
+        self.matcher_rules(
+            dir,
+            &format!("deny_{tag}"),
+            deny,
+            &deny_verdict,
+            Some(deny_comment),
+        );
+        if let (true, Some((statements, comment))) = (default_deny, last_rule) {
+            self.matcher_rules(
+                dir,
+                &format!("allow_{tag}"),
+                allow,
+                &[Statement::Accept(None)],
+                None,
+            );
+            self.icmpv6_essentials(dir);
+            self.rule(dir.chain(), statements, Some(comment));
         }
     }
 }

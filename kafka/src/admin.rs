@@ -39,12 +39,7 @@ pub enum TopicOutcome {
 }
 
 fn admin_client(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    let mut client_config = config.client_config();
-    config.apply_properties(&mut client_config);
-    client_config.create().map_err(|source| KafkaError::Client {
-        brokers: config.brokers.clone(),
-        source,
-    })
+    config.create(config.client_config())
 }
 
 fn topic_configs(spec: &TopicSpec) -> Vec<(&'static str, String)> {
@@ -130,14 +125,7 @@ pub fn list_topics(
     config: &KafkaConfig,
     prefix: &str,
 ) -> Result<BTreeMap<String, usize>, KafkaError> {
-    let mut client_config = config.client_config();
-    config.apply_properties(&mut client_config);
-    let consumer: BaseConsumer = client_config
-        .create()
-        .map_err(|source| KafkaError::Client {
-            brokers: config.brokers.clone(),
-            source,
-        })?;
+    let consumer: BaseConsumer = config.create(config.client_config())?;
     let metadata = consumer
         .fetch_metadata(None, config.request_timeout())
         .map_err(|e| KafkaError::request(format!("metadata from {}", config.brokers), e))?;

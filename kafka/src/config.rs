@@ -217,6 +217,19 @@ impl KafkaConfig {
         }
     }
 
+    /// Creates a librdkafka client from `client_config` with the passthrough properties
+    /// applied last.
+    pub fn create<T: rdkafka::config::FromClientConfig>(
+        &self,
+        mut client_config: ClientConfig,
+    ) -> Result<T, KafkaError> {
+        self.apply_properties(&mut client_config);
+        client_config.create().map_err(|source| KafkaError::Client {
+            brokers: self.brokers.clone(),
+            source,
+        })
+    }
+
     pub(crate) fn compression_codec(&self) -> &'static str {
         self.compression.as_str()
     }

@@ -50,13 +50,7 @@ impl Consumer {
                 "fetch.message.max.bytes",
                 crate::admin::MAX_MESSAGE_BYTES.to_string(),
             );
-        config.apply_properties(&mut client_config);
-        let inner = client_config
-            .create()
-            .map_err(|source| KafkaError::Client {
-                brokers: config.brokers.clone(),
-                source,
-            })?;
+        let inner = config.create(client_config)?;
         Ok(Self {
             inner,
             brokers: config.brokers.clone(),

@@ -38,13 +38,7 @@ impl Producer {
             // librdkafka retries within this bound; past it the send fails and the caller
             // decides (buffer, drop oldest, stop) instead of waiting forever.
             .set("message.timeout.ms", "30000");
-        config.apply_properties(&mut client_config);
-        let inner = client_config
-            .create()
-            .map_err(|source| KafkaError::Client {
-                brokers: config.brokers.clone(),
-                source,
-            })?;
+        let inner = config.create(client_config)?;
         Ok(Self {
             inner,
             brokers: config.brokers.clone(),

@@ -55,6 +55,26 @@ pub use sign::{
 };
 pub use validate::{ValidationErrors, ValidationIssue};
 
+/// Serde as the type's text form (`Display` / `FromStr`): labels, port ranges and
+/// service references are written as people write them, in YAML and JSON alike.
+macro_rules! serde_as_text {
+    ($($ty:ty),*) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+serde_as_text!(Label, PortRange, ServiceRef);
+
 /// The label keys every deployment has.
 pub const STANDARD_LABEL_KEYS: [&str; 4] = ["role", "app", "env", "loc"];
 
@@ -89,20 +109,6 @@ impl FromStr for Label {
             }
             _ => Err(format!("label {s:?} is not of the form key=value")),
         }
-    }
-}
-
-impl Serialize for Label {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Label {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -233,20 +239,6 @@ impl FromStr for PortRange {
     }
 }
 
-impl Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
 /// A service in a rule: a named [`Service`], or an inline port range. Written as the
 /// service name, or as a port range (`tcp/443`); a name may not be a protocol word.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -275,20 +267,6 @@ impl FromStr for ServiceRef {
         } else {
             Ok(ServiceRef::Named(s.trim().to_string()))
         }
-    }
-}
-
-impl Serialize for ServiceRef {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ServiceRef {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 
