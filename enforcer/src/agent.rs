@@ -334,6 +334,14 @@ impl Enforcer {
             rejected_version: self.rejected_version,
             dropped_packets: self.dropped_before + dropped,
             potentially_blocked_packets: self.potentially_blocked_before + potentially,
+            counters: counts
+                .iter()
+                .map(|(rule, (packets, bytes))| proto::RuleCounter {
+                    rule: rule.clone(),
+                    packets: *packets,
+                    bytes: *bytes,
+                })
+                .collect(),
         }
     }
 

@@ -133,29 +133,54 @@ impl Rectangles {
     }
 
     /// Disjoint rectangles covering exactly the union of what was pushed, sorted by port
-    /// then address.
+    /// then address. A sweep along the port axis: at each cut point the rectangles that
+    /// end are removed from, and those that start are added to, the active set, so the
+    /// cost is O(n log n) plus the active addresses per piece (not pieces × items).
     pub fn disjoint(&self) -> Vec<(AddrRange, PortSpan)> {
-        // Cut points on the port axis: every start, and every end + 1.
-        let mut cuts: Vec<u32> = self
+        let mut starts: Vec<(u32, usize)> = self
             .items
             .iter()
-            .flat_map(|(_, (a, b))| [u32::from(*a), u32::from(*b) + 1])
+            .enumerate()
+            .map(|(i, (_, (a, _)))| (u32::from(*a), i))
             .collect();
+        let mut ends: Vec<(u32, usize)> = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, (_, (_, b)))| (u32::from(*b) + 1, i))
+            .collect();
+        starts.sort_unstable();
+        ends.sort_unstable();
+        let mut cuts: Vec<u32> = starts.iter().chain(&ends).map(|(at, _)| *at).collect();
         cuts.sort_unstable();
         cuts.dedup();
+
+        let mut active: std::collections::BTreeMap<AddrRange, usize> =
+            std::collections::BTreeMap::new();
+        let (mut next_start, mut next_end) = (0, 0);
         let mut pieces: Vec<(PortSpan, Vec<AddrRange>)> = Vec::new();
         for window in cuts.windows(2) {
             let (lo, hi) = (window[0], window[1] - 1);
-            let covering: Vec<AddrRange> = self
-                .items
-                .iter()
-                .filter(|(_, (a, b))| u32::from(*a) <= lo && hi <= u32::from(*b))
-                .map(|(addr, _)| *addr)
-                .collect();
-            if covering.is_empty() {
+            while next_end < ends.len() && ends[next_end].0 <= lo {
+                let addr = self.items[ends[next_end].1].0;
+                if let Some(count) = active.get_mut(&addr) {
+                    *count -= 1;
+                    if *count == 0 {
+                        active.remove(&addr);
+                    }
+                }
+                next_end += 1;
+            }
+            while next_start < starts.len() && starts[next_start].0 <= lo {
+                *active
+                    .entry(self.items[starts[next_start].1].0)
+                    .or_default() += 1;
+                next_start += 1;
+            }
+            if active.is_empty() {
                 continue;
             }
-            let addrs = merge(covering);
+            let addrs = merge(active.keys().copied().collect());
             let span = (lo as u16, hi as u16);
             match pieces.last_mut() {
                 // Join with the previous piece when it is adjacent and covers the same addresses.
