@@ -255,8 +255,18 @@ async fn full_mode_allows_what_policy_allows_and_drops_the_rest() {
     );
     assert_connects_to(&lab.web, &lab.db, SocketAddr::new(lab.db.ipv6, 5432), false);
     assert_connects_to(&lab.app, &lab.db, SocketAddr::new(lab.db.ipv6, 5432), true);
-    lab.status_of(&lab.db, "dropped packets", |s| s.dropped_packets > 0)
+    let status = lab
+        .status_of(&lab.db, "dropped packets", |s| s.dropped_packets > 0)
         .await;
+    let default_deny = status
+        .counters
+        .iter()
+        .find(|c| c.rule == "bulkhead:default-deny")
+        .expect("per-rule counters");
+    assert!(
+        default_deny.packets > 0 && default_deny.bytes > 0,
+        "{status:?}"
+    );
 
     // Under default deny the enforcer still hears from Kafka: a new version gets through.
     let extra = "      - {id: web-to-app-9999, consumers: [{labels: [role=web]}], providers: [{labels: [role=api]}], services: [tcp/9999]}";
