@@ -11,5 +11,6 @@
 
 pub mod enforcer;
 pub mod lab;
+pub mod schemas;
 pub mod stats;
 pub mod workload;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bulkhead_bench::{enforcer, lab};
+use bulkhead_bench::{enforcer, lab, schemas};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -24,6 +24,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// FlowBatch decode and conversion into Arrow columns, vs. decode alone.
+    Schemas,
     /// Apply latency by ruleset size, packet cost of 10,000 rules, provision → active.
     Enforcer {
         /// The bulkhead binary to run as the enforcer [default: next to this binary].
@@ -43,6 +45,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
     match args.bench {
+        Bench::Schemas => {
+            let (records, rounds) = if args.quick {
+                (20_000, 3)
+            } else {
+                (1_000_000, 7)
+            };
+            let report = schemas::conversion(records, rounds);
+            let path = args.out.join("schemas.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            println!("results: {}", path.display());
+        }
         Bench::Enforcer {
             bulkhead,
             kafka,
