@@ -38,6 +38,9 @@ enum Command {
     /// Work with policy files and signing keys offline.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
+    /// Capture this host's flows with eBPF (with processes and DNS names) and publish them
+    /// and the host inventory to Kafka, or print them as JSON lines (--stdout).
+    Collect(bulkhead_collector::CollectArgs),
     /// Run the pieces that exist end to end against a broker and show what they do.
     Demo(commands::demo::DemoArgs),
 }
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Topics(command) => commands::topics::run(&settings, command).await,
             Command::Policy(command) => commands::policy::run(command),
             Command::Demo(args) => commands::demo::run(&settings, args).await,
+            Command::Collect(args) => commands::collect::run(&settings, args).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! One module per command; each parses its own flags and calls into a component crate.
 
+pub mod collect;
 pub mod demo;
 pub mod gen_flows;
 pub mod policy;

@@ -1,0 +1,270 @@
+//! Where flows and inventories go: Kafka (through a bytes-bounded, drop-oldest queue), JSON
+//! lines on stdout, or an in-process channel (for `bulkhead agent` and tests).
+//!
+//! A [`Sink`] is built before the collector enters its network namespace (Kafka client
+//! threads stay in the namespace that reaches the broker).
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use bulkhead_kafka::admin::{self, TopicOptions};
+use bulkhead_kafka::{KafkaConfig, Producer};
+use bulkhead_schemas::proto::{FlowBatch, HostInventory};
+use bulkhead_schemas::topics::Topic;
+use prost::Message as _;
+use tokio::task::JoinHandle;
+
+use crate::error::CollectorError;
+use crate::queue::ByteQueue;
+use crate::telemetry::{Metric, Stats};
+
+/// Where the collector publishes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Kafka(KafkaConfig),
+    Stdout,
+    Channel(Sender<Published>),
+}
+
+/// What goes to a [`Output::Channel`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Published {
+    Flows(FlowBatch),
+    Inventory(HostInventory),
+}
+
+/// A connected output.
+pub enum Sink {
+    Kafka {
+        producer: Producer,
+        flows_topic: String,
+        inventory_topic: String,
+    },
+    Stdout,
+    Channel(Sender<Published>),
+}
+
+impl Sink {
+    /// Connects (Kafka: creates the topics if missing and a producer).
+    pub async fn connect(output: Output) -> Result<Self, CollectorError> {
+        Ok(match output {
+            Output::Kafka(config) => {
+                admin::ensure_topics(
+                    &config,
+                    &[Topic::Flows, Topic::Inventory],
+                    &TopicOptions::default(),
+                )
+                .await?;
+                Sink::Kafka {
+                    producer: Producer::new(&config)?,
+                    flows_topic: config.topic(Topic::Flows),
+                    inventory_topic: config.topic(Topic::Inventory),
+                }
+            }
+            Output::Stdout => Sink::Stdout,
+            Output::Channel(sender) => Sink::Channel(sender),
+        })
+    }
+}
+
+struct Queued {
+    topic: String,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    /// Flow records inside (0 for an inventory).
+    records: u64,
+}
+
+/// Publishes without ever blocking the caller.
+pub struct Publisher {
+    kind: Kind,
+    stats: Arc<Stats>,
+}
+
+enum Kind {
+    Kafka {
+        queue: Arc<ByteQueue<Queued>>,
+        sender: JoinHandle<()>,
+        producer: Producer,
+        flows_topic: String,
+        inventory_topic: String,
+    },
+    Stdout,
+    Channel(Sender<Published>),
+}
+
+impl Publisher {
+    /// Starts the publisher; Kafka sends run on a task of the current runtime.
+    pub fn start(sink: Sink, queue_bytes: usize, stats: Arc<Stats>) -> Self {
+        let kind = match sink {
+            Sink::Kafka {
+                producer,
+                flows_topic,
+                inventory_topic,
+            } => {
+                let queue = Arc::new(ByteQueue::new(queue_bytes));
+                let sender =
+                    tokio::spawn(send_loop(queue.clone(), producer.clone(), stats.clone()));
+                Kind::Kafka {
+                    queue,
+                    sender,
+                    producer,
+                    flows_topic,
+                    inventory_topic,
+                }
+            }
+            Sink::Stdout => Kind::Stdout,
+            Sink::Channel(sender) => Kind::Channel(sender),
+        };
+        Self { kind, stats }
+    }
+
+    fn enqueue(&self, queue: &ByteQueue<Queued>, item: Queued) {
+        let size = item.payload.len();
+        let records = item.records;
+        let dropped = queue.push(item, size);
+        if dropped.items > 0 {
+            Stats::add(&self.stats.dropped_batches_queue_full, dropped.items);
+            Metric::DroppedBatches.add_tagged("queue_full", dropped.items);
+            tracing::warn!(
+                dropped_messages = dropped.items,
+                dropped_bytes = dropped.bytes,
+                capacity_bytes = queue.capacity(),
+                "publish queue full (Kafka slow or down): dropped the oldest messages"
+            );
+        }
+        let _ = records;
+        Metric::QueueBytes.set(queue.usage().1 as f64);
+    }
+
+    /// Hands a batch over; never blocks.
+    pub fn flows(&self, batch: FlowBatch) {
+        match &self.kind {
+            Kind::Kafka {
+                queue, flows_topic, ..
+            } => {
+                let item = Queued {
+                    topic: flows_topic.clone(),
+                    key: batch.host_id.as_bytes().to_vec(),
+                    records: batch.records.len() as u64,
+                    payload: batch.encode_to_vec(),
+                };
+                self.enqueue(queue, item);
+            }
+            Kind::Stdout => {
+                let mut out = std::io::stdout().lock();
+                for record in &batch.records {
+                    let line = bulkhead_schemas::json::flow_record(record);
+                    // A closed stdout (e.g. `| head`) is not the collector's failure.
+                    let _ = writeln!(out, "{line}");
+                }
+                let _ = out.flush();
+                self.delivered(1, 0);
+            }
+            Kind::Channel(sender) => {
+                if sender.send(Published::Flows(batch)).is_ok() {
+                    self.delivered(1, 0);
+                }
+            }
+        }
+    }
+
+    fn delivered(&self, batches: u64, bytes: u64) {
+        Stats::add(&self.stats.published_batches, batches);
+        Metric::PublishedBatches.add(batches);
+        Stats::add(&self.stats.published_bytes, bytes);
+        Metric::PublishedBytes.add(bytes);
+    }
+
+    /// Hands an inventory over; never blocks.
+    pub fn inventory(&self, inventory: HostInventory) {
+        Stats::add(&self.stats.published_inventories, 1);
+        Metric::PublishedInventories.add(1);
+        match &self.kind {
+            Kind::Kafka {
+                queue,
+                inventory_topic,
+                ..
+            } => {
+                let item = Queued {
+                    topic: inventory_topic.clone(),
+                    key: inventory.host_id.as_bytes().to_vec(),
+                    records: 0,
+                    payload: inventory.encode_to_vec(),
+                };
+                self.enqueue(queue, item);
+            }
+            Kind::Stdout => {
+                tracing::info!(
+                    host_id = %inventory.host_id,
+                    interfaces = inventory.interfaces.len(),
+                    listening = inventory.listening.len(),
+                    "host inventory (not published: --stdout)"
+                );
+            }
+            Kind::Channel(sender) => {
+                let _ = sender.send(Published::Inventory(inventory));
+            }
+        }
+    }
+
+    /// Sends what is queued, waiting at most `timeout`, then stops.
+    pub async fn shutdown(self, timeout: Duration) {
+        if let Kind::Kafka {
+            queue,
+            sender,
+            producer,
+            ..
+        } = self.kind
+        {
+            queue.close();
+            let mut sender = sender;
+            if tokio::time::timeout(timeout, &mut sender).await.is_err() {
+                sender.abort();
+                let (items, bytes) = queue.usage();
+                tracing::warn!(
+                    items,
+                    bytes,
+                    "Kafka did not take the last messages in time; they are lost"
+                );
+            }
+            let _ =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        }
+    }
+}
+
+async fn send_loop(queue: Arc<ByteQueue<Queued>>, producer: Producer, stats: Arc<Stats>) {
+    let mut failing = false;
+    while let Some((item, size)) = queue.pop().await {
+        match producer.send(&item.topic, &item.key, &item.payload).await {
+            Ok(_) => {
+                if failing {
+                    tracing::info!("Kafka accepts messages again");
+                    failing = false;
+                }
+                if item.records > 0 {
+                    Stats::add(&stats.published_batches, 1);
+                    Metric::PublishedBatches.add(1);
+                    Stats::add(&stats.published_bytes, size as u64);
+                    Metric::PublishedBytes.add(size as u64);
+                }
+                Metric::QueueBytes.set(queue.usage().1 as f64);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "Kafka send failed; keeping the message and retrying");
+                    failing = true;
+                }
+                let dropped = queue.push_front(item, size);
+                if dropped.items > 0 {
+                    Stats::add(&stats.dropped_batches_queue_full, dropped.items);
+                    Metric::DroppedBatches.add_tagged("queue_full", dropped.items);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
