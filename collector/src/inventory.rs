@@ -81,7 +81,10 @@ pub struct Link {
     pub ifindex: u32,
     pub mac: Vec<u8>,
     pub addresses: Vec<String>,
+    /// Administratively and operationally up (carrier).
     pub up: bool,
+    /// Administratively up (`ip link set X up`), carrier or not yet.
+    pub admin_up: bool,
     pub loopback: bool,
 }
 
@@ -148,6 +151,7 @@ pub fn links() -> Result<Vec<Link>, CollectorError> {
             ..Default::default()
         });
         link.up = flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0;
+        link.admin_up = flags & libc::IFF_UP != 0;
         link.loopback = flags & libc::IFF_LOOPBACK != 0;
         if ifa.ifa_addr.is_null() {
             continue;

@@ -354,6 +354,7 @@ impl State {
                 "flow map full: packets of new flows were not recorded (raise --flow-map-entries)"
             );
         }
+        tracing::debug!(flows = flows.len(), dropped, "evicted");
         Stats::add(&self.stats.evictions, 1);
         let n = records.len() as u64;
         Stats::add(&self.stats.evicted_flows, n);
@@ -406,7 +407,9 @@ impl State {
         let attached = self.kernel.attached();
         for link in &links {
             let wanted = if self.config.interfaces.is_empty() {
-                link.up && !link.loopback
+                // Admin up is enough: the carrier of a new link comes a moment later,
+                // and its first packets must not be missed.
+                link.admin_up && !link.loopback
             } else {
                 self.config.interfaces.contains(&link.name)
             };
