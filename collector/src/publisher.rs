@@ -123,7 +123,6 @@ impl Publisher {
 
     fn enqueue(&self, queue: &ByteQueue<Queued>, item: Queued) {
         let size = item.payload.len();
-        let records = item.records;
         let dropped = queue.push(item, size);
         if dropped.items > 0 {
             Stats::add(&self.stats.dropped_batches_queue_full, dropped.items);
@@ -135,7 +134,6 @@ impl Publisher {
                 "publish queue full (Kafka slow or down): dropped the oldest messages"
             );
         }
-        let _ = records;
         Metric::QueueBytes.set(queue.usage().1 as f64);
     }
 
