@@ -234,34 +234,70 @@ impl Publisher {
     }
 }
 
+/// Messages handed to librdkafka and not yet acknowledged. Within a partition the
+/// idempotent producer keeps them in order; more in flight hides the broker round trip.
+const IN_FLIGHT: usize = 8;
+
 async fn send_loop(queue: Arc<ByteQueue<Queued>>, producer: Producer, stats: Arc<Stats>) {
+    use futures::StreamExt as _;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut failing = false;
-    while let Some((item, size)) = queue.pop().await {
-        match producer.send(&item.topic, &item.key, &item.payload).await {
-            Ok(_) => {
-                if failing {
-                    tracing::info!("Kafka accepts messages again");
-                    failing = false;
+    let mut degraded = false;
+    let mut closed = false;
+    loop {
+        if closed && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            // Acknowledgements first: they free room (and memory) before new input.
+            Some((result, item, size)) = in_flight.next(), if !in_flight.is_empty() => {
+                let result: Result<bulkhead_kafka::Delivery, bulkhead_kafka::KafkaError> = result;
+                let item: Queued = item;
+                match result {
+                    Ok(_) => {
+                        if degraded {
+                            tracing::info!("Kafka accepts messages again");
+                            degraded = false;
+                        }
+                        if item.records > 0 {
+                            Stats::add(&stats.published_batches, 1);
+                            Metric::PublishedBatches.add(1);
+                            Stats::add(&stats.published_bytes, size as u64);
+                            Metric::PublishedBytes.add(size as u64);
+                        }
+                        Metric::QueueBytes.set(queue.usage().1 as f64);
+                    }
+                    Err(e) => {
+                        if !degraded {
+                            tracing::warn!(error = %e, "Kafka send failed; keeping the message and retrying");
+                            degraded = true;
+                        }
+                        failing = true;
+                        let dropped = queue.push_front(item, size);
+                        if dropped.items > 0 {
+                            Stats::add(&stats.dropped_batches_queue_full, dropped.items);
+                            Metric::DroppedBatches.add_tagged("queue_full", dropped.items);
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
-                if item.records > 0 {
-                    Stats::add(&stats.published_batches, 1);
-                    Metric::PublishedBatches.add(1);
-                    Stats::add(&stats.published_bytes, size as u64);
-                    Metric::PublishedBytes.add(size as u64);
-                }
-                Metric::QueueBytes.set(queue.usage().1 as f64);
             }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "Kafka send failed; keeping the message and retrying");
-                    failing = true;
+            next = queue.pop(), if !closed && in_flight.len() < IN_FLIGHT && !failing => {
+                match next {
+                    Some((item, size)) => {
+                        let producer = producer.clone();
+                        in_flight.push(async move {
+                            let result = producer.send(&item.topic, &item.key, &item.payload).await;
+                            (result, item, size)
+                        });
+                    }
+                    None => closed = true,
                 }
-                let dropped = queue.push_front(item, size);
-                if dropped.items > 0 {
-                    Stats::add(&stats.dropped_batches_queue_full, dropped.items);
-                    Metric::DroppedBatches.add_tagged("queue_full", dropped.items);
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            // While failing, retry one message at a time (the one put back in front).
+            () = tokio::time::sleep(Duration::from_millis(100)), if failing && in_flight.is_empty() => {
+                failing = false;
             }
         }
     }

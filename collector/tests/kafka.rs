@@ -169,8 +169,8 @@ async fn a_dead_broker_never_blocks_and_costs_the_oldest_batches() {
         "publishing blocked on a dead broker"
     );
     let dropped = Stats::get(&stats.dropped_batches_queue_full);
-    // 30 batches, at most 8 queued and 1 in flight: at least 21 dropped, oldest first.
-    assert!(dropped >= 21, "dropped {dropped}");
+    // 30 batches, at most 8 queued and 8 in flight: at least 14 dropped, oldest first.
+    assert!(dropped >= 14, "dropped {dropped}");
     assert_eq!(Stats::get(&stats.published_batches), 0);
     publisher.shutdown(Duration::from_millis(200)).await;
 }

@@ -75,6 +75,41 @@ pub fn merge_per_cpu<'a>(values: impl IntoIterator<Item = &'a FlowValue>) -> Flo
     merged
 }
 
+/// BPF_PROG_TEST_RUN of a loaded TC program of `obj`: mean time per run.
+pub fn test_run(
+    obj: &Ebpf,
+    program: &str,
+    packet: &[u8],
+    repeat: u32,
+) -> Result<Duration, CollectorError> {
+    use aya::programs::TestRun as _;
+    let prog: &SchedClassifier = obj
+        .program(program)
+        .ok_or_else(|| CollectorError::Internal(format!("program {program} missing")))?
+        .try_into()
+        .map_err(|e| program_err(program, e))?;
+    let result = prog
+        .test_run(aya::programs::TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        })
+        .map_err(|e| program_err(&format!("test run of {program}"), e))?;
+    Ok(result.duration)
+}
+
+/// Loads the do-nothing TC program of `empty.o` (the benchmarks' baseline).
+pub fn load_empty() -> Result<Ebpf, CollectorError> {
+    let mut obj = Ebpf::load(EMPTY_OBJ).map_err(|e| load_err("load empty.o", e))?;
+    let program: &mut SchedClassifier = obj
+        .program_mut("bh_tc_empty")
+        .ok_or_else(|| CollectorError::Internal("program bh_tc_empty missing".into()))?
+        .try_into()
+        .map_err(|e| program_err("bh_tc_empty", e))?;
+    program.load().map_err(|e| program_err("bh_tc_empty", e))?;
+    Ok(obj)
+}
+
 struct Attached {
     name: String,
     ingress: SchedClassifierLinkId,
@@ -318,6 +353,13 @@ impl Kernel {
             }
         }
         Ok(flows)
+    }
+
+    /// Runs the ingress TC program on `packet` (an Ethernet frame) `repeat` times with
+    /// BPF_PROG_TEST_RUN, as if it arrived; returns the kernel's mean time per run. The
+    /// packets are accounted like real ones (benchmarks fill the flow map this way).
+    pub fn test_run_ingress(&self, packet: &[u8], repeat: u32) -> Result<Duration, CollectorError> {
+        test_run(&self.flows_obj, "bh_tc_ingress", packet, repeat)
     }
 
     /// Totals of the kernel counters, summed over CPUs.
