@@ -17,7 +17,7 @@ use prost::Message as _;
 use tokio::task::JoinHandle;
 
 use crate::error::CollectorError;
-use crate::queue::ByteQueue;
+use crate::queue::{ByteQueue, Dropped, Weighted};
 use crate::telemetry::{Metric, Stats};
 
 /// Where the collector publishes.
@@ -77,6 +77,22 @@ struct Queued {
     records: u64,
 }
 
+impl Weighted for Queued {
+    fn weight(&self) -> u64 {
+        self.records
+    }
+}
+
+fn count_drops(stats: &Stats, dropped: Dropped) {
+    if dropped.items == 0 {
+        return;
+    }
+    Stats::add(&stats.dropped_batches_queue_full, dropped.items);
+    Metric::DroppedBatches.add_tagged("queue_full", dropped.items);
+    Stats::add(&stats.dropped_flows_queue_full, dropped.weight);
+    Metric::DroppedFlows.add_tagged("queue_full", dropped.weight);
+}
+
 /// Publishes without ever blocking the caller.
 pub struct Publisher {
     kind: Kind,
@@ -124,11 +140,11 @@ impl Publisher {
     fn enqueue(&self, queue: &ByteQueue<Queued>, item: Queued) {
         let size = item.payload.len();
         let dropped = queue.push(item, size);
+        count_drops(&self.stats, dropped);
         if dropped.items > 0 {
-            Stats::add(&self.stats.dropped_batches_queue_full, dropped.items);
-            Metric::DroppedBatches.add_tagged("queue_full", dropped.items);
             tracing::warn!(
                 dropped_messages = dropped.items,
+                dropped_flows = dropped.weight,
                 dropped_bytes = dropped.bytes,
                 capacity_bytes = queue.capacity(),
                 "publish queue full (Kafka slow or down): dropped the oldest messages"
@@ -274,11 +290,7 @@ async fn send_loop(queue: Arc<ByteQueue<Queued>>, producer: Producer, stats: Arc
                             degraded = true;
                         }
                         failing = true;
-                        let dropped = queue.push_front(item, size);
-                        if dropped.items > 0 {
-                            Stats::add(&stats.dropped_batches_queue_full, dropped.items);
-                            Metric::DroppedBatches.add_tagged("queue_full", dropped.items);
-                        }
+                        count_drops(&stats, queue.push_front(item, size));
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }

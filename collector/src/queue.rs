@@ -12,6 +12,19 @@ use tokio::sync::Notify;
 pub struct Dropped {
     pub items: u64,
     pub bytes: u64,
+    /// Sum of the dropped items' weights (e.g. flow records), see [`Weighted`].
+    pub weight: u64,
+}
+
+/// An item's weight in what it carries (flow records for a batch), reported on drops.
+pub trait Weighted {
+    fn weight(&self) -> u64;
+}
+
+impl Weighted for i32 {
+    fn weight(&self) -> u64 {
+        1
+    }
 }
 
 struct Inner<T> {
@@ -26,7 +39,7 @@ pub struct ByteQueue<T> {
     notify: Notify,
 }
 
-impl<T> ByteQueue<T> {
+impl<T: Weighted> ByteQueue<T> {
     pub fn new(capacity_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
@@ -50,10 +63,11 @@ impl<T> ByteQueue<T> {
         {
             let mut inner = self.lock();
             while !inner.items.is_empty() && inner.bytes + size > self.capacity {
-                if let Some((_, old)) = inner.items.pop_front() {
-                    inner.bytes -= old;
+                if let Some((old, old_size)) = inner.items.pop_front() {
+                    inner.bytes -= old_size;
                     dropped.items += 1;
-                    dropped.bytes += old as u64;
+                    dropped.bytes += old_size as u64;
+                    dropped.weight += old.weight();
                 }
             }
             inner.bytes += size;
@@ -71,6 +85,7 @@ impl<T> ByteQueue<T> {
             return Dropped {
                 items: 1,
                 bytes: size as u64,
+                weight: item.weight(),
             };
         }
         inner.bytes += size;
@@ -132,20 +147,42 @@ mod tests {
         let q = ByteQueue::new(10);
         assert_eq!(q.push(1, 4), Dropped::default());
         assert_eq!(q.push(2, 4), Dropped::default());
-        assert_eq!(q.push(3, 4), Dropped { items: 1, bytes: 4 });
+        assert_eq!(
+            q.push(3, 4),
+            Dropped {
+                items: 1,
+                bytes: 4,
+                weight: 1
+            }
+        );
         assert_eq!(q.usage(), (2, 8));
         assert_eq!(q.try_pop().map(|x| x.0), Some(2));
-        assert_eq!(q.push(4, 100), Dropped { items: 1, bytes: 4 });
+        assert_eq!(
+            q.push(4, 100),
+            Dropped {
+                items: 1,
+                bytes: 4,
+                weight: 1
+            }
+        );
         assert_eq!(q.usage(), (1, 100));
         assert_eq!(
             q.push(5, 1),
             Dropped {
                 items: 1,
-                bytes: 100
+                bytes: 100,
+                weight: 1
             }
         );
         assert_eq!(q.push_front(6, 9), Dropped::default());
-        assert_eq!(q.push_front(7, 5), Dropped { items: 1, bytes: 5 });
+        assert_eq!(
+            q.push_front(7, 5),
+            Dropped {
+                items: 1,
+                bytes: 5,
+                weight: 1
+            }
+        );
         assert_eq!(q.try_pop().map(|x| x.0), Some(6));
     }
 

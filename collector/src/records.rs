@@ -79,6 +79,8 @@ pub struct Enrichment<'a> {
     pub interface: &'a str,
     pub process: Option<Process>,
     pub dns_name: Option<&'a str>,
+    /// Executable of the owning process, when it still runs.
+    pub executable: Option<&'a str>,
     /// The connection's close was reported by the kernel.
     pub close_seen: bool,
 }
@@ -110,7 +112,7 @@ pub fn to_record(host_id: &str, flow: &RawFlow, clock: Clock, extra: Enrichment<
         sampling_rate: 1,
         pid: process.map_or(0, |p| p.owner.pid),
         process_name: process.map(|p| p.owner.comm()).unwrap_or_default(),
-        executable: String::new(),
+        executable: extra.executable.unwrap_or_default().to_string(),
         cgroup_id: process.map_or(0, |p| p.owner.cgroup_id),
         closed: extra.close_seen || (k.proto == 6 && v.tcp_flags & (TCP_FIN | TCP_RST) != 0),
         local_is_server: process.is_some_and(|p| p.is_server),

@@ -310,6 +310,8 @@ impl State {
         // Egress first: a socket's cookie, seen on egress, names the owner of its replies.
         flows.sort_by_key(|f| std::cmp::Reverse(f.key.direction));
         let kernel = &self.kernel;
+        // Executables by pid, read once per eviction (a pid may be reused later).
+        let mut executables: HashMap<u32, String> = HashMap::new();
         let mut records = Vec::with_capacity(flows.len());
         for flow in &flows {
             let process = self.attribution.attribute(
@@ -321,10 +323,21 @@ impl State {
             let interface = self.interface_name(flow.key.ifindex);
             let close_seen = self.attribution.is_closed(&local_tuple(&flow.key));
             let remote = remote_ip(flow);
+            let executable = process.as_ref().map(|p| {
+                executables
+                    .entry(p.owner.pid)
+                    .or_insert_with(|| {
+                        std::fs::read_link(format!("/proc/{}/exe", p.owner.pid))
+                            .map(|path| path.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    })
+                    .clone()
+            });
             let extra = Enrichment {
                 interface: &interface,
                 process,
                 dns_name: self.dns.name(&remote, now),
+                executable: executable.as_deref().filter(|e| !e.is_empty()),
                 close_seen,
             };
             records.push(to_record(&self.builder.host_id, flow, clock, extra));
@@ -427,7 +440,6 @@ impl State {
             }
         }
         let count = self.kernel.attached().len();
-        Stats::add(&self.stats.attached_interfaces, 0);
         self.stats
             .attached_interfaces
             .store(count as u64, std::sync::atomic::Ordering::Relaxed);

@@ -171,6 +171,8 @@ async fn a_dead_broker_never_blocks_and_costs_the_oldest_batches() {
     let dropped = Stats::get(&stats.dropped_batches_queue_full);
     // 30 batches, at most 8 queued and 8 in flight: at least 14 dropped, oldest first.
     assert!(dropped >= 14, "dropped {dropped}");
+    // Each dropped batch held 10 flow records: they are counted as lost flows too.
+    assert_eq!(Stats::get(&stats.dropped_flows_queue_full), dropped * 10);
     assert_eq!(Stats::get(&stats.published_batches), 0);
     publisher.shutdown(Duration::from_millis(200)).await;
 }
