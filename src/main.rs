@@ -38,8 +38,10 @@ enum Command {
     /// Work with policy files and signing keys offline.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
-    /// Capture this host's flows with eBPF (with processes and DNS names) and publish them
-    /// and the host inventory to Kafka, or print them as JSON lines (--stdout).
+    /// Capture this host's flows with eBPF and publish them (or print them).
+    ///
+    /// Flows carry the owning process and the DNS name of the remote end; the host
+    /// inventory goes to the compacted inventory topic. Needs root and Linux 6.6+.
     Collect(bulkhead_collector::CollectArgs),
     /// Run the pieces that exist end to end against a broker and show what they do.
     Demo(commands::demo::DemoArgs),
