@@ -19,15 +19,15 @@
 #define BH_DIR_INGRESS 1
 #define BH_DIR_EGRESS 2
 
-/* Per-CPU counters of flows.o (`counters` map index). Every early exit is a reason. */
-#define BH_FC_PACKETS 0           /* packets seen by the TC programs */
-#define BH_FC_NON_IP 1            /* not IPv4/IPv6 (ARP, LLDP, ...): not accounted */
-#define BH_FC_TRUNCATED 2         /* headers could not be read: not accounted */
-#define BH_FC_FLOW_MAP_FULL 3     /* flow map full: packet not accounted (a lost flow) */
-#define BH_FC_DNS_EVENTS 4        /* DNS responses sent to user space */
-#define BH_FC_DNS_RINGBUF_FULL 5  /* DNS response lost: ring buffer full */
-#define BH_FC_FRAGMENTS 6         /* non-first IP fragments (accounted without ports) */
-#define BH_FC_MAX 7
+/* Per-CPU counters of flows.o (`counters` map index). Every early exit is a reason.
+ * Accounted packets are not counted here: the flow records already sum them. */
+#define BH_FC_NON_IP 0            /* not IPv4/IPv6 (ARP, LLDP, ...): not accounted */
+#define BH_FC_TRUNCATED 1         /* headers could not be read: not accounted */
+#define BH_FC_FLOW_MAP_FULL 2     /* flow map full: packet not accounted (a lost flow) */
+#define BH_FC_DNS_EVENTS 3        /* DNS responses sent to user space */
+#define BH_FC_DNS_RINGBUF_FULL 4  /* DNS response lost: ring buffer full */
+#define BH_FC_FRAGMENTS 5         /* non-first IP fragments (accounted without ports) */
+#define BH_FC_MAX 6
 
 /* Per-CPU counters of sockets.o (`counters` map index). */
 #define BH_SC_OTHER_NETNS 0       /* socket event of another network namespace: ignored */

@@ -77,7 +77,7 @@ static __always_inline void count(__u32 reason)
 }
 
 static __always_inline void add(struct bh_flow_value *v, __u64 now, __u64 packets,
-				__u64 bytes, __u8 flags, __u64 cookie)
+				__u64 bytes, __u8 flags)
 {
 	if (v->first_ns == 0)
 		v->first_ns = now;
@@ -85,17 +85,25 @@ static __always_inline void add(struct bh_flow_value *v, __u64 now, __u64 packet
 	v->packets += packets;
 	v->bytes += bytes;
 	v->tcp_flags |= flags;
-	if (cookie)
-		v->sock_cookie = cookie;
 }
 
-static __always_inline void account(void *map, struct bh_flow_key *key, __u64 packets,
-				    __u64 bytes, __u8 flags, __u64 cookie)
+/* The sending socket's cookie, asked once per flow and CPU (egress only: on ingress
+ * the packet has no socket yet). */
+static __always_inline void remember_socket(struct __sk_buff *skb, struct bh_flow_value *v,
+					    bool egress)
+{
+	if (egress && v->sock_cookie == 0)
+		v->sock_cookie = bpf_get_socket_cookie(skb);
+}
+
+static __always_inline void account(struct __sk_buff *skb, void *map, struct bh_flow_key *key,
+				    __u64 packets, __u64 bytes, __u8 flags, bool egress)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct bh_flow_value *v = bpf_map_lookup_elem(map, key);
 	if (v) {
-		add(v, now, packets, bytes, flags, cookie);
+		add(v, now, packets, bytes, flags);
+		remember_socket(skb, v, egress);
 		return;
 	}
 	struct bh_flow_value fresh = {
@@ -103,9 +111,9 @@ static __always_inline void account(void *map, struct bh_flow_key *key, __u64 pa
 		.bytes = bytes,
 		.first_ns = now,
 		.last_ns = now,
-		.sock_cookie = cookie,
 		.tcp_flags = flags,
 	};
+	remember_socket(skb, &fresh, egress);
 	long err = bpf_map_update_elem(map, key, &fresh, BPF_NOEXIST);
 	if (err == 0)
 		return;
@@ -113,7 +121,8 @@ static __always_inline void account(void *map, struct bh_flow_key *key, __u64 pa
 		/* Another CPU created the flow between our lookup and update. */
 		v = bpf_map_lookup_elem(map, key);
 		if (v) {
-			add(v, now, packets, bytes, flags, cookie);
+			add(v, now, packets, bytes, flags);
+			remember_socket(skb, v, egress);
 			return;
 		}
 	}
@@ -146,16 +155,100 @@ static __always_inline void send_dns(struct __sk_buff *skb, __u32 off, __u32 len
 	count(BH_FC_DNS_EVENTS);
 }
 
-static __always_inline int try_handle(struct __sk_buff *skb, __u8 direction)
+/* What parsing tells the accounting. */
+struct meta {
+	__u32 l3_off;        /* Ethernet (+ VLAN) header length */
+	__u32 l4_off;
+	__u32 l3_len;        /* IP packet length from its header */
+	__u32 l3_header_len;
+	__u32 l4_header_len;
+	__u32 udp_len;
+	__u8 l4_proto;
+	__u8 tcp_flags;
+	bool first_fragment;
+};
+
+#define PARSED -1
+#define TRY_SLOW -2
+
+/* Fast path: untagged Ethernet, IPv4 without options or IPv6 without extension headers,
+ * transport header in the linear part of the skb: read in place (direct packet
+ * access), no helper calls. Anything else goes to the slow path. */
+static __always_inline int parse_fast(struct __sk_buff *skb, struct bh_flow_key *key,
+				      struct meta *m)
 {
-	struct bh_flow_key key = {};
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u8 *l4;
+
+	if ((void *)(eth + 1) > data_end)
+		return TRY_SLOW;
+	m->l3_off = sizeof(*eth);
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return TRY_SLOW;
+		if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x1fff)))
+			return TRY_SLOW;
+		key->family = 4;
+		__builtin_memcpy(key->src, &ip->saddr, 4);
+		__builtin_memcpy(key->dst, &ip->daddr, 4);
+		m->l4_proto = ip->protocol;
+		m->l3_len = bpf_ntohs(ip->tot_len);
+		m->l3_header_len = sizeof(*ip);
+		l4 = (void *)(ip + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return TRY_SLOW;
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP &&
+		    ip6->nexthdr != IPPROTO_ICMPV6)
+			return TRY_SLOW;
+		key->family = 6;
+		__builtin_memcpy(key->src, &ip6->saddr, 16);
+		__builtin_memcpy(key->dst, &ip6->daddr, 16);
+		m->l4_proto = ip6->nexthdr;
+		m->l3_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+		m->l3_header_len = sizeof(*ip6);
+		l4 = (void *)(ip6 + 1);
+	} else {
+		return TRY_SLOW;
+	}
+	m->l4_off = m->l3_off + m->l3_header_len;
+	m->first_fragment = true;
+	if (m->l4_proto == IPPROTO_TCP) {
+		if ((void *)(l4 + 14) > data_end)
+			return TRY_SLOW;
+		key->sport = ((__u16)l4[0] << 8) | l4[1];
+		key->dport = ((__u16)l4[2] << 8) | l4[3];
+		m->l4_header_len = (l4[12] >> 4) * 4;
+		m->tcp_flags = l4[13];
+	} else if (m->l4_proto == IPPROTO_UDP) {
+		if ((void *)(l4 + 8) > data_end)
+			return TRY_SLOW;
+		key->sport = ((__u16)l4[0] << 8) | l4[1];
+		key->dport = ((__u16)l4[2] << 8) | l4[3];
+		m->udp_len = ((__u32)l4[4] << 8) | l4[5];
+		m->l4_header_len = 8;
+	} else if (m->l4_proto == IPPROTO_ICMP || m->l4_proto == IPPROTO_ICMPV6) {
+		if ((void *)(l4 + 2) > data_end)
+			return TRY_SLOW;
+		key->sport = l4[0];
+		key->dport = l4[1];
+		m->l4_header_len = 8;
+	}
+	return PARSED;
+}
+
+/* Slow path: VLAN tags, IP options, IPv6 extension headers, fragments, non-linear
+ * skbs: copy each header out with bpf_skb_load_bytes. */
+static __always_inline int parse_slow(struct __sk_buff *skb, struct bh_flow_key *key,
+				      struct meta *m)
+{
 	struct ethhdr eth;
 	__u32 off = sizeof(eth);
-	__u32 l3_header_len, l3_len, l4_off, l4_header_len = 0;
-	__u8 l4_proto, tcp_flags = 0;
-	bool first_fragment = true;
 
-	count(BH_FC_PACKETS);
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
 		return BH_FC_TRUNCATED;
 	__be16 proto = eth.h_proto;
@@ -169,6 +262,8 @@ static __always_inline int try_handle(struct __sk_buff *skb, __u8 direction)
 			off += sizeof(vlan);
 		}
 	}
+	m->l3_off = off;
+	m->first_fragment = true;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
@@ -176,25 +271,25 @@ static __always_inline int try_handle(struct __sk_buff *skb, __u8 direction)
 			return BH_FC_TRUNCATED;
 		if (ip.version != 4 || ip.ihl < 5)
 			return BH_FC_TRUNCATED;
-		key.family = 4;
-		__builtin_memcpy(key.src, &ip.saddr, 4);
-		__builtin_memcpy(key.dst, &ip.daddr, 4);
-		l4_proto = ip.protocol;
-		l3_header_len = ip.ihl * 4;
-		l3_len = bpf_ntohs(ip.tot_len);
+		key->family = 4;
+		__builtin_memcpy(key->src, &ip.saddr, 4);
+		__builtin_memcpy(key->dst, &ip.daddr, 4);
+		m->l4_proto = ip.protocol;
+		m->l3_header_len = ip.ihl * 4;
+		m->l3_len = bpf_ntohs(ip.tot_len);
 		if (bpf_ntohs(ip.frag_off) & 0x1fff)
-			first_fragment = false;
-		l4_off = off + l3_header_len;
+			m->first_fragment = false;
+		m->l4_off = off + m->l3_header_len;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
 			return BH_FC_TRUNCATED;
-		key.family = 6;
-		__builtin_memcpy(key.src, &ip6.saddr, 16);
-		__builtin_memcpy(key.dst, &ip6.daddr, 16);
-		l4_proto = ip6.nexthdr;
-		l3_len = bpf_ntohs(ip6.payload_len) + sizeof(ip6);
-		l4_off = off + sizeof(ip6);
+		key->family = 6;
+		__builtin_memcpy(key->src, &ip6.saddr, 16);
+		__builtin_memcpy(key->dst, &ip6.daddr, 16);
+		__u8 l4_proto = ip6.nexthdr;
+		__u32 l4_off = off + sizeof(ip6);
+		m->l3_len = bpf_ntohs(ip6.payload_len) + sizeof(ip6);
 #pragma unroll
 		for (int i = 0; i < MAX_EXT_HEADERS; i++) {
 			__u8 ext[8];
@@ -206,7 +301,7 @@ static __always_inline int try_handle(struct __sk_buff *skb, __u8 direction)
 				return BH_FC_TRUNCATED;
 			if (l4_proto == IPPROTO_FRAGMENT) {
 				if ((((__u16)ext[2] << 8) | ext[3]) & 0xfff8)
-					first_fragment = false;
+					m->first_fragment = false;
 				l4_off += 8;
 			} else if (l4_proto == IPPROTO_AH) {
 				l4_off += ((__u32)ext[1] + 2) * 4;
@@ -215,63 +310,81 @@ static __always_inline int try_handle(struct __sk_buff *skb, __u8 direction)
 			}
 			l4_proto = ext[0];
 		}
-		l3_header_len = l4_off - off;
+		m->l4_proto = l4_proto;
+		m->l4_off = l4_off;
+		m->l3_header_len = l4_off - off;
 	} else {
 		return BH_FC_NON_IP;
 	}
-	key.proto = l4_proto;
+
+	if (!m->first_fragment) {
+		count(BH_FC_FRAGMENTS);
+	} else if (m->l4_proto == IPPROTO_TCP) {
+		__u8 th[14];
+		if (bpf_skb_load_bytes(skb, m->l4_off, th, sizeof(th)))
+			return BH_FC_TRUNCATED;
+		key->sport = ((__u16)th[0] << 8) | th[1];
+		key->dport = ((__u16)th[2] << 8) | th[3];
+		m->l4_header_len = (th[12] >> 4) * 4;
+		m->tcp_flags = th[13];
+	} else if (m->l4_proto == IPPROTO_UDP) {
+		__u8 uh[8];
+		if (bpf_skb_load_bytes(skb, m->l4_off, uh, sizeof(uh)))
+			return BH_FC_TRUNCATED;
+		key->sport = ((__u16)uh[0] << 8) | uh[1];
+		key->dport = ((__u16)uh[2] << 8) | uh[3];
+		m->udp_len = ((__u32)uh[4] << 8) | uh[5];
+		m->l4_header_len = 8;
+	} else if (m->l4_proto == IPPROTO_ICMP || m->l4_proto == IPPROTO_ICMPV6) {
+		__u8 ih[2];
+		if (bpf_skb_load_bytes(skb, m->l4_off, ih, sizeof(ih)))
+			return BH_FC_TRUNCATED;
+		key->sport = ih[0];
+		key->dport = ih[1];
+		m->l4_header_len = 8;
+	}
+	return PARSED;
+}
+
+static __always_inline int try_handle(struct __sk_buff *skb, __u8 direction)
+{
+	struct bh_flow_key key = {};
+	struct meta m = {};
+
+	int parsed = parse_fast(skb, &key, &m);
+	if (parsed == TRY_SLOW) {
+		__builtin_memset(&key, 0, sizeof(key));
+		__builtin_memset(&m, 0, sizeof(m));
+		parsed = parse_slow(skb, &key, &m);
+	}
+	if (parsed != PARSED)
+		return parsed;
+	key.proto = m.l4_proto;
 	key.ifindex = skb->ifindex;
 	key.direction = direction;
 
-	if (!first_fragment) {
-		count(BH_FC_FRAGMENTS);
-	} else if (l4_proto == IPPROTO_TCP) {
-		__u8 th[14];
-		if (bpf_skb_load_bytes(skb, l4_off, th, sizeof(th)))
-			return BH_FC_TRUNCATED;
-		key.sport = ((__u16)th[0] << 8) | th[1];
-		key.dport = ((__u16)th[2] << 8) | th[3];
-		l4_header_len = (th[12] >> 4) * 4;
-		tcp_flags = th[13];
-	} else if (l4_proto == IPPROTO_UDP) {
-		__u8 uh[8];
-		if (bpf_skb_load_bytes(skb, l4_off, uh, sizeof(uh)))
-			return BH_FC_TRUNCATED;
-		key.sport = ((__u16)uh[0] << 8) | uh[1];
-		key.dport = ((__u16)uh[2] << 8) | uh[3];
-		l4_header_len = 8;
-		if (direction == BH_DIR_INGRESS && key.sport == 53) {
-			__u32 udp_len = ((__u32)uh[4] << 8) | uh[5];
-			if (udp_len > 8)
-				send_dns(skb, l4_off + 8, udp_len - 8);
-		}
-	} else if (l4_proto == IPPROTO_ICMP || l4_proto == IPPROTO_ICMPV6) {
-		__u8 ih[2];
-		if (bpf_skb_load_bytes(skb, l4_off, ih, sizeof(ih)))
-			return BH_FC_TRUNCATED;
-		key.sport = ih[0];
-		key.dport = ih[1];
-		l4_header_len = 8;
-	}
+	if (m.l4_proto == IPPROTO_UDP && direction == BH_DIR_INGRESS && key.sport == 53 &&
+	    m.first_fragment && m.udp_len > 8)
+		send_dns(skb, m.l4_off + 8, m.udp_len - 8);
 
 	/* A GSO super-packet stands for gso_segs packets on the wire, each with its own
 	 * headers: count what the wire carries, not what the stack batched. */
 	__u64 packets = 1;
-	__u64 bytes = l3_len;
+	__u64 bytes = m.l3_len;
 	__u32 segs = skb->gso_segs;
 	if (segs > 1) {
 		packets = segs;
-		bytes = (__u64)(skb->len - off) + (__u64)(segs - 1) * (l3_header_len + l4_header_len);
+		bytes = (__u64)(skb->len - m.l3_off) +
+			(__u64)(segs - 1) * (m.l3_header_len + m.l4_header_len);
 	}
-	__u64 cookie = direction == BH_DIR_EGRESS ? bpf_get_socket_cookie(skb) : 0;
-
+	bool egress = direction == BH_DIR_EGRESS;
 	__u32 zero = 0;
 	__u32 *active = bpf_map_lookup_elem(&ctl, &zero);
 	if (active && *active)
-		account(&flows_b, &key, packets, bytes, tcp_flags, cookie);
+		account(skb, &flows_b, &key, packets, bytes, m.tcp_flags, egress);
 	else
-		account(&flows_a, &key, packets, bytes, tcp_flags, cookie);
-	return -1;
+		account(skb, &flows_a, &key, packets, bytes, m.tcp_flags, egress);
+	return PARSED;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)

@@ -175,7 +175,7 @@ fn kernel_cost() {
 
 fn veth_pps(lab: &Lab) {
     println!(
-        "== 2. UDP packets/s through a veth pair, collector attached vs. not (6 alternating rounds of 2 s)"
+        "== 2. UDP packets/s through a veth pair, collector attached vs. not (8 alternating rounds of 2 s)"
     );
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -218,7 +218,7 @@ fn veth_pps(lab: &Lab) {
     };
     round(0.5);
     let (mut with, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..4 {
         without.push(round(2.0));
         let dir = std::env::temp_dir().join(format!("bhbench-{}", std::process::id()));
         let config = CollectorConfig {
@@ -237,8 +237,8 @@ fn veth_pps(lab: &Lab) {
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
     let (w, wo) = (
-        with.iter().sum::<f64>() / 3.0,
-        without.iter().sum::<f64>() / 3.0,
+        with.iter().sum::<f64>() / with.len() as f64,
+        without.iter().sum::<f64>() / without.len() as f64,
     );
     println!("   without collector (baseline): {wo:.0} pps  {without:.0?}");
     println!("   with collector:               {w:.0} pps  {with:.0?}");

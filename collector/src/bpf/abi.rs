@@ -17,19 +17,17 @@ pub const EV_DNS: u32 = 2;
 /// Index of the per-CPU counters of `flows.o` (`BH_FC_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowCounter {
-    Packets = 0,
-    NonIp = 1,
-    Truncated = 2,
-    FlowMapFull = 3,
-    DnsEvents = 4,
-    DnsRingbufFull = 5,
-    Fragments = 6,
+    NonIp = 0,
+    Truncated = 1,
+    FlowMapFull = 2,
+    DnsEvents = 3,
+    DnsRingbufFull = 4,
+    Fragments = 5,
 }
 
 impl FlowCounter {
-    pub const COUNT: u32 = 7;
-    pub const ALL: [FlowCounter; 7] = [
-        Self::Packets,
+    pub const COUNT: u32 = 6;
+    pub const ALL: [FlowCounter; 6] = [
         Self::NonIp,
         Self::Truncated,
         Self::FlowMapFull,
@@ -40,7 +38,6 @@ impl FlowCounter {
     /// Low-cardinality name used as the metric's `reason` tag.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Packets => "packets",
             Self::NonIp => "non_ip",
             Self::Truncated => "truncated",
             Self::FlowMapFull => "flow_map_full",
