@@ -310,8 +310,18 @@ fn collect_prints_the_flows_of_a_namespace_as_json_lines() {
     }
     let dir = tempfile::tempdir().unwrap();
     let host_id = dir.path().join("host-id");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = metrics.local_addr().unwrap().to_string();
+    drop(metrics);
     let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["collect", "--stdout", "--duration", "4s", "--netns", &ns])
+        .args([
+            "collect",
+            "--stdout",
+            "--netns",
+            &ns,
+            "--metrics-listen",
+            &metrics_addr,
+        ])
         .args([
             "--interface",
             "ca",
@@ -343,8 +353,37 @@ fn collect_prints_the_flows_of_a_namespace_as_json_lines() {
         .status()
         .unwrap();
     assert!(status.success());
+    // Prometheus metrics, served from the caller's namespace.
+    let mut http = std::net::TcpStream::connect(&metrics_addr).unwrap();
+    std::io::Write::write_all(&mut http, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut http, &mut page).unwrap();
+    assert!(
+        page.contains("bulkhead_collector_attached_interfaces 1"),
+        "{page}"
+    );
+    // SIGTERM: the last flows are still evicted and printed, and every program detached.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
     let output = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    log.push_str(&rest);
     assert!(output.status.success(), "collect failed:\n{log}");
+    assert!(log.contains("SIGTERM") && log.contains("detached"), "{log}");
+    let attached = Command::new("ip")
+        .args(["netns", "exec", &ns, "bpftool", "net", "show", "dev", "ca"])
+        .output()
+        .unwrap();
+    let attached = String::from_utf8_lossy(&attached.stdout);
+    assert!(
+        !attached.contains("bh_tc"),
+        "programs left attached:\n{attached}"
+    );
     let records: Vec<serde_json::Value> = String::from_utf8(output.stdout)
         .unwrap()
         .lines()

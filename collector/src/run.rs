@@ -485,6 +485,9 @@ impl CollectorThread {
         output: Output,
         netns: Option<PathBuf>,
     ) -> Result<Self, CollectorError> {
+        let mut config = config;
+        // The metrics endpoint listens where the caller is, not in the watched namespace.
+        let metrics_listen = config.metrics_listen.take();
         let collector = Collector::new(config)?;
         let stats = collector.stats();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -498,6 +501,9 @@ impl CollectorThread {
                     .build()
                     .map_err(|e| CollectorError::io("start a runtime", e))?;
                 let result = runtime.block_on(async move {
+                    if let Some(addr) = metrics_listen {
+                        crate::telemetry::serve_prometheus(addr)?;
+                    }
                     let sink = Sink::connect(output).await?;
                     if let Some(path) = &netns {
                         crate::netns::enter(path)?;
