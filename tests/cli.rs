@@ -270,6 +270,19 @@ fn collect_refuses_bad_settings_with_the_input_named() {
     assert!(text(&output).contains(expected), "{}", text(&output));
 }
 
+/// Ids of the loaded BPF programs named `bh_*` (the collector's), from `bpftool`.
+fn bh_programs() -> Vec<u32> {
+    let output = std::process::Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains(" name bh_"))
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
+}
+
 /// `bulkhead collect --netns NAME --stdout` against real traffic in a namespace.
 #[test]
 fn collect_prints_the_flows_of_a_namespace_as_json_lines() {
@@ -310,6 +323,7 @@ fn collect_prints_the_flows_of_a_namespace_as_json_lines() {
     }
     let dir = tempfile::tempdir().unwrap();
     let host_id = dir.path().join("host-id");
+    let before = bh_programs();
     let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let metrics_addr = metrics.local_addr().unwrap().to_string();
     drop(metrics);
@@ -362,6 +376,15 @@ fn collect_prints_the_flows_of_a_namespace_as_json_lines() {
         page.contains("bulkhead_collector_attached_interfaces 1"),
         "{page}"
     );
+    // The collector's programs: loaded now, and not before it started.
+    let ours: Vec<u32> = bh_programs()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert!(
+        ours.len() >= 6,
+        "expected the collector's programs loaded: {ours:?}"
+    );
     // SIGTERM: the last flows are still evicted and printed, and every program detached.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let status = Command::new("kill")
@@ -375,15 +398,20 @@ fn collect_prints_the_flows_of_a_namespace_as_json_lines() {
     log.push_str(&rest);
     assert!(output.status.success(), "collect failed:\n{log}");
     assert!(log.contains("SIGTERM") && log.contains("detached"), "{log}");
-    let attached = Command::new("ip")
-        .args(["netns", "exec", &ns, "bpftool", "net", "show", "dev", "ca"])
-        .output()
-        .unwrap();
-    let attached = String::from_utf8_lossy(&attached.stdout);
-    assert!(
-        !attached.contains("bh_tc"),
-        "programs left attached:\n{attached}"
-    );
+    // The kernel frees programs after an RCU grace period: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let loaded = bh_programs();
+        let left: Vec<&u32> = ours.iter().filter(|id| loaded.contains(id)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs {left:?} still loaded 5 s after exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let records: Vec<serde_json::Value> = String::from_utf8(output.stdout)
         .unwrap()
         .lines()
