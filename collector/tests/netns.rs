@@ -293,6 +293,7 @@ fn dns_names_close_eviction_and_interfaces_added_later() {
     // Eviction on close: the connection's records arrive long before the 120 s tick.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut early = Vec::new();
+    let mut inventories = Vec::new();
     let flow = (EGRESS, a4.as_str(), client_port, b4.as_str(), 8080, TCP);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -312,7 +313,7 @@ fn dns_names_close_eviction_and_interfaces_added_later() {
                     break;
                 }
             }
-            Ok(_) => {}
+            Ok(bulkhead_collector::Published::Inventory(i)) => inventories.push(i),
             Err(_) => panic!("no record of the closed connection within 10 s (eviction on close)"),
         }
     }
@@ -351,7 +352,13 @@ fn dns_names_close_eviction_and_interfaces_added_later() {
     let port = port_of(&line);
     lab.wait(udp);
     lab.wait(echo);
-    let (batches, _) = watch.stop();
+    let (batches, later) = watch.stop();
+    inventories.extend(later);
+    // The inventory is published at start and again when it changes: the last has va2.
+    let last = inventories.last().expect("inventories");
+    assert!(!inventories[0].interfaces.iter().any(|i| i.name == "va2"));
+    assert!(inventories.len() >= 2, "{} inventories", inventories.len());
+    assert!(last.interfaces.iter().any(|i| i.name == "va2"), "{last:?}");
     let late = sum(&batches);
     let out = get(
         &late,
