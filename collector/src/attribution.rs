@@ -47,14 +47,14 @@ fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
 /// IPv4-mapped IPv6 sockets (a dual-stack socket talking IPv4) carry IPv4 packets:
 /// express their tuple as IPv4 so it matches the packets.
 pub fn normalize(mut tuple: SockTuple) -> SockTuple {
-    if tuple.family == 6 {
-        if let (Some(l), Some(r)) = (v4_mapped(&tuple.local), v4_mapped(&tuple.remote)) {
-            tuple.local = [0; 16];
-            tuple.remote = [0; 16];
-            tuple.local[..4].copy_from_slice(&l);
-            tuple.remote[..4].copy_from_slice(&r);
-            tuple.family = 4;
-        }
+    if tuple.family == 6
+        && let (Some(l), Some(r)) = (v4_mapped(&tuple.local), v4_mapped(&tuple.remote))
+    {
+        tuple.local = [0; 16];
+        tuple.remote = [0; 16];
+        tuple.local[..4].copy_from_slice(&l);
+        tuple.remote[..4].copy_from_slice(&r);
+        tuple.family = 4;
     }
     tuple.pad = [0; 2];
     tuple
@@ -150,18 +150,18 @@ impl Attribution {
             known.seen = now;
             return Some(known.process.clone());
         }
-        if value.sock_cookie != 0 {
-            if let Some(owner) = owner_of_cookie(value.sock_cookie) {
-                let process = Process {
-                    owner,
-                    is_server: self
-                        .ports
-                        .get(&port_key)
-                        .is_some_and(|p| p.pid == owner.pid),
-                };
-                self.learn(tuple, process.clone(), now);
-                return Some(process);
-            }
+        if value.sock_cookie != 0
+            && let Some(owner) = owner_of_cookie(value.sock_cookie)
+        {
+            let process = Process {
+                owner,
+                is_server: self
+                    .ports
+                    .get(&port_key)
+                    .is_some_and(|p| p.pid == owner.pid),
+            };
+            self.learn(tuple, process.clone(), now);
+            return Some(process);
         }
         self.ports.get(&port_key).map(|owner| Process {
             owner: *owner,

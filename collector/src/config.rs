@@ -311,10 +311,10 @@ impl CollectorConfig {
                 return bad(format!("label {k:?}: value longer than 255 bytes"));
             }
         }
-        if let Some(d) = self.duration {
-            if d.is_zero() {
-                return bad("--duration must be more than 0".into());
-            }
+        if let Some(d) = self.duration
+            && d.is_zero()
+        {
+            return bad("--duration must be more than 0".into());
         }
         if self.host_id_file.as_os_str().is_empty() {
             return bad("host id file path is empty".into());

@@ -128,6 +128,14 @@ pub fn export_kernel_counters(
     }
 }
 
+/// Serves `/metrics` for Prometheus on `addr` (installs the global recorder).
+pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), crate::error::CollectorError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| crate::error::CollectorError::Config(format!("metrics endpoint {addr}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,12 +148,4 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Metric::ALL.len());
     }
-}
-
-/// Serves `/metrics` for Prometheus on `addr` (installs the global recorder).
-pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), crate::error::CollectorError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| crate::error::CollectorError::Config(format!("metrics endpoint {addr}: {e}")))
 }

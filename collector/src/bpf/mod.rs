@@ -299,11 +299,11 @@ impl Kernel {
     }
 
     fn detach_link(&mut self, program: &str, link: SchedClassifierLinkId) {
-        if let Some(program) = self.flows_obj.program_mut(program) {
-            if let Ok(program) = <&mut SchedClassifier>::try_from(program) {
-                // The link of an interface that is gone is already gone in the kernel.
-                let _ = program.detach(link);
-            }
+        if let Some(program) = self.flows_obj.program_mut(program)
+            && let Ok(program) = <&mut SchedClassifier>::try_from(program)
+        {
+            // The link of an interface that is gone is already gone in the kernel.
+            let _ = program.detach(link);
         }
     }
 
