@@ -99,7 +99,7 @@ static __always_inline void remember_socket(struct __sk_buff *skb, struct bh_flo
 static __always_inline void account(struct __sk_buff *skb, void *map, struct bh_flow_key *key,
 				    __u64 packets, __u64 bytes, __u8 flags, bool egress)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	struct bh_flow_value *v = bpf_map_lookup_elem(map, key);
 	if (v) {
 		add(v, now, packets, bytes, flags);

@@ -175,7 +175,7 @@ fn kernel_cost() {
 
 fn veth_pps(lab: &Lab) {
     println!(
-        "== 2. UDP packets/s through a veth pair, collector attached vs. not (8 alternating rounds of 2 s)"
+        "== 2. UDP packets/s through a veth pair, collector attached vs. not (12 alternating rounds of 2 s: none, empty program, collector)"
     );
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -195,10 +195,29 @@ fn veth_pps(lab: &Lab) {
             }
         })
     };
-    let round = |seconds: f64| {
+    // `empty`: attach the do-nothing TC program (tcx, both directions) for the round, to
+    // tell the cost of the hook itself from the collector's.
+    let round = |seconds: f64, empty: bool| {
         let ns = lab.a.clone();
         std::thread::spawn(move || {
             netns::enter(&netns::named(&ns)).expect("enter a");
+            let _empty = empty.then(|| {
+                let mut obj = bpf::load_empty().expect("load the empty program");
+                let program: &mut aya::programs::SchedClassifier = obj
+                    .program_mut("bh_tc_empty")
+                    .expect("bh_tc_empty")
+                    .try_into()
+                    .expect("a TC program");
+                for direction in [
+                    aya::programs::TcAttachType::Ingress,
+                    aya::programs::TcAttachType::Egress,
+                ] {
+                    program
+                        .attach("va", direction)
+                        .expect("attach the empty program");
+                }
+                obj
+            });
             let sender = UdpSocket::bind("10.203.0.1:0").expect("bind the sender");
             sender.connect("10.203.0.2:9999").expect("connect");
             let payload = [0u8; 18];
@@ -216,10 +235,11 @@ fn veth_pps(lab: &Lab) {
         .join()
         .expect("sender thread")
     };
-    round(0.5);
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    round(0.5, false);
+    let (mut with, mut without, mut empty) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..4 {
-        without.push(round(2.0));
+        without.push(round(2.0, false));
+        empty.push(round(2.0, true));
         let dir = std::env::temp_dir().join(format!("bhbench-{}", std::process::id()));
         let config = CollectorConfig {
             host_id_file: dir.join("host-id"),
@@ -229,7 +249,7 @@ fn veth_pps(lab: &Lab) {
         let collector =
             CollectorThread::spawn(config, Output::Channel(tx), Some(netns::named(&lab.a)))
                 .expect("collector");
-        with.push(round(2.0));
+        with.push(round(2.0, false));
         collector.stop().expect("stop");
         drop(rx);
         let _ = std::fs::remove_dir_all(dir);
@@ -241,6 +261,11 @@ fn veth_pps(lab: &Lab) {
         without.iter().sum::<f64>() / without.len() as f64,
     );
     println!("   without collector (baseline): {wo:.0} pps  {without:.0?}");
+    let e = empty.iter().sum::<f64>() / empty.len() as f64;
+    println!(
+        "   empty TC program attached:    {e:.0} pps  {empty:.0?} (ratio {:.3}: the tcx hook alone)",
+        e / wo
+    );
     println!("   with collector:               {w:.0} pps  {with:.0?}");
     println!(
         "   ratio with/without: {:.3} (target >= 0.95); receiver got {} packets",
