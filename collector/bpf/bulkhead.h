@@ -55,8 +55,8 @@ struct bh_flow_key {
 struct bh_flow_value {
 	__u64 packets;    /* wire-equivalent packets (GSO super-packets count each segment) */
 	__u64 bytes;      /* IP header + payload, per wire-equivalent packet */
-	__u64 first_ns;   /* bpf_ktime_get_ns() of the first packet on this CPU, 0 = none */
-	__u64 last_ns;    /* bpf_ktime_get_ns() of the last packet on this CPU */
+	__u64 first_ns;   /* bpf_ktime_get_coarse_ns() of the first packet on this CPU, 0 = none */
+	__u64 last_ns;    /* bpf_ktime_get_coarse_ns() of the last packet on this CPU */
 	__u64 sock_cookie;/* egress: cookie of the sending local socket, 0 = none */
 	__u8 tcp_flags;   /* OR of TCP flag bytes */
 	__u8 pad[7];

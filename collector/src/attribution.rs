@@ -84,7 +84,9 @@ impl Attribution {
         }
     }
 
-    fn learn(&mut self, tuple: SockTuple, process: Process, now: Instant) {
+    /// Remembers who owns a local tuple (also for owners found outside the kernel, e.g.
+    /// in /proc for sockets older than the collector).
+    pub fn learn(&mut self, tuple: SockTuple, process: Process, now: Instant) {
         self.tuples
             .insert(normalize(tuple), Known { process, seen: now });
     }

@@ -175,46 +175,96 @@ pub fn links() -> Result<Vec<Link>, CollectorError> {
     Ok(by_name.into_values().collect())
 }
 
-/// One row of /proc/net/{tcp,udp}{,6}: (local address, port, inode), for sockets in
-/// state `want` (TCP LISTEN = 0A, UDP unconnected = 07).
-pub fn parse_proc_net(text: &str, v6: bool, want: &str) -> Vec<(IpAddr, u16, u64)> {
-    let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 10 || fields[3] != want {
-            continue;
-        }
-        let Some((addr_hex, port_hex)) = fields[1].split_once(':') else {
-            continue;
-        };
-        let (Ok(port), Ok(inode)) = (u16::from_str_radix(port_hex, 16), fields[9].parse::<u64>())
-        else {
-            continue;
-        };
-        let Ok(raw) = hex::decode(addr_hex) else {
-            continue;
-        };
-        // The kernel prints each 32-bit word in host (little-endian) order.
-        let mut bytes = Vec::with_capacity(raw.len());
-        for word in raw.chunks(4) {
-            bytes.extend(word.iter().rev());
-        }
-        let ip = match (v6, bytes.len()) {
-            (false, 4) => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
-            (true, 16) => {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(&bytes);
-                IpAddr::V6(Ipv6Addr::from(o))
-            }
-            _ => continue,
-        };
-        out.push((ip, port, inode));
+/// One row of /proc/net/{tcp,udp}{,6}.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcSocket {
+    pub local: IpAddr,
+    pub lport: u16,
+    pub remote: IpAddr,
+    pub rport: u16,
+    /// Kernel state in hex as printed (TCP LISTEN = 0x0A, UDP unconnected = 0x07).
+    pub state: u8,
+    pub inode: u64,
+}
+
+fn proc_address(text: &str, v6: bool) -> Option<(IpAddr, u16)> {
+    let (addr_hex, port_hex) = text.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    let raw = hex::decode(addr_hex).ok()?;
+    // The kernel prints each 32-bit word in host (little-endian) order.
+    let mut bytes = Vec::with_capacity(raw.len());
+    for word in raw.chunks(4) {
+        bytes.extend(word.iter().rev());
     }
-    out
+    let ip = match (v6, bytes.len()) {
+        (false, 4) => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        (true, 16) => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&bytes);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
+    };
+    Some((ip, port))
+}
+
+/// Every well-formed row of a /proc/net/{tcp,udp}{,6} file (junk lines are skipped).
+pub fn parse_proc_sockets(text: &str, v6: bool) -> Vec<ProcSocket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 10 {
+                return None;
+            }
+            let (local, lport) = proc_address(fields[1], v6)?;
+            let (remote, rport) = proc_address(fields[2], v6)?;
+            Some(ProcSocket {
+                local,
+                lport,
+                remote,
+                rport,
+                state: u8::from_str_radix(fields[3], 16).ok()?,
+                inode: fields[9].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// (local address, port, inode) of the rows in state `want` (hex, e.g. "0A").
+pub fn parse_proc_net(text: &str, v6: bool, want: &str) -> Vec<(IpAddr, u16, u64)> {
+    let Ok(want) = u8::from_str_radix(want, 16) else {
+        return Vec::new();
+    };
+    parse_proc_sockets(text, v6)
+        .into_iter()
+        .filter(|s| s.state == want)
+        .map(|s| (s.local, s.lport, s.inode))
+        .collect()
+}
+
+/// Every TCP and UDP socket of the calling thread's namespace: (protocol, row).
+pub fn proc_sockets() -> Vec<(u8, ProcSocket)> {
+    let mut rows = Vec::new();
+    for (file, proto, v6) in [
+        ("tcp", 6u8, false),
+        ("tcp6", 6, true),
+        ("udp", 17, false),
+        ("udp6", 17, true),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")) {
+            rows.extend(
+                parse_proc_sockets(&text, v6)
+                    .into_iter()
+                    .map(|r| (proto, r)),
+            );
+        }
+    }
+    rows
 }
 
 /// Socket inode → pid, for every process (scan of /proc/*/fd).
-fn socket_owners() -> HashMap<u64, u32> {
+pub fn socket_owners() -> HashMap<u64, u32> {
     let mut owners = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return owners;
@@ -244,6 +294,27 @@ fn socket_owners() -> HashMap<u64, u32> {
         }
     }
     owners
+}
+
+/// A process as /proc describes it, in the kernel's owner shape (cgroup id unknown: 0).
+pub fn process_owner(pid: u32) -> Option<crate::bpf::abi::Owner> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(0);
+    let mut owner = crate::bpf::abi::Owner {
+        pid,
+        uid,
+        ..Default::default()
+    };
+    let comm = comm.trim_end().as_bytes();
+    let n = comm.len().min(crate::bpf::abi::COMM_LEN - 1);
+    owner.comm[..n].copy_from_slice(&comm[..n]);
+    Some(owner)
 }
 
 /// Listening TCP sockets and bound UDP sockets of the calling thread's namespace.

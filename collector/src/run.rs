@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use aya::maps::{MapData, RingBuf};
 use bulkhead_schemas::proto::HostInventory;
 use tokio::io::unix::AsyncFd;
 
-use crate::attribution::{Attribution, local_tuple};
+use crate::attribution::{Attribution, Process, local_tuple, normalize};
 use crate::bpf::abi::{CloseEvent, FlowCounter, SockTuple, SocketCounter, dns_payload};
 use crate::bpf::{Kernel, MapSizes, RawFlow};
 use crate::config::CollectorConfig;
@@ -70,6 +71,37 @@ struct State {
     dropped_reported: u64,
     inventory: Option<HostInventory>,
     started_unix_ns: u64,
+    last_proc_scan: Option<Instant>,
+}
+
+/// How often /proc may be scanned for owners of sockets older than the collector.
+const PROC_SCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A /proc/net row as the kernel tables key it.
+fn proc_tuple(proto: u8, row: &inventory::ProcSocket) -> SockTuple {
+    let mut tuple = SockTuple {
+        lport: row.lport,
+        rport: row.rport,
+        proto,
+        ..Default::default()
+    };
+    match (row.local, row.remote) {
+        (IpAddr::V4(l), IpAddr::V4(r)) => {
+            tuple.family = 4;
+            tuple.local[..4].copy_from_slice(&l.octets());
+            tuple.remote[..4].copy_from_slice(&r.octets());
+        }
+        (l, r) => {
+            tuple.family = 6;
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            };
+            tuple.local = v6(l);
+            tuple.remote = v6(r);
+        }
+    }
+    tuple
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -143,6 +175,7 @@ impl Collector {
             dropped_reported: 0,
             inventory: None,
             started_unix_ns: bulkhead_schemas::now_unix_ns(),
+            last_proc_scan: None,
             config,
             kernel,
             publisher,
@@ -310,16 +343,22 @@ impl State {
         // Egress first: a socket's cookie, seen on egress, names the owner of its replies.
         flows.sort_by_key(|f| std::cmp::Reverse(f.key.direction));
         let kernel = &self.kernel;
+        let mut processes: Vec<Option<Process>> = flows
+            .iter()
+            .map(|flow| {
+                self.attribution.attribute(
+                    &flow.key,
+                    &flow.value,
+                    |cookie| kernel.owner(cookie),
+                    now,
+                )
+            })
+            .collect();
+        self.attribute_from_proc(&flows, &mut processes, now);
         // Executables by pid, read once per eviction (a pid may be reused later).
         let mut executables: HashMap<u32, String> = HashMap::new();
         let mut records = Vec::with_capacity(flows.len());
-        for flow in &flows {
-            let process = self.attribution.attribute(
-                &flow.key,
-                &flow.value,
-                |cookie| kernel.owner(cookie),
-                now,
-            );
+        for (flow, process) in flows.iter().zip(processes) {
             let interface = self.interface_name(flow.key.ifindex);
             let close_seen = self.attribution.is_closed(&local_tuple(&flow.key));
             let remote = remote_ip(flow);
@@ -383,6 +422,68 @@ impl State {
             self.publisher.flows(batch);
         }
         Ok(())
+    }
+
+    /// Sockets opened before the collector started were never seen by the socket hooks:
+    /// for TCP/UDP flows still without an owner, look the socket up in /proc (at most
+    /// once per [`PROC_SCAN_INTERVAL`]) and remember what is found.
+    fn attribute_from_proc(
+        &mut self,
+        flows: &[RawFlow],
+        processes: &mut [Option<Process>],
+        now: Instant,
+    ) {
+        let missing = flows
+            .iter()
+            .zip(processes.iter())
+            .any(|(f, p)| p.is_none() && (f.key.proto == 6 || f.key.proto == 17));
+        if !missing
+            || self
+                .last_proc_scan
+                .is_some_and(|t| now.duration_since(t) < PROC_SCAN_INTERVAL)
+        {
+            return;
+        }
+        self.last_proc_scan = Some(now);
+        let rows = inventory::proc_sockets();
+        let inodes = inventory::socket_owners();
+        let mut by_tuple: HashMap<SockTuple, u32> = HashMap::new();
+        let mut listeners: HashMap<(u8, u16), u32> = HashMap::new();
+        for (proto, row) in rows {
+            let Some(&pid) = inodes.get(&row.inode) else {
+                continue;
+            };
+            let tuple = normalize(proc_tuple(proto, &row));
+            let unconnected = row.rport == 0 && row.remote.is_unspecified();
+            if (proto == 6 && row.state == 0x0a) || (proto == 17 && unconnected) {
+                listeners.insert((proto, row.lport), pid);
+            } else {
+                by_tuple.insert(tuple, pid);
+            }
+        }
+        let mut owners: HashMap<u32, Option<crate::bpf::abi::Owner>> = HashMap::new();
+        for (flow, process) in flows.iter().zip(processes.iter_mut()) {
+            if process.is_some() || !(flow.key.proto == 6 || flow.key.proto == 17) {
+                continue;
+            }
+            let tuple = normalize(local_tuple(&flow.key));
+            let listener = listeners.get(&(tuple.proto, tuple.lport)).copied();
+            let Some(pid) = by_tuple.get(&tuple).copied().or(listener) else {
+                continue;
+            };
+            let Some(owner) = *owners
+                .entry(pid)
+                .or_insert_with(|| inventory::process_owner(pid))
+            else {
+                continue;
+            };
+            let found = Process {
+                owner,
+                is_server: listener.is_some_and(|l| l == pid),
+            };
+            self.attribution.learn(tuple, found.clone(), now);
+            *process = Some(found);
+        }
     }
 
     /// Attaches to interfaces that should be watched and are not yet; forgets the ones

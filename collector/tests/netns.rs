@@ -417,3 +417,58 @@ fn a_full_flow_map_is_counted_not_silent() {
         "recorded {recorded_spray} + dropped {dropped} < 50"
     );
 }
+
+#[test]
+fn sockets_opened_before_the_collector_are_attributed_from_proc() {
+    require_lab!();
+    let mut lab = Pair::new("old");
+    let (a4, b4, _, _) = lab.addresses("va");
+    // The servers start first: the socket hooks never see their sockets being made.
+    let (server_pid, ready, _) = lab.spawn(
+        &lab.b.clone(),
+        "bh-oldserver",
+        "tcp-server",
+        &["8181", "100", "2"],
+    );
+    assert_eq!(ready, "ready");
+    let (echo_pid, ready, _) = lab.spawn(&lab.b.clone(), "bh-oldecho", "udp-echo", &["9191", "3"]);
+    assert_eq!(ready, "ready");
+    let watch = Watch::start(&lab.b, |_| {});
+
+    let (_, line, client) = lab.spawn(
+        &lab.a.clone(),
+        "bh-newclient",
+        "tcp-client",
+        &[&b4, "8181", "500"],
+    );
+    let port = port_of(&line);
+    assert!(lab.wait(client).contains("received=100"));
+    let (_, line, udp) = lab.spawn(
+        &lab.a.clone(),
+        "bh-newudp",
+        "udp-client",
+        &[&b4, "9191", "2", "20"],
+    );
+    let udp_port = port_of(&line);
+    lab.wait(udp);
+    std::thread::sleep(Duration::from_millis(300));
+    let (batches, _) = watch.stop();
+    let b = sum(&batches);
+
+    let tcp_in = get(
+        &b,
+        (INGRESS, a4.as_str(), port, b4.as_str(), 8181, TCP),
+        "TCP to the old server",
+    );
+    assert_eq!(tcp_in.names, vec!["bh-oldserver"], "{tcp_in:?}");
+    assert_eq!(tcp_in.pids, vec![server_pid]);
+    assert!(tcp_in.server);
+    let udp_in = get(
+        &b,
+        (INGRESS, a4.as_str(), udp_port, b4.as_str(), 9191, UDP),
+        "UDP to the old echo",
+    );
+    assert_eq!(udp_in.names, vec!["bh-oldecho"], "{udp_in:?}");
+    assert_eq!(udp_in.pids, vec![echo_pid]);
+    assert!(udp_in.server);
+}
