@@ -51,12 +51,22 @@ impl Sink {
     pub async fn connect(output: Output) -> Result<Self, CollectorError> {
         Ok(match output {
             Output::Kafka(config) => {
-                admin::ensure_topics(
-                    &config,
-                    &[Topic::Flows, Topic::Inventory],
-                    &TopicOptions::default(),
-                )
-                .await?;
+                config.validate()?;
+                // A broker that is down at start must not keep the collector from
+                // capturing: batches wait in the bounded queue until it answers.
+                let topics = [Topic::Flows, Topic::Inventory];
+                let options = TopicOptions::default();
+                let ensure = admin::ensure_topics(&config, &topics, &options);
+                match tokio::time::timeout(Duration::from_secs(10), ensure).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "could not create the topics; publishing anyway")
+                    }
+                    Err(_) => tracing::warn!(
+                        brokers = %config.brokers,
+                        "Kafka did not answer within 10 s; capturing anyway (batches wait in the bounded queue)"
+                    ),
+                }
                 Sink::Kafka {
                     producer: Producer::new(&config)?,
                     flows_topic: config.topic(Topic::Flows),

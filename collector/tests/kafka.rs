@@ -176,3 +176,39 @@ async fn a_dead_broker_never_blocks_and_costs_the_oldest_batches() {
     assert_eq!(Stats::get(&stats.published_batches), 0);
     publisher.shutdown(Duration::from_millis(200)).await;
 }
+
+#[test]
+fn the_collector_starts_and_captures_while_kafka_is_down() {
+    require_lab!();
+    let mut lab = Pair::new("nokafka");
+    let (_, b4, _, _) = lab.addresses("va");
+    let host_dir = tempfile::tempdir().expect("tempdir");
+    let config = lab::config(host_dir.path());
+    // Nothing listens on port 1: topic creation times out, sends never complete.
+    let dead = KafkaConfig::with_brokers("127.0.0.1:1");
+    let started = Instant::now();
+    let collector = CollectorThread::spawn(config, Output::Kafka(dead), Some(netns::named(&lab.a)))
+        .unwrap_or_else(|e| panic!("the collector must start without Kafka: {e}"));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let stats = collector.stats.clone();
+    let (_, done, spray) = lab.spawn(
+        &lab.a.clone(),
+        "bh-spray",
+        "udp-spray",
+        &[&b4, "30000", "5"],
+    );
+    assert_eq!(done, "done");
+    lab.wait(spray);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Stats::get(&stats.evicted_flows) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "flows were not evicted while Kafka is down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    collector
+        .stop()
+        .unwrap_or_else(|e| panic!("collector ended with an error: {e}"));
+    assert_eq!(Stats::get(&stats.published_batches), 0);
+}
