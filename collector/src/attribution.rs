@@ -2,10 +2,13 @@
 //! owns its local socket, from what the kernel recorded in process context.
 //!
 //! Lookup order for a flow (seen from its local end, see [`local_tuple`]):
-//! 1. the TCP connection table (`conns`, filled by the state tracepoint, and close events);
-//! 2. the owner of the sending socket's cookie (egress packets carry it);
-//! 3. a tuple learnt from an earlier flow of the same socket (UDP replies on ingress);
+//! 1. a tuple learnt before (from any source below, or a close event);
+//! 2. the TCP connection table (`conns`, filled by the state tracepoint), one lookup per
+//!    new connection — the table is never read whole;
+//! 3. the owner of the sending socket's cookie (egress packets carry it);
 //! 4. the owner of the bound local port (servers: listeners and bound UDP sockets).
+//!
+//! The run loop adds a last resort for sockets older than the collector: /proc.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -13,6 +16,36 @@ use std::time::{Duration, Instant};
 use crate::bpf::abi::{
     CloseEvent, Conn, DIR_EGRESS, FlowKey, FlowValue, Owner, PortKey, SockTuple,
 };
+
+const TCP: u8 = 6;
+
+/// What attribution asks the kernel's tables (one lookup per unknown socket).
+pub trait KernelTables {
+    /// The process that created the socket with this cookie.
+    fn owner(&self, cookie: u64) -> Option<Owner>;
+    /// The connection recorded for this local tuple.
+    fn conn(&self, tuple: &SockTuple) -> Option<Conn>;
+}
+
+/// An IPv4 tuple in the IPv4-mapped IPv6 form a dual-stack socket has.
+fn v4_as_mapped(tuple: &SockTuple) -> Option<SockTuple> {
+    if tuple.family != 4 {
+        return None;
+    }
+    let map = |a: &[u8; 16]| {
+        let mut m = [0u8; 16];
+        m[10] = 0xff;
+        m[11] = 0xff;
+        m[12..16].copy_from_slice(&a[..4]);
+        m
+    };
+    Some(SockTuple {
+        local: map(&tuple.local),
+        remote: map(&tuple.remote),
+        family: 6,
+        ..*tuple
+    })
+}
 
 /// Who owns a flow's local socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,22 +124,8 @@ impl Attribution {
             .insert(normalize(tuple), Known { process, seen: now });
     }
 
-    /// Takes in the kernel's connection and port tables.
-    pub fn refresh(
-        &mut self,
-        conns: Vec<(SockTuple, Conn)>,
-        ports: Vec<(PortKey, Owner)>,
-        now: Instant,
-    ) {
-        for (tuple, conn) in conns {
-            if conn.has_owner != 0 {
-                let process = Process {
-                    owner: conn.owner,
-                    is_server: conn.is_server != 0,
-                };
-                self.learn(tuple, process, now);
-            }
-        }
+    /// Takes in the kernel's bound-port table.
+    pub fn refresh_ports(&mut self, ports: Vec<(PortKey, Owner)>) {
         self.ports = ports
             .into_iter()
             .map(|(mut k, o)| {
@@ -139,7 +158,7 @@ impl Attribution {
         &mut self,
         key: &FlowKey,
         value: &FlowValue,
-        owner_of_cookie: impl Fn(u64) -> Option<Owner>,
+        kernel: &impl KernelTables,
         now: Instant,
     ) -> Option<Process> {
         let tuple = normalize(local_tuple(key));
@@ -152,8 +171,22 @@ impl Attribution {
             known.seen = now;
             return Some(known.process.clone());
         }
+        if tuple.proto == TCP {
+            // The kernel keys a dual-stack socket's IPv4 connection by its mapped form.
+            let conn = kernel
+                .conn(&tuple)
+                .or_else(|| v4_as_mapped(&tuple).and_then(|m| kernel.conn(&m)));
+            if let Some(conn) = conn.filter(|c| c.has_owner != 0) {
+                let process = Process {
+                    owner: conn.owner,
+                    is_server: conn.is_server != 0,
+                };
+                self.learn(tuple, process.clone(), now);
+                return Some(process);
+            }
+        }
         if value.sock_cookie != 0
-            && let Some(owner) = owner_of_cookie(value.sock_cookie)
+            && let Some(owner) = kernel.owner(value.sock_cookie)
         {
             let process = Process {
                 owner,
@@ -190,6 +223,17 @@ mod tests {
     use super::*;
     use crate::bpf::abi::DIR_INGRESS;
 
+    struct Tables(Vec<(u64, Owner)>);
+
+    impl KernelTables for Tables {
+        fn owner(&self, cookie: u64) -> Option<Owner> {
+            self.0.iter().find(|(c, _)| *c == cookie).map(|(_, o)| *o)
+        }
+        fn conn(&self, _: &SockTuple) -> Option<Conn> {
+            None
+        }
+    }
+
     fn owner(pid: u32, name: &str) -> Owner {
         let mut comm = [0u8; 16];
         comm[..name.len()].copy_from_slice(name.as_bytes());
@@ -223,14 +267,14 @@ mod tests {
             sock_cookie: 9,
             ..Default::default()
         };
-        let lookup = |c: u64| (c == 9).then(|| owner(42, "dig"));
+        let tables = Tables(vec![(9, owner(42, "dig"))]);
         let p = attribution
-            .attribute(&out, &cookie_value, lookup, now)
+            .attribute(&out, &cookie_value, &tables, now)
             .unwrap();
         assert_eq!((p.owner.pid, p.is_server), (42, false));
         let back = key(DIR_INGRESS, 2, 53, 1, 5000);
         let p = attribution
-            .attribute(&back, &FlowValue::default(), |_| None, now)
+            .attribute(&back, &FlowValue::default(), &Tables(vec![]), now)
             .unwrap();
         assert_eq!(p.owner.comm(), "dig");
     }
@@ -244,10 +288,10 @@ mod tests {
             proto: 17,
             pad: 0,
         };
-        attribution.refresh(vec![], vec![(port, owner(7, "resolver"))], now);
+        attribution.refresh_ports(vec![(port, owner(7, "resolver"))]);
         let inbound = key(DIR_INGRESS, 1, 5000, 2, 53);
         let p = attribution
-            .attribute(&inbound, &FlowValue::default(), |_| None, now)
+            .attribute(&inbound, &FlowValue::default(), &Tables(vec![]), now)
             .unwrap();
         assert!(p.is_server);
         assert_eq!(p.owner.comm(), "resolver");

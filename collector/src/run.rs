@@ -338,20 +338,15 @@ impl State {
         let now = Instant::now();
         let mut flows: Vec<RawFlow> = self.kernel.drain_flows()?;
         Metric::FlowMapEntries.set(flows.len() as f64);
-        self.attribution
-            .refresh(self.kernel.conns(), self.kernel.ports(), now);
+        self.attribution.refresh_ports(self.kernel.ports());
         // Egress first: a socket's cookie, seen on egress, names the owner of its replies.
         flows.sort_by_key(|f| std::cmp::Reverse(f.key.direction));
         let kernel = &self.kernel;
         let mut processes: Vec<Option<Process>> = flows
             .iter()
             .map(|flow| {
-                self.attribution.attribute(
-                    &flow.key,
-                    &flow.value,
-                    |cookie| kernel.owner(cookie),
-                    now,
-                )
+                self.attribution
+                    .attribute(&flow.key, &flow.value, kernel, now)
             })
             .collect();
         self.attribute_from_proc(&flows, &mut processes, now);

@@ -388,9 +388,9 @@ impl Kernel {
         self.owners.get(&cookie, 0).ok()
     }
 
-    /// Every connection the tracepoint recorded.
-    pub fn conns(&self) -> Vec<(SockTuple, Conn)> {
-        self.conns.iter().filter_map(Result::ok).collect()
+    /// The connection the state tracepoint recorded for this local tuple.
+    pub fn conn(&self, tuple: &SockTuple) -> Option<Conn> {
+        self.conns.get(tuple, 0).ok()
     }
 
     /// Every bound port with its owner.
@@ -401,5 +401,15 @@ impl Kernel {
     /// Forgets a closed connection.
     pub fn remove_conn(&mut self, tuple: &SockTuple) {
         let _ = self.conns.remove(tuple);
+    }
+}
+
+impl crate::attribution::KernelTables for Kernel {
+    fn owner(&self, cookie: u64) -> Option<Owner> {
+        Kernel::owner(self, cookie)
+    }
+
+    fn conn(&self, tuple: &SockTuple) -> Option<Conn> {
+        Kernel::conn(self, tuple)
     }
 }
