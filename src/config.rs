@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// Flags every command takes.
 #[derive(Clone, Debug, clap::Args)]
 pub struct GlobalArgs {
-    /// TOML config file (sections: [kafka]).
+    /// TOML config file (sections: [kafka], [collector]).
     #[arg(
         long,
         short = 'c',
@@ -54,12 +54,16 @@ pub enum LogFormat {
 pub struct FileConfig {
     #[serde(default)]
     pub kafka: Option<KafkaFileConfig>,
+    #[serde(default)]
+    pub collector: Option<bulkhead_collector::CollectorFileConfig>,
 }
 
 /// Everything a command needs, resolved.
 #[derive(Debug)]
 pub struct Settings {
     pub kafka: KafkaConfig,
+    /// The `[collector]` table, checked when `bulkhead collect` resolves its flags.
+    pub collector: Option<bulkhead_collector::CollectorFileConfig>,
 }
 
 impl Settings {
@@ -74,7 +78,10 @@ impl Settings {
             }
         };
         let kafka = KafkaConfig::resolve(&args.kafka, file.kafka.as_ref())?;
-        Ok(Self { kafka })
+        Ok(Self {
+            kafka,
+            collector: file.collector,
+        })
     }
 }
 

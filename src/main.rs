@@ -38,11 +38,18 @@ enum Command {
     /// Work with policy files and signing keys offline.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
+    /// Capture this host's flows with eBPF and publish them (or print them).
+    ///
+    /// Flows carry the owning process and the DNS name of the remote end; the host
+    /// inventory goes to the compacted inventory topic. Needs root and Linux 6.6+.
+    Collect(bulkhead_collector::CollectArgs),
     /// Run the pieces that exist end to end against a broker and show what they do.
     Demo(commands::demo::DemoArgs),
     /// Enforce the signed policy on this host with nftables (table inet bulkhead), and
     /// report status.
     Enforce(bulkhead_enforcer::EnforceArgs),
+    /// The host agent: collect and enforce in one process (as root, on every host).
+    Agent(commands::agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,7 +78,9 @@ fn main() -> ExitCode {
             Command::Topics(command) => commands::topics::run(&settings, command).await,
             Command::Policy(command) => commands::policy::run(command),
             Command::Demo(args) => commands::demo::run(&settings, args).await,
+            Command::Collect(args) => commands::collect::run(&settings, args).await,
             Command::Enforce(args) => commands::enforce::run(&settings, args).await,
+            Command::Agent(args) => commands::agent::run(&settings, args).await,
         }
     });
     match result {

@@ -222,3 +222,218 @@ fn gen_to_stdout_prints_json_lines_and_stops_quietly_on_a_closed_pipe() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+fn must_run_privileged() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+        || std::env::var_os("BULKHEAD_REQUIRE_KAFKA").is_some_and(|v| v == "1")
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[test]
+fn collect_refuses_bad_settings_with_the_input_named() {
+    let output = bulkhead(&["collect", "--stdout", "--evict-interval", "fast"]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("\"fast\""), "{}", text(&output));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulkhead.toml");
+    std::fs::write(&path, "[collector]\nflow_map_entrys = 5\n").unwrap();
+    let output = bulkhead(&["--config", path.to_str().unwrap(), "collect", "--stdout"]);
+    assert!(
+        text(&output).contains("flow_map_entrys"),
+        "{}",
+        text(&output)
+    );
+
+    // Not root: says so. Root: a named interface that does not exist is named.
+    let host_id = dir.path().join("host-id");
+    let output = bulkhead(&[
+        "collect",
+        "--stdout",
+        "--duration",
+        "1s",
+        "--interface",
+        "nope0",
+        "--host-id-file",
+        host_id.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let expected = if is_root() {
+        "interface \"nope0\" does not exist"
+    } else {
+        "must run as root"
+    };
+    assert!(text(&output).contains(expected), "{}", text(&output));
+}
+
+/// Ids of the loaded BPF programs named `bh_*` (the collector's), from `bpftool`.
+fn bh_programs() -> Vec<u32> {
+    let output = std::process::Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains(" name bh_"))
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// `bulkhead collect --netns NAME --stdout` against real traffic in a namespace.
+#[test]
+fn collect_prints_the_flows_of_a_namespace_as_json_lines() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    if !is_root() {
+        assert!(
+            !must_run_privileged(),
+            "this run requires root for the collector test"
+        );
+        eprintln!("\n*** SKIPPED: bulkhead collect needs root (eBPF, network namespaces).\n");
+        return;
+    }
+    let ns = format!("bhcli-{}-a", std::process::id());
+    let peer = format!("bhcli-{}-b", std::process::id());
+    struct Cleanup(Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            }
+        }
+    }
+    let _cleanup = Cleanup(vec![ns.clone(), peer.clone()]);
+    for args in [
+        vec!["netns", "add", &ns],
+        vec!["netns", "add", &peer],
+        vec![
+            "-n", &ns, "link", "add", "ca", "type", "veth", "peer", "name", "cb", "netns", &peer,
+        ],
+        vec!["-n", &ns, "addr", "add", "10.202.0.1/24", "dev", "ca"],
+        vec!["-n", &peer, "addr", "add", "10.202.0.2/24", "dev", "cb"],
+        vec!["-n", &ns, "link", "set", "ca", "up"],
+        vec!["-n", &peer, "link", "set", "cb", "up"],
+    ] {
+        let status = Command::new("ip").args(&args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let host_id = dir.path().join("host-id");
+    let before = bh_programs();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = metrics.local_addr().unwrap().to_string();
+    drop(metrics);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "collect",
+            "--stdout",
+            "--netns",
+            &ns,
+            "--metrics-listen",
+            &metrics_addr,
+        ])
+        .args([
+            "--interface",
+            "ca",
+            "--host-id-file",
+            host_id.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "collect ended before attaching:\n{log}"
+        );
+        log.push_str(&line);
+        if line.contains("collector attached") {
+            break;
+        }
+    }
+    // Three 10-byte datagrams leave through ca: 3 packets, 3 × (20 + 8 + 10) bytes.
+    let send = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                [s.sendto(b'x' * 10, ('10.202.0.2', 5999)) for _ in range(3)]";
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-c", send])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Prometheus metrics, served from the caller's namespace.
+    let mut http = std::net::TcpStream::connect(&metrics_addr).unwrap();
+    std::io::Write::write_all(&mut http, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut http, &mut page).unwrap();
+    assert!(
+        page.contains("bulkhead_collector_attached_interfaces 1"),
+        "{page}"
+    );
+    // The collector's programs: loaded now, and not before it started.
+    let ours: Vec<u32> = bh_programs()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert!(
+        ours.len() >= 6,
+        "expected the collector's programs loaded: {ours:?}"
+    );
+    // SIGTERM: the last flows are still evicted and printed, and every program detached.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    log.push_str(&rest);
+    assert!(output.status.success(), "collect failed:\n{log}");
+    assert!(log.contains("SIGTERM") && log.contains("detached"), "{log}");
+    // The kernel frees programs after an RCU grace period: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let loaded = bh_programs();
+        let left: Vec<&u32> = ours.iter().filter(|id| loaded.contains(id)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs {left:?} still loaded 5 s after exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let records: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let udp: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["dst_port"] == 5999 && r["direction"] == "egress")
+        .collect();
+    let packets: u64 = udp.iter().map(|r| r["packets"].as_u64().unwrap()).sum();
+    let bytes: u64 = udp.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!((packets, bytes), (3, 114), "{records:#?}");
+    assert!(
+        udp.iter()
+            .all(|r| r["protocol"] == "udp" && r["interface"] == "ca")
+    );
+    assert!(
+        udp.iter().all(|r| r["process_name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("python"))),
+        "{udp:#?}"
+    );
+}

@@ -585,3 +585,83 @@ fn a_refused_batch_keeps_the_previous_ruleset() {
     );
     assert_eq!(listing(&host), before, "a refused batch changes nothing");
 }
+
+/// `bulkhead agent` on a host: one process that enforces the policy and publishes the
+/// host's flows, under the host id the collector persisted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_enforces_and_reports_flows_under_one_host_id() {
+    let Some(lab) = lab("agent").await else {
+        return;
+    };
+    lab.provision(1, lab.document(["full", "full", "full"], false, "", ""))
+        .await;
+    let id_file = lab.state_dir.path().join("host-id");
+    std::fs::write(&id_file, &lab.app.ns).unwrap();
+    let key = hex::encode(lab.signer.verifying_key().as_bytes());
+    // `ip netns exec` remounts /sys without cgroup2, which the collector's socket hooks
+    // need: mount one in that private mount namespace, then become the agent.
+    let script = "mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"";
+    let _agent = lab.app.spawn_bulkhead(
+        "sh",
+        &[
+            "-c",
+            script,
+            env!("CARGO_BIN_EXE_bulkhead"),
+            "agent",
+            "--kafka",
+            support::LAB_KAFKA,
+            "--topic-prefix",
+            &lab.kafka.topic_prefix,
+            "--host-id-file",
+            id_file.to_str().unwrap(),
+            "--policy-key",
+            &key,
+            "--heartbeat-secs",
+            "1",
+            "--evict-interval",
+            "1s",
+            "--state-dir",
+            lab.state_dir.path().to_str().unwrap(),
+            "--metrics-addr",
+            "",
+        ],
+    );
+    lab.status_of(&lab.app, "version 1 applied by the agent", |s| {
+        s.applied_version == 1
+    })
+    .await;
+    assert_connects(&lab.web, &lab.app, 8080, true);
+    assert_connects(&lab.web, &lab.app, 9999, false);
+
+    // The same process reported the flows it saw, under the same host id.
+    let flows = Consumer::new(
+        &lab.kafka,
+        &ConsumerOptions::group(format!("{}flows", lab.kafka.topic_prefix)),
+    )
+    .unwrap();
+    flows.subscribe(&[&lab.kafka.topic(Topic::Flows)]).unwrap();
+    let deadline = Instant::now() + SETTLE;
+    let mut seen_ports = std::collections::BTreeSet::new();
+    while !(seen_ports.contains(&8080) && seen_ports.contains(&9999)) {
+        assert!(
+            Instant::now() < deadline,
+            "no flows to app:8080 and app:9999 from the agent; saw ports {seen_ports:?}"
+        );
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(500), flows.recv()).await
+        else {
+            continue;
+        };
+        let batch = proto::FlowBatch::decode(message.payload().unwrap_or_default()).unwrap();
+        assert_eq!(
+            batch.host_id, lab.app.ns,
+            "flows are published under the collector's host id"
+        );
+        seen_ports.extend(
+            batch
+                .records
+                .iter()
+                .filter(|r| r.direction == proto::Direction::Ingress as i32)
+                .map(|r| r.dst_port),
+        );
+    }
+}

@@ -7,16 +7,32 @@ use std::process::Command;
 fn bench(args: &[&str]) -> serde_json::Value {
     let out = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_bench"));
-    command.args(args).arg("--quick").arg("--out").arg(out.path());
+    command
+        .args(args)
+        .arg("--quick")
+        .arg("--out")
+        .arg(out.path());
     let output = command.output().expect("the bench binary runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "bench {args:?} failed:\n{text}");
     let file = out.path().join(format!("{}.json", args[0]));
-    serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}\n{text}", file.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{text}", file.display())),
+    )
+    .unwrap()
 }
 
 fn positive(value: &serde_json::Value, path: &str) -> f64 {
-    let number = path.split('.').fold(value, |v, key| &v[key]).as_f64().unwrap_or_else(|| panic!("{path} missing in {value:#}"));
+    let number = path
+        .split('.')
+        .fold(value, |v, key| &v[key])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} missing in {value:#}"));
     assert!(number.is_finite() && number > 0.0, "{path} = {number}");
     number
 }
@@ -32,7 +48,10 @@ fn schemas_benchmark_runs() {
 /// The bulkhead binary that `cargo test --workspace` builds beside this test's binary.
 fn bulkhead_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
     dir.join("bulkhead")
 }
 
@@ -42,7 +61,11 @@ fn enforcer_benchmark_runs() {
         return;
     }
     let bulkhead = bulkhead_binary();
-    assert!(bulkhead.exists(), "{} not built: run cargo test --workspace (or cargo build) first", bulkhead.display());
+    assert!(
+        bulkhead.exists(),
+        "{} not built: run cargo test --workspace (or cargo build) first",
+        bulkhead.display()
+    );
     let report = bench(&["enforcer", "--bulkhead", bulkhead.to_str().unwrap()]);
     for row in report["apply"].as_array().unwrap() {
         positive(row, "total_ms.p99");

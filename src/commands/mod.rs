@@ -1,5 +1,7 @@
 //! One module per command; each parses its own flags and calls into a component crate.
 
+pub mod agent;
+pub mod collect;
 pub mod demo;
 pub mod enforce;
 pub mod gen_flows;
