@@ -212,3 +212,132 @@ fn the_collector_starts_and_captures_while_kafka_is_down() {
         .unwrap_or_else(|e| panic!("collector ended with an error: {e}"));
     assert_eq!(Stats::get(&stats.published_batches), 0);
 }
+
+/// A second real broker on its own port and state directory, stopped on drop.
+struct SpareBroker {
+    port: u16,
+    state: tempfile::TempDir,
+}
+
+impl SpareBroker {
+    fn env(&self, command: &mut std::process::Command) {
+        command
+            .env("BULKHEAD_KAFKA_PORT", self.port.to_string())
+            .env("BULKHEAD_KAFKA_STATE", self.state.path())
+            .env("BULKHEAD_KAFKA_HEAP", "256m");
+    }
+
+    fn start(&self) {
+        let mut up =
+            std::process::Command::new(bulkhead_kafka::testkit::repo_root().join("dev/kafka/up"));
+        self.env(&mut up);
+        let status = up.status().expect("run dev/kafka/up");
+        assert!(
+            status.success(),
+            "dev/kafka/up on port {} failed",
+            self.port
+        );
+    }
+}
+
+impl Drop for SpareBroker {
+    fn drop(&mut self) {
+        let mut down =
+            std::process::Command::new(bulkhead_kafka::testkit::repo_root().join("dev/kafka/down"));
+        self.env(&mut down);
+        let _ = down.status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishing_resumes_when_kafka_returns_with_the_newest_batches() {
+    // The shared broker proves Java and the jars are there; the outage is a second broker.
+    let _ = require_kafka!();
+    let spare = SpareBroker {
+        port: 19_292,
+        state: tempfile::tempdir().expect("tempdir"),
+    };
+    let mut config = KafkaConfig::with_brokers(&format!("127.0.0.1:{}", spare.port));
+    config.topic_prefix = format!("resume.{}.", std::process::id());
+    let stats = Arc::new(Stats::default());
+    let sink = Sink::Kafka {
+        producer: Producer::new(&config).expect("a producer (it connects lazily)"),
+        flows_topic: config.topic(Topic::Flows),
+        inventory_topic: config.topic(Topic::Inventory),
+    };
+    let capacity = 8 * batch(0).encode_to_vec().len();
+    let publisher = Publisher::start(sink, capacity, stats.clone());
+    for seq in 0..30 {
+        publisher.flows(batch(seq));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        Stats::get(&stats.published_batches),
+        0,
+        "nothing can be published while Kafka is down"
+    );
+    let dropped = Stats::get(&stats.dropped_batches_queue_full);
+    assert!(dropped >= 14, "dropped {dropped}");
+
+    // Kafka returns.
+    tokio::task::block_in_place(|| spare.start());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while bulkhead_kafka::admin::list_topics(&config, "").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the spare broker did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bulkhead_kafka::admin::ensure_topics(
+        &config,
+        &[Topic::Flows, Topic::Inventory],
+        &Default::default(),
+    )
+    .await
+    .expect("topics on the returned broker");
+    // What arrives, in order, ends with the newest batch: publishing resumed. (The first
+    // batches were already in flight when the queue filled; they arrive too if the broker
+    // came back within their 30 s message timeout.)
+    let consumer = Consumer::new(
+        &config,
+        &ConsumerOptions::group(format!("{}reader", config.topic_prefix)),
+    )
+    .expect("consumer");
+    consumer
+        .subscribe(&[&config.topic(Topic::Flows)])
+        .expect("subscribe");
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&29) {
+        assert!(
+            Instant::now() < deadline,
+            "publishing did not resume; arrived so far: {seqs:?}"
+        );
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await
+        else {
+            continue;
+        };
+        let message = message.expect("consume");
+        seqs.push(
+            FlowBatch::decode(message.payload().unwrap_or_default())
+                .expect("decodes")
+                .batch_seq,
+        );
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "batches arrived out of order: {seqs:?}"
+    );
+    assert!(
+        seqs.len() as u64 <= 30 - dropped,
+        "a dropped batch was published: {seqs:?} ({dropped} dropped)"
+    );
+    // The queue is bounded in bytes: the newest batches that fit in it all arrive.
+    let queued = capacity / batch(29).encode_to_vec().len();
+    let newest: Vec<u64> = (30 - queued as u64..30).collect();
+    assert!(
+        seqs.ends_with(&newest),
+        "the queued (newest) batches {newest:?} were not all published: {seqs:?}"
+    );
+    publisher.shutdown(Duration::from_secs(5)).await;
+}
