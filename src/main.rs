@@ -43,6 +43,8 @@ enum Command {
     /// Enforce the signed policy on this host with nftables (table inet bulkhead), and
     /// report status.
     Enforce(bulkhead_enforcer::EnforceArgs),
+    /// Consume flows from Kafka into the lake's `flows` Delta table, exactly once.
+    Ingest(bulkhead_ingest::IngestArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
             Command::Policy(command) => commands::policy::run(command),
             Command::Demo(args) => commands::demo::run(&settings, args).await,
             Command::Enforce(args) => commands::enforce::run(&settings, args).await,
+            Command::Ingest(args) => commands::ingest::run(&settings, args).await,
         }
     });
     match result {

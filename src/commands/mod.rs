@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod enforce;
 pub mod gen_flows;
+pub mod ingest;
 pub mod policy;
 pub mod topics;
 
