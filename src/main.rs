@@ -45,6 +45,9 @@ enum Command {
     Enforce(bulkhead_enforcer::EnforceArgs),
     /// Consume flows from Kafka into the lake's `flows` Delta table, exactly once.
     Ingest(bulkhead_ingest::IngestArgs),
+    /// Maintain the lake's Delta tables: compact, vacuum, retain (safe while ingest runs).
+    #[command(subcommand)]
+    Lake(commands::lake::LakeCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => commands::demo::run(&settings, args).await,
             Command::Enforce(args) => commands::enforce::run(&settings, args).await,
             Command::Ingest(args) => commands::ingest::run(&settings, args).await,
+            Command::Lake(command) => commands::lake::run(command).await,
         }
     });
     match result {

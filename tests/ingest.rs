@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray as _;
 use arrow_array::types::Int64Type;
-use arrow_array::{Array as _, RecordBatch};
 use bulkhead_bench::workload::{Estate, FlowSpec};
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::rdkafka::Message as _;
@@ -298,7 +298,8 @@ fn duckdb_totals(files: &[String]) -> (i64, i64, i64) {
 import json, sys
 import duckdb
 files = json.loads(sys.stdin.read())
-row = duckdb.sql("SELECT count(*), sum(bytes), sum(packets) FROM read_parquet($files)", params={"files": files}).fetchone()
+con = duckdb.connect()
+row = con.execute("SELECT count(*), sum(bytes), sum(packets) FROM read_parquet(?)", [files]).fetchall()[0]
 print(json.dumps([int(row[0]), int(row[1]), int(row[2])]))
 "#;
     let mut child = Command::new("python3")
@@ -534,4 +535,108 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
     let view = read_lake(&lake).await.unwrap();
     assert_exact(&view, &expected);
     c.stop();
+}
+
+fn bulkhead_lake(args: &[&str], lake: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("lake")
+        .args(args)
+        .arg("--lake")
+        .arg(lake)
+        .env_remove("BULKHEAD_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("bulkhead lake {args:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "bulkhead lake {args:?}: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_during_ingest_never_shows_a_row_twice_then_retention_and_vacuum() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-compact");
+    topics(&config, 2).await;
+    let (batches, expected) = synthetic(66, 40_000, 400);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let producing = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let producer = Producer::new(&config).unwrap();
+            for chunk in batches.chunks(10) {
+                publish(&producer, &config, chunk).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let mut ingest = start_ingest(
+        &config,
+        &lake,
+        0,
+        &["--commit-interval-secs", "0.3", "--commit-flows", "2000"],
+    );
+    let mut compactions = 0;
+    while !producing.is_finished() {
+        ingest.assert_running();
+        if lake.join("flows/_delta_log").exists() {
+            bulkhead_lake(&["compact"], &lake);
+            compactions += 1;
+        }
+        if let Some(view) = read_lake(&lake).await {
+            let doubled: Vec<_> = view
+                .batches
+                .iter()
+                .filter(|(k, n)| expected.batches.get(*k).is_none_or(|e| *n > e))
+                .take(3)
+                .collect();
+            assert!(
+                doubled.is_empty(),
+                "rows seen twice during compaction: {doubled:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(compactions > 0, "compaction never ran");
+    producing.await.unwrap();
+    wait_for_rows(&lake, expected.rows, &mut ingest, Duration::from_secs(120)).await;
+    let before = read_lake(&lake).await.unwrap().files.len();
+    let text = bulkhead_lake(&["compact"], &lake);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = read_lake(&lake).await.unwrap();
+    assert_exact(&view, &expected);
+    assert!(
+        view.files.len() <= before,
+        "{text}: {before} -> {}",
+        view.files.len()
+    );
+    ingest.stop();
+
+    // Retention: the synthetic flows are from 2025-11-26, long before "the last day".
+    let text = bulkhead_lake(&["retain", "--days", "1"], &lake);
+    assert!(text.contains("removed"), "{text}");
+    assert_eq!(read_lake(&lake).await.unwrap().rows, 0, "{text}");
+    let text = bulkhead_lake(&["vacuum", "--retain-hours", "0"], &lake);
+    assert!(text.contains("deleted"), "{text}");
+    let parquet_left = walk(&lake.join("flows"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert_eq!(parquet_left, 0, "vacuum left Parquet files: {text}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod dlq;
+pub mod maintenance;
 pub mod run;
 pub mod telemetry;
 pub mod writer;
