@@ -112,7 +112,7 @@ fn start_ingest(config: &KafkaConfig, lake: &Path, run: usize, extra: &[&str]) -
         .env("BULKHEAD_KAFKA", &config.brokers)
         .env("BULKHEAD_TOPIC_PREFIX", &config.topic_prefix)
         .env_remove("BULKHEAD_CONFIG")
-        .env("BULKHEAD_LOG", "info,bulkhead_ingest=info")
+        .env("BULKHEAD_LOG", "warn,bulkhead_ingest=info,bulkhead=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(file)
@@ -182,7 +182,13 @@ struct LakeView {
 
 async fn read_lake(lake: &Path) -> Option<LakeView> {
     let url = url::Url::from_directory_path(lake.join("flows")).unwrap();
-    let table = deltalake::open_table(url).await.ok()?;
+    let table = match deltalake::open_table(url).await {
+        Ok(table) => table,
+        Err(e) => {
+            eprintln!("lake at {} not readable (yet): {e}", lake.display());
+            return None;
+        }
+    };
     let ctx = SessionContext::new();
     table
         .update_datafusion_session(&ctx.state())
@@ -567,7 +573,7 @@ async fn compaction_during_ingest_never_shows_a_row_twice_then_retention_and_vac
         let config = config.clone();
         tokio::spawn(async move {
             let producer = Producer::new(&config).unwrap();
-            for chunk in batches.chunks(10) {
+            for chunk in batches.chunks(2) {
                 publish(&producer, &config, chunk).await;
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
@@ -580,7 +586,14 @@ async fn compaction_during_ingest_never_shows_a_row_twice_then_retention_and_vac
         &["--commit-interval-secs", "0.3", "--commit-flows", "2000"],
     );
     let mut compactions = 0;
-    while !producing.is_finished() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rows = 0;
+    while !producing.is_finished() || rows < expected.rows {
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows after 60 s:\n{}",
+            ingest.log_tail()
+        );
         ingest.assert_running();
         if lake.join("flows/_delta_log").exists() {
             bulkhead_lake(&["compact"], &lake);
@@ -597,6 +610,7 @@ async fn compaction_during_ingest_never_shows_a_row_twice_then_retention_and_vac
                 doubled.is_empty(),
                 "rows seen twice during compaction: {doubled:?}"
             );
+            rows = view.rows;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
