@@ -72,7 +72,7 @@ fn synthetic(seed: u64, records: u64, batch_records: usize) -> (Vec<FlowBatch>, 
 async fn topics(config: &KafkaConfig, partitions: i32) {
     admin::ensure_topics(
         config,
-        &[Topic::Flows, Topic::FlowsDeadLetter],
+        &[Topic::Flows, Topic::Inventory, Topic::FlowsDeadLetter],
         &TopicOptions {
             replication: 1,
             partitions: Some(partitions),
@@ -247,6 +247,42 @@ async fn read_lake(lake: &Path) -> Option<LakeView> {
     })
 }
 
+/// (address, workload, has labels) → rows, for both ends of every flow.
+async fn workloads_by_ip(lake: &Path) -> BTreeMap<(String, Option<String>, bool), i64> {
+    let url = url::Url::from_directory_path(lake.join("flows")).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("flows", table.table_provider().await.unwrap())
+        .unwrap();
+    let sql = "SELECT src_ip AS ip, src_workload AS w, src_labels IS NOT NULL AS l FROM flows \
+               UNION ALL SELECT dst_ip, dst_workload, dst_labels IS NOT NULL FROM flows";
+    let batches = ctx
+        .sql(&format!(
+            "SELECT ip, w, l, count(*) FROM ({sql}) GROUP BY 1, 2, 3"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let text = |c: usize| arrow_cast::cast(b.column(c), &arrow_schema::DataType::Utf8).unwrap();
+        let (ip, w) = (text(0), text(1));
+        let (ip, w) = (ip.as_string::<i32>(), w.as_string::<i32>());
+        let l = b.column(2).as_boolean();
+        for i in 0..b.num_rows() {
+            let workload = (!arrow_array::Array::is_null(w, i)).then(|| w.value(i).to_string());
+            out.insert(
+                (ip.value(i).to_string(), workload, l.value(i)),
+                b.column(3).as_primitive::<Int64Type>().value(i),
+            );
+        }
+    }
+    out
+}
+
 /// Waits until the table holds `rows` rows (or panics with the ingest log).
 async fn wait_for_rows(lake: &Path, rows: i64, ingest: &mut Ingest, within: Duration) -> LakeView {
     let deadline = Instant::now() + within;
@@ -345,6 +381,18 @@ async fn ingest_writes_every_flow_once_and_datafusion_and_duckdb_agree() {
     topics(&config, 4).await;
     let (batches, expected) = synthetic(21, 60_000, 1_000);
     let producer = Producer::new(&config).unwrap();
+    // The estate's inventory, observed before the flows: enrichment resolves addresses.
+    let estate = Estate::generate(21, 30);
+    for inventory in estate.inventories(1_764_115_000_000_000_000) {
+        producer
+            .send(
+                &config.topic(Topic::Inventory),
+                inventory.host_id.as_bytes(),
+                &inventory.encode_to_vec(),
+            )
+            .await
+            .unwrap();
+    }
     publish(&producer, &config, &batches).await;
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
@@ -377,6 +425,36 @@ async fn ingest_writes_every_flow_once_and_datafusion_and_duckdb_agree() {
             .all(|f| f.contains("/date=") && f.contains("/hour=")),
         "{:?}",
         &view_later.files[..3.min(view_later.files.len())]
+    );
+    // Enrichment: every estate address carries its host and labels, others stay IPs.
+    let owners: BTreeMap<String, String> = estate
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            [
+                (h.ipv4.to_string(), h.id.clone()),
+                (h.ipv6.to_string(), h.id.clone()),
+            ]
+        })
+        .collect();
+    let ends = workloads_by_ip(&lake).await;
+    let mut enriched = 0;
+    for ((ip, workload, labelled), rows) in &ends {
+        match owners.get(ip) {
+            Some(host) => {
+                assert_eq!(workload.as_ref(), Some(host), "{ip}: {rows} rows");
+                assert!(labelled, "{ip} has no labels");
+                enriched += rows;
+            }
+            None => assert!(
+                workload.is_none() && !labelled,
+                "{ip} is no host's: {workload:?}"
+            ),
+        }
+    }
+    assert!(
+        enriched > expected.rows / 2,
+        "only {enriched} flow ends enriched"
     );
     let log = ingest.stop();
     assert!(log.contains("ingest stopped"), "{log}");

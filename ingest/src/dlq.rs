@@ -41,6 +41,7 @@ pub struct Rejection {
 pub fn append_message(
     payload: Option<&[u8]>,
     columns: &mut FlowColumns,
+    enrich: impl FnOnce(&mut FlowBatch),
 ) -> Result<usize, Rejection> {
     let payload = payload.unwrap_or_default();
     if payload.is_empty() {
@@ -49,7 +50,7 @@ pub fn append_message(
             reason: "empty message: a FlowBatch always has content".into(),
         });
     }
-    let batch = FlowBatch::decode(payload).map_err(|e| Rejection {
+    let mut batch = FlowBatch::decode(payload).map_err(|e| Rejection {
         kind: RejectKind::Decode,
         reason: format!("not a bulkhead.v1.FlowBatch ({} bytes): {e}", payload.len()),
     })?;
@@ -62,6 +63,7 @@ pub fn append_message(
             ),
         });
     }
+    enrich(&mut batch);
     columns.append_batch(&batch).map_err(|e| Rejection {
         kind: RejectKind::Invalid,
         reason: e.to_string(),
@@ -133,7 +135,7 @@ mod tests {
     fn good_batches_append_and_bad_ones_are_classified_without_appending() {
         let mut columns = FlowColumns::default();
         assert_eq!(
-            append_message(Some(&batch(1, vec![10, 0, 0, 2])), &mut columns),
+            append_message(Some(&batch(1, vec![10, 0, 0, 2])), &mut columns, |_| {}),
             Ok(1)
         );
         let good = batch(1, vec![10, 0, 0, 2]);
@@ -157,7 +159,7 @@ mod tests {
             ),
         ];
         for (payload, kind, needle) in cases {
-            let err = append_message(payload.as_deref(), &mut columns).unwrap_err();
+            let err = append_message(payload.as_deref(), &mut columns, |_| {}).unwrap_err();
             assert_eq!(err.kind, kind, "{err:?}");
             assert!(err.reason.contains(needle), "{needle:?} not in {err:?}");
         }

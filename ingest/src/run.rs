@@ -185,10 +185,11 @@ pub async fn run(
     });
     admin::ensure_topics(
         kafka,
-        &[Topic::Flows, Topic::FlowsDeadLetter],
+        &[Topic::Flows, Topic::Inventory, Topic::FlowsDeadLetter],
         &TopicOptions::default(),
     )
     .await?;
+    let inventory = crate::enrich::follow(kafka, &config.group_id).await?;
     let table = FlowsTable::open(&config.table_url("flows")).await?;
     let rebalances = Arc::new(Mutex::new(Rebalances::default()));
     let consumer = flow_consumer(kafka, &config, rebalances.clone())?;
@@ -217,6 +218,7 @@ pub async fn run(
         buffered_since: None,
         summary: Summary::default(),
         stop: stop_rx.clone(),
+        inventory,
     };
     let mut stop = stop_rx;
     loop {
@@ -302,6 +304,7 @@ struct Ingest {
     buffered_since: Option<Instant>,
     summary: Summary,
     stop: watch::Receiver<bool>,
+    inventory: crate::enrich::SharedInventory,
 }
 
 impl Ingest {
@@ -419,7 +422,13 @@ impl Ingest {
         state.next = offset + 1;
         let size = payload.as_ref().map_or(0, Vec::len);
         telemetry::consumed(size);
-        match dlq::append_message(payload.as_deref(), &mut state.columns) {
+        let inventory = &self.inventory;
+        let enrich = |batch: &mut bulkhead_schemas::proto::FlowBatch| {
+            if let Ok(inventory) = inventory.read() {
+                inventory.enrich(batch);
+            }
+        };
+        match dlq::append_message(payload.as_deref(), &mut state.columns, enrich) {
             Ok(rows) => {
                 state.rows += rows;
                 state.bytes += size;
