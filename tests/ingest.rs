@@ -288,10 +288,10 @@ async fn wait_for_rows(lake: &Path, rows: i64, ingest: &mut Ingest, within: Dura
     let deadline = Instant::now() + within;
     loop {
         ingest.assert_running();
-        if let Some(view) = read_lake(lake).await {
-            if view.rows >= rows {
-                return view;
-            }
+        if let Some(view) = read_lake(lake).await
+            && view.rows >= rows
+        {
+            return view;
         }
         assert!(
             Instant::now() < deadline,

@@ -91,26 +91,39 @@ impl Inventory {
         }
         for record in &mut batch.records {
             let at = record.first_seen_unix_ns;
-            if record.src_workload.is_empty() {
-                if let Some(owner) = bulkhead_schemas::ip::from_bytes(&record.src_ip)
-                    .and_then(|ip| self.owner(&ip, at))
-                {
-                    record.src_workload = owner.host_id.to_string();
-                    if record.src_labels.is_empty() {
-                        record.src_labels = (*owner.labels).clone();
-                    }
-                }
-            }
-            if record.dst_workload.is_empty() {
-                if let Some(owner) = bulkhead_schemas::ip::from_bytes(&record.dst_ip)
-                    .and_then(|ip| self.owner(&ip, at))
-                {
-                    record.dst_workload = owner.host_id.to_string();
-                    if record.dst_labels.is_empty() {
-                        record.dst_labels = (*owner.labels).clone();
-                    }
-                }
-            }
+            self.fill(
+                &record.src_ip,
+                at,
+                &mut record.src_workload,
+                &mut record.src_labels,
+            );
+            self.fill(
+                &record.dst_ip,
+                at,
+                &mut record.dst_workload,
+                &mut record.dst_labels,
+            );
+        }
+    }
+
+    /// One end of a record: workload and labels of the address's owner at `at`.
+    fn fill(
+        &self,
+        ip: &[u8],
+        at: u64,
+        workload: &mut String,
+        labels: &mut BTreeMap<String, String>,
+    ) {
+        if !workload.is_empty() {
+            return;
+        }
+        let Some(owner) = bulkhead_schemas::ip::from_bytes(ip).and_then(|ip| self.owner(&ip, at))
+        else {
+            return;
+        };
+        *workload = owner.host_id.to_string();
+        if labels.is_empty() {
+            labels.clone_from(&owner.labels);
         }
     }
 }

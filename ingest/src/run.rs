@@ -54,11 +54,17 @@ pub enum IngestError {
     #[error(
         "the lake cannot be written and ingest was asked to stop; nothing unwritten was acknowledged (the next start replays it): {0}"
     )]
-    Lake(#[from] LakeError),
+    Lake(Box<LakeError>),
     #[error("building the flows batch (a bug in bulkhead-ingest): {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("a bug in bulkhead-ingest: {0}")]
     Internal(String),
+}
+
+impl From<LakeError> for IngestError {
+    fn from(e: LakeError) -> Self {
+        IngestError::Lake(Box::new(e))
+    }
 }
 
 /// What a run did.
@@ -318,14 +324,14 @@ impl Ingest {
             Err(_) => Vec::new(),
         };
         for partition in revoked {
-            if let Some(state) = self.partitions.remove(&partition) {
-                if state.last_offset.is_some() {
-                    tracing::info!(
-                        partition,
-                        rows = state.rows,
-                        "partition revoked: dropping its uncommitted rows (the new owner reads them from the table's offsets)"
-                    );
-                }
+            if let Some(state) = self.partitions.remove(&partition)
+                && state.last_offset.is_some()
+            {
+                tracing::info!(
+                    partition,
+                    rows = state.rows,
+                    "partition revoked: dropping its uncommitted rows (the new owner reads them from the table's offsets)"
+                );
             }
         }
         if self.partitions.values().all(|s| s.last_offset.is_none()) {

@@ -79,15 +79,15 @@ impl FlowsTable {
             url: url.clone(),
             source,
         };
-        if url.scheme() == "file" {
-            if let Ok(path) = url.to_file_path() {
-                std::fs::create_dir_all(&path).map_err(|e| {
-                    delta(DeltaTableError::InvalidTableLocation(format!(
-                        "cannot create {}: {e}",
-                        path.display()
-                    )))
-                })?;
-            }
+        if url.scheme() == "file"
+            && let Ok(path) = url.to_file_path()
+        {
+            std::fs::create_dir_all(&path).map_err(|e| {
+                delta(DeltaTableError::InvalidTableLocation(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )))
+            })?;
         }
         let table = DeltaTable::try_from_url(url.clone()).await.map_err(delta)?;
         let spec = bulkhead_schemas::lake::table("flows")
