@@ -732,3 +732,75 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lake_that_refuses_writes_stops_progress_loses_nothing_and_recovers() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-lake-down");
+    topics(&config, 1).await;
+    let estate = Estate::generate(77, 30);
+    let hour_ns = 3_600 * 1_000_000_000;
+    let phase = |seed: u64, start_unix_ns: u64| -> Vec<FlowBatch> {
+        estate
+            .flows(&FlowSpec {
+                seed,
+                records: 3_000,
+                start_unix_ns,
+                span_ns: hour_ns / 6,
+                batch_records: 500,
+            })
+            .collect()
+    };
+    let day = 1_764_115_200_000_000_000; // 2025-11-26T00:00Z
+    let first = phase(1, day);
+    let second = phase(2, day + 5 * hour_ns);
+    let producer = Producer::new(&config).unwrap();
+    publish(&producer, &config, &first).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut ingest = start_ingest(
+        &config,
+        &lake,
+        0,
+        &["--commit-interval-secs", "0.3", "--retry-max-secs", "0.5"],
+    );
+    wait_for_rows(&lake, 3_000, &mut ingest, Duration::from_secs(90)).await;
+    // A file where the next partition's directory must go: every write there fails.
+    let blocker = lake.join("flows/date=2025-11-26/hour=5");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    publish(&producer, &config, &second).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&ingest.log)
+        .unwrap_or_default()
+        .contains("cannot commit to the lake")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no commit error logged:\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ingest.assert_running();
+    assert_eq!(
+        read_lake(&lake).await.unwrap().rows,
+        3_000,
+        "nothing half-written"
+    );
+    let log = std::fs::read_to_string(&ingest.log).unwrap();
+    assert!(
+        log.contains("hour=5"),
+        "the error names the path:\n{}",
+        ingest.log_tail()
+    );
+    // The lake comes back: the retried commit lands, exactly once.
+    std::fs::remove_file(&blocker).unwrap();
+    wait_for_rows(&lake, 6_000, &mut ingest, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = read_lake(&lake).await.unwrap();
+    assert_eq!(view.rows, 6_000);
+    let expected_batches = first.len() + second.len();
+    assert_eq!(view.batches.len(), expected_batches);
+    ingest.stop();
+}

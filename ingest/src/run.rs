@@ -51,9 +51,7 @@ pub enum IngestError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    #[error(
-        "the lake cannot be written and ingest was asked to stop; nothing unwritten was acknowledged (the next start replays it): {0}"
-    )]
+    #[error("lake: {0} (nothing unwritten is acknowledged; a restart replays it)")]
     Lake(Box<LakeError>),
     #[error("building the flows batch (a bug in bulkhead-ingest): {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
