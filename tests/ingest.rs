@@ -804,3 +804,30 @@ async fn a_lake_that_refuses_writes_stops_progress_loses_nothing_and_recovers() 
     assert_eq!(view.batches.len(), expected_batches);
     ingest.stop();
 }
+
+#[test]
+fn bad_ingest_settings_are_refused_before_anything_starts() {
+    for (args, needle) in [
+        (vec!["--lake", "gs://bucket/lake"], "\"gs\""),
+        (
+            vec!["--lake", "/tmp/l", "--commit-flows", "0"],
+            "--commit-flows",
+        ),
+        (
+            vec!["--lake", "/tmp/l", "--commit-interval-secs", "-1"],
+            "--commit-interval-secs",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("ingest")
+            .args(&args)
+            // A broker that is not there: validation must fail before any connection.
+            .env("BULKHEAD_KAFKA", "127.0.0.1:1")
+            .env_remove("BULKHEAD_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(text.contains(needle), "{args:?}: {text}");
+    }
+}

@@ -607,12 +607,14 @@ impl Ingest {
                 self.summary.rows_written += row_count as u64;
                 Ok(())
             }
-            Err(e) if e.is_concurrent_transaction() => {
-                // Re-read on the next attempt: the check above drops what the other
-                // writer covered.
+            Err(e) => {
+                if e.is_concurrent_transaction() {
+                    // Another writer committed these partitions meanwhile: the next
+                    // attempt re-reads the table and drops what it covered.
+                    tracing::warn!("concurrent commit on the same partitions; re-checking");
+                }
                 Err(e.into())
             }
-            Err(e) => Err(e.into()),
         }
     }
 
