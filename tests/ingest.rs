@@ -814,7 +814,7 @@ fn bad_ingest_settings_are_refused_before_anything_starts() {
             "--commit-flows",
         ),
         (
-            vec!["--lake", "/tmp/l", "--commit-interval-secs", "-1"],
+            vec!["--lake", "/tmp/l", "--commit-interval-secs", "0"],
             "--commit-interval-secs",
         ),
     ] {
