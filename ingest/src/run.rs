@@ -259,6 +259,15 @@ fn internal(partition: i32) -> IngestError {
     IngestError::Internal(format!("partition {partition} state vanished"))
 }
 
+/// Runs a short blocking librdkafka call (metadata, watermarks) without stalling other
+/// tasks on a multi-thread runtime; on a current-thread runtime it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Completes once shutdown was asked for (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -352,9 +361,8 @@ impl Ingest {
     }
 
     fn low_watermark(&self, consumer: &FlowConsumer, partition: i32) -> i64 {
-        let marks = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10))
-        });
+        let marks =
+            blocking(|| consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10)));
         match marks {
             Ok((low, _)) => low,
             Err(e) => {
@@ -624,7 +632,7 @@ impl Ingest {
         pending: &BTreeMap<i32, (RecordBatch, i64, Option<i64>)>,
     ) {
         for (partition, (_, last, _)) in pending {
-            let marks = tokio::task::block_in_place(|| {
+            let marks = blocking(|| {
                 consumer.fetch_watermarks(&self.topic, *partition, Duration::from_millis(500))
             });
             if let Ok((_, high)) = marks {
