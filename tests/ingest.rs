@@ -479,18 +479,48 @@ async fn sigkill_mid_stream_and_restart_neither_loses_nor_doubles() {
             }
         })
     };
-    let fast = ["--commit-interval-secs", "0.3", "--commit-flows", "7000"];
+    // Small commits, and a short session so that the next process gets the partitions
+    // of a killed one quickly.
+    let fast = [
+        "--commit-interval-secs",
+        "0.3",
+        "--commit-flows",
+        "3000",
+        "-X",
+        "session.timeout.ms=6000",
+    ];
     let mut rng = rand::rng();
+    let mut rows = 0;
+    let mut kills = 0;
     for run in 0..4 {
         let mut ingest = start_ingest(&config, &lake, run, &fast);
-        let wait = rng.random_range(1_500..4_000);
+        // Kill at a random point after this process has committed something.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while read_lake(&lake).await.map_or(0, |v| v.rows) <= rows {
+            ingest.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "run {run} committed nothing:\n{}",
+                ingest.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let wait = rng.random_range(0..1_500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         ingest.assert_running();
         ingest.kill();
-        let rows = read_lake(&lake).await.map_or(0, |v| v.rows);
-        eprintln!("run {run}: killed after {wait} ms with {rows} rows in the lake");
+        rows = read_lake(&lake).await.map_or(0, |v| v.rows);
+        eprintln!("run {run}: killed {wait} ms after a commit, with {rows} rows in the lake");
         assert!(rows <= expected.rows, "more rows than produced: {rows}");
+        if rows == expected.rows {
+            break;
+        }
+        kills += 1;
     }
+    assert!(
+        kills >= 2,
+        "ingest finished before it could be killed mid-stream twice"
+    );
     producing.await.unwrap();
     let mut ingest = start_ingest(&config, &lake, 9, &fast);
     wait_for_rows(&lake, expected.rows, &mut ingest, Duration::from_secs(180)).await;
@@ -597,7 +627,14 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
             }
         })
     };
-    let fast = ["--commit-interval-secs", "0.5", "--commit-flows", "5000"];
+    let fast = [
+        "--commit-interval-secs",
+        "0.5",
+        "--commit-flows",
+        "5000",
+        "-X",
+        "session.timeout.ms=6000",
+    ];
     // One process, then a second joins (partitions move to it), then the first is
     // killed (its partitions move back), then a third joins and the second stops.
     let mut a = start_ingest(&config, &lake, 0, &fast);
