@@ -621,9 +621,9 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
         let config = config.clone();
         tokio::spawn(async move {
             let producer = Producer::new(&config).unwrap();
-            for chunk in batches.chunks(15) {
+            for chunk in batches.chunks(3) {
                 publish(&producer, &config, chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
             }
         })
     };
@@ -640,9 +640,29 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
     let mut a = start_ingest(&config, &lake, 0, &fast);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut b = start_ingest(&config, &lake, 1, &fast);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    a.assert_running();
-    b.assert_running();
+    let committed = |ingest: &Ingest| {
+        std::fs::read_to_string(&ingest.log)
+            .unwrap_or_default()
+            .contains("committed flows to the lake")
+    };
+    // Both write while they share the partitions (cooperative rebalancing hands some of
+    // a's partitions to b).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(committed(&a) && committed(&b)) {
+        a.assert_running();
+        b.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "a and b did not both commit:\n{}\n---\n{}",
+            a.log_tail(),
+            b.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !producing.is_finished(),
+        "the producer was too fast for a mid-stream handover"
+    );
     a.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let c = start_ingest(&config, &lake, 2, &fast);
