@@ -50,6 +50,11 @@ enum Command {
     Enforce(bulkhead_enforcer::EnforceArgs),
     /// The host agent: collect and enforce in one process (as root, on every host).
     Agent(commands::agent::AgentArgs),
+    /// Consume flows from Kafka into the lake's `flows` Delta table, exactly once.
+    Ingest(bulkhead_ingest::IngestArgs),
+    /// Maintain the lake's Delta tables: compact, vacuum, retain (safe while ingest runs).
+    #[command(subcommand)]
+    Lake(commands::lake::LakeCommand),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +86,8 @@ fn main() -> ExitCode {
             Command::Collect(args) => commands::collect::run(&settings, args).await,
             Command::Enforce(args) => commands::enforce::run(&settings, args).await,
             Command::Agent(args) => commands::agent::run(&settings, args).await,
+            Command::Ingest(args) => commands::ingest::run(&settings, args).await,
+            Command::Lake(command) => commands::lake::run(command).await,
         }
     });
     match result {

@@ -5,6 +5,8 @@ pub mod collect;
 pub mod demo;
 pub mod enforce;
 pub mod gen_flows;
+pub mod ingest;
+pub mod lake;
 pub mod policy;
 pub mod topics;
 

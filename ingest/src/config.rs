@@ -1,0 +1,192 @@
+//! What `bulkhead ingest` is configured with: flags (and `BULKHEAD_*` variables), checked
+//! by a pure [`IngestConfig::from_args`] before anything connects or touches the lake.
+
+use std::path::Path;
+use std::time::Duration;
+
+use url::Url;
+
+/// Flags of `bulkhead ingest`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct IngestArgs {
+    /// The lake: a local directory (created if missing) or a file:// URL. The `flows`
+    /// table is the Delta table `<lake>/flows`.
+    #[arg(long, env = "BULKHEAD_LAKE", value_name = "DIR|URL")]
+    pub lake: String,
+    /// Consumer group; ingest processes of one group share the flow partitions.
+    #[arg(
+        long = "group",
+        env = "BULKHEAD_INGEST_GROUP",
+        default_value = "bulkhead-ingest"
+    )]
+    pub group_id: String,
+    /// Commit to the lake at least this often (seconds) while flows arrive.
+    #[arg(long, env = "BULKHEAD_INGEST_COMMIT_SECS", default_value_t = 10.0)]
+    pub commit_interval_secs: f64,
+    /// ... or as soon as this many flows are buffered.
+    #[arg(long, env = "BULKHEAD_INGEST_COMMIT_FLOWS", default_value_t = 500_000)]
+    pub commit_flows: usize,
+    /// ... or as soon as this many bytes of Kafka payload are buffered (MiB).
+    #[arg(long, env = "BULKHEAD_INGEST_COMMIT_MIB", default_value_t = 256)]
+    pub commit_mib: usize,
+    /// Longest wait between two attempts to write a lake that refuses writes (seconds).
+    #[arg(long, env = "BULKHEAD_INGEST_RETRY_MAX_SECS", default_value_t = 30.0)]
+    pub retry_max_secs: f64,
+    /// Prometheus metrics listen address (empty to disable).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9462",
+        env = "BULKHEAD_INGEST_METRICS"
+    )]
+    pub metrics_addr: String,
+}
+
+/// Resolved ingest settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestConfig {
+    /// Root of the lake (a directory URL ending in '/').
+    pub lake: Url,
+    pub group_id: String,
+    pub commit_interval: Duration,
+    pub commit_flows: usize,
+    pub commit_bytes: usize,
+    pub retry_max: Duration,
+}
+
+/// A setting that cannot work; names the flag and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl IngestConfig {
+    /// Checks the flags without side effects (no file system, no network).
+    pub fn from_args(args: &IngestArgs) -> Result<Self, ConfigError> {
+        let lake = lake_url(&args.lake)?;
+        if args.group_id.trim().is_empty() {
+            return Err(ConfigError("--group must not be empty".into()));
+        }
+        let secs = |flag: &str, value: f64, min: f64| {
+            if value.is_finite() && value >= min && value <= 86_400.0 {
+                Ok(Duration::from_secs_f64(value))
+            } else {
+                Err(ConfigError(format!(
+                    "{flag} {value}: expected seconds between {min} and 86400"
+                )))
+            }
+        };
+        let commit_interval = secs("--commit-interval-secs", args.commit_interval_secs, 0.05)?;
+        let retry_max = secs("--retry-max-secs", args.retry_max_secs, 0.01)?;
+        if args.commit_flows == 0 {
+            return Err(ConfigError("--commit-flows must be at least 1".into()));
+        }
+        if args.commit_mib == 0 || args.commit_mib > 64 * 1024 {
+            return Err(ConfigError(format!(
+                "--commit-mib {}: expected 1 to 65536",
+                args.commit_mib
+            )));
+        }
+        Ok(Self {
+            lake,
+            group_id: args.group_id.trim().to_string(),
+            commit_interval,
+            commit_flows: args.commit_flows,
+            commit_bytes: args.commit_mib * 1024 * 1024,
+            retry_max,
+        })
+    }
+
+    /// The URL of the table called `name` in the lake.
+    pub fn table_url(&self, name: &str) -> Url {
+        lake_table_url(&self.lake, name)
+    }
+}
+
+/// `<lake>/<name>/`.
+pub fn lake_table_url(lake: &Url, name: &str) -> Url {
+    let mut url = lake.clone();
+    url.set_path(&format!("{}{name}/", url.path()));
+    url
+}
+
+/// The lake root as a directory URL: a path (made absolute against the working
+/// directory, without touching it) or a `file://` URL.
+pub fn lake_url(text: &str) -> Result<Url, ConfigError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(ConfigError(
+            "--lake is empty: give a directory or file:// URL".into(),
+        ));
+    }
+    let url = if text.contains("://") {
+        let url = Url::parse(text)
+            .map_err(|e| ConfigError(format!("--lake {text:?} is not a valid URL: {e}")))?;
+        if url.scheme() != "file" {
+            return Err(ConfigError(format!(
+                "--lake {text:?}: scheme {:?} is not supported by this build (local directories and file:// URLs are)",
+                url.scheme()
+            )));
+        }
+        url
+    } else {
+        let path = std::path::absolute(Path::new(text))
+            .map_err(|e| ConfigError(format!("--lake {text:?}: {e}")))?;
+        Url::from_directory_path(&path).map_err(|()| {
+            ConfigError(format!(
+                "--lake {text:?}: {} cannot be a directory URL",
+                path.display()
+            ))
+        })?
+    };
+    let mut url = url;
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(lake: &str) -> IngestArgs {
+        IngestArgs {
+            lake: lake.into(),
+            group_id: "g".into(),
+            commit_interval_secs: 10.0,
+            commit_flows: 500_000,
+            commit_mib: 256,
+            retry_max_secs: 30.0,
+            metrics_addr: String::new(),
+        }
+    }
+
+    #[test]
+    fn defaults_resolve_and_paths_become_directory_urls() {
+        let c = IngestConfig::from_args(&args("/var/lake")).unwrap();
+        assert_eq!(c.lake.as_str(), "file:///var/lake/");
+        assert_eq!(c.table_url("flows").as_str(), "file:///var/lake/flows/");
+        assert_eq!(c.commit_interval, Duration::from_secs(10));
+        assert_eq!(c.commit_flows, 500_000);
+        let rel = IngestConfig::from_args(&args("lake")).unwrap();
+        assert!(rel.lake.path().ends_with("/lake/"), "{}", rel.lake);
+        let url = IngestConfig::from_args(&args("file:///tmp/x")).unwrap();
+        assert_eq!(url.table_url("flows").as_str(), "file:///tmp/x/flows/");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_flag_named() {
+        let err = |a: IngestArgs| IngestConfig::from_args(&a).unwrap_err().to_string();
+        assert!(err(args("")).contains("--lake"));
+        assert!(err(args("gs://bucket/lake")).contains("\"gs\""));
+        let mut a = args("/l");
+        a.commit_interval_secs = f64::NAN;
+        assert!(err(a).contains("--commit-interval-secs"));
+        let mut a = args("/l");
+        a.commit_flows = 0;
+        assert!(err(a).contains("--commit-flows"));
+        let mut a = args("/l");
+        a.group_id = " ".into();
+        assert!(err(a).contains("--group"));
+    }
+}

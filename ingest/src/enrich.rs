@@ -1,0 +1,284 @@
+//! Enrichment of flows with workloads and labels, from the inventory topic.
+//!
+//! [`Inventory`] is the read model of `bulkhead.inventory.v1` (compacted, key = host id):
+//! for every address, which host had it from when, with that host's labels. A flow's
+//! source and destination are looked up at the flow's `first_seen`: the owner is the
+//! latest inventory observed at or before that time (or, for flows older than any
+//! inventory, the first one). Unknown addresses stay addresses (NULL workload). Fields
+//! the collector already filled are kept.
+//!
+//! [`follow`] loads the topic to its end before ingest reads flows, then keeps the
+//! model current in the background. Replaying flows after a crash enriches them with
+//! the inventory known at replay time (the row count stays exact).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bulkhead_kafka::rdkafka::Message as _;
+use bulkhead_kafka::{Consumer, ConsumerOptions, KafkaConfig, KafkaError, Offsets};
+use bulkhead_schemas::proto::{FlowBatch, HostInventory};
+use bulkhead_schemas::topics::Topic;
+use prost::Message as _;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Sighting {
+    from_unix_ns: u64,
+    host_id: Arc<str>,
+    labels: Arc<BTreeMap<String, String>>,
+}
+
+/// Which host had which address when.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    by_ip: HashMap<IpAddr, Vec<Sighting>>,
+    hosts: usize,
+}
+
+/// Shared between the follower task and the ingest loop.
+pub type SharedInventory = Arc<RwLock<Inventory>>;
+
+impl Inventory {
+    /// Applies one inventory message (`None` payload: the host was removed).
+    pub fn apply(&mut self, host_id: &str, inventory: Option<&HostInventory>) {
+        let Some(inventory) = inventory else {
+            for sightings in self.by_ip.values_mut() {
+                sightings.retain(|s| &*s.host_id != host_id);
+            }
+            self.by_ip.retain(|_, s| !s.is_empty());
+            return;
+        };
+        self.hosts += 1;
+        let host: Arc<str> = Arc::from(host_id);
+        let labels = Arc::new(inventory.labels.clone());
+        for interface in &inventory.interfaces {
+            for cidr in &interface.addresses {
+                let text = cidr.split('/').next().unwrap_or_default();
+                let Ok(ip) = text.parse::<IpAddr>() else {
+                    tracing::debug!(host_id, cidr, "inventory address is not an IP; ignored");
+                    continue;
+                };
+                let sightings = self.by_ip.entry(ip).or_default();
+                let sighting = Sighting {
+                    from_unix_ns: inventory.observed_unix_ns,
+                    host_id: host.clone(),
+                    labels: labels.clone(),
+                };
+                let at = sightings.partition_point(|s| s.from_unix_ns <= sighting.from_unix_ns);
+                sightings.insert(at, sighting);
+            }
+        }
+    }
+
+    /// The host that had `ip` at `unix_ns`.
+    fn owner(&self, ip: &IpAddr, unix_ns: u64) -> Option<&Sighting> {
+        let sightings = self.by_ip.get(ip)?;
+        let at = sightings.partition_point(|s| s.from_unix_ns <= unix_ns);
+        sightings.get(at.saturating_sub(1))
+    }
+
+    /// Addresses known.
+    pub fn addresses(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    /// Fills the workload and labels of both ends of every record that the collector left
+    /// empty.
+    pub fn enrich(&self, batch: &mut FlowBatch) {
+        if self.by_ip.is_empty() {
+            return;
+        }
+        for record in &mut batch.records {
+            let at = record.first_seen_unix_ns;
+            self.fill(
+                &record.src_ip,
+                at,
+                &mut record.src_workload,
+                &mut record.src_labels,
+            );
+            self.fill(
+                &record.dst_ip,
+                at,
+                &mut record.dst_workload,
+                &mut record.dst_labels,
+            );
+        }
+    }
+
+    /// One end of a record: workload and labels of the address's owner at `at`.
+    fn fill(
+        &self,
+        ip: &[u8],
+        at: u64,
+        workload: &mut String,
+        labels: &mut BTreeMap<String, String>,
+    ) {
+        if !workload.is_empty() {
+            return;
+        }
+        let Some(owner) = bulkhead_schemas::ip::from_bytes(ip).and_then(|ip| self.owner(&ip, at))
+        else {
+            return;
+        };
+        *workload = owner.host_id.to_string();
+        if labels.is_empty() {
+            labels.clone_from(&owner.labels);
+        }
+    }
+}
+
+/// Reads the inventory topic to its end into a new [`Inventory`], then keeps it current
+/// in a background task.
+pub async fn follow(kafka: &KafkaConfig, group: &str) -> Result<SharedInventory, KafkaError> {
+    let topic = kafka.topic(Topic::Inventory);
+    let consumer = Consumer::new(
+        kafka,
+        &ConsumerOptions::group(format!("{group}-inventory-reader")),
+    )?;
+    let marks = consumer.watermarks(&topic, kafka.request_timeout())?;
+    let start: Offsets = marks
+        .iter()
+        .map(|(p, (low, _))| ((topic.clone(), *p), *low))
+        .collect();
+    consumer.assign(&start)?;
+    let mut remaining: BTreeMap<i32, i64> = marks
+        .iter()
+        .filter(|(_, (low, high))| high > low)
+        .map(|(p, (_, high))| (*p, *high))
+        .collect();
+    let inventory: SharedInventory = Arc::default();
+    while !remaining.is_empty() {
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await
+        else {
+            tracing::warn!(
+                topic,
+                ?remaining,
+                "reading the inventory to its end took over 60 s; enriching with what is loaded"
+            );
+            break;
+        };
+        let message = message?;
+        apply_message(&inventory, &message);
+        if remaining
+            .get(&message.partition())
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
+            remaining.remove(&message.partition());
+        }
+    }
+    if let Ok(inv) = inventory.read() {
+        tracing::info!(
+            topic,
+            addresses = inv.addresses(),
+            "inventory loaded for enrichment"
+        );
+    }
+    let shared = inventory.clone();
+    tokio::spawn(async move {
+        loop {
+            match consumer.recv().await {
+                Ok(message) => apply_message(&shared, &message),
+                Err(e) => {
+                    tracing::warn!(error = %e, "inventory consume error (librdkafka retries)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(inventory)
+}
+
+fn apply_message(inventory: &SharedInventory, message: &impl bulkhead_kafka::rdkafka::Message) {
+    let host_id = String::from_utf8_lossy(message.key().unwrap_or_default()).to_string();
+    let decoded = match message.payload() {
+        None | Some([]) => None,
+        Some(bytes) => match HostInventory::decode(bytes) {
+            Ok(inv) => Some(inv),
+            Err(e) => {
+                tracing::warn!(
+                    host_id,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %e,
+                    "inventory message does not decode; ignored"
+                );
+                return;
+            }
+        },
+    };
+    let host_id = decoded
+        .as_ref()
+        .map(|i| i.host_id.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or(host_id);
+    if let Ok(mut inv) = inventory.write() {
+        inv.apply(&host_id, decoded.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_schemas::proto::{FlowRecord, Interface};
+
+    fn inv(host: &str, ip: &str, at: u64, app: &str) -> HostInventory {
+        HostInventory {
+            host_id: host.into(),
+            interfaces: vec![Interface {
+                addresses: vec![format!("{ip}/24"), "not-an-ip".into()],
+                ..Default::default()
+            }],
+            labels: [("app".to_string(), app.to_string())].into(),
+            observed_unix_ns: at,
+            ..Default::default()
+        }
+    }
+
+    fn record(src: [u8; 4], dst: [u8; 4], at: u64) -> FlowRecord {
+        FlowRecord {
+            src_ip: src.to_vec(),
+            dst_ip: dst.to_vec(),
+            first_seen_unix_ns: at,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn addresses_resolve_to_the_host_that_had_them_at_the_flow_time() {
+        let mut inventory = Inventory::default();
+        inventory.apply("web-1", Some(&inv("web-1", "10.0.0.5", 100, "shop")));
+        inventory.apply("web-2", Some(&inv("web-2", "10.0.0.5", 200, "crm")));
+        let mut batch = FlowBatch {
+            records: vec![
+                record([10, 0, 0, 5], [8, 8, 8, 8], 150),
+                record([10, 0, 0, 5], [10, 0, 0, 5], 250),
+                record([10, 0, 0, 5], [1, 1, 1, 1], 50),
+            ],
+            ..Default::default()
+        };
+        batch.records[0].dst_workload = "kept".into();
+        inventory.enrich(&mut batch);
+        let r = &batch.records;
+        assert_eq!(r[0].src_workload, "web-1");
+        assert_eq!(r[0].src_labels["app"], "shop");
+        assert_eq!(r[0].dst_workload, "kept", "collector's value kept");
+        assert_eq!(
+            (r[1].src_workload.as_str(), r[1].dst_workload.as_str()),
+            ("web-2", "web-2")
+        );
+        assert_eq!(r[1].dst_labels["app"], "crm");
+        assert_eq!(
+            r[2].src_workload, "web-1",
+            "older than any inventory: the first owner"
+        );
+        assert!(
+            r[2].dst_workload.is_empty() && r[2].dst_labels.is_empty(),
+            "unknown stays an IP"
+        );
+
+        inventory.apply("web-1", None);
+        inventory.apply("web-2", None);
+        assert_eq!(inventory.addresses(), 0, "tombstones remove hosts");
+    }
+}

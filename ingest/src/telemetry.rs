@@ -1,0 +1,97 @@
+//! What ingest reports: one function per event, each logging and counting together.
+//! Metric names follow `bulkhead_ingest_<thing>_<unit>[_total]`; tags stay low-cardinality
+//! (partition numbers, a reason from a fixed list).
+
+use std::time::Duration;
+
+use crate::dlq::RejectKind;
+
+/// Every metric this crate emits (the explicit registry; docs list these).
+pub const METRICS: &[&str] = &[
+    "bulkhead_ingest_messages_consumed_total",
+    "bulkhead_ingest_consumed_bytes_total",
+    "bulkhead_ingest_rows_written_total",
+    "bulkhead_ingest_commits_total",
+    "bulkhead_ingest_commit_duration_seconds",
+    "bulkhead_ingest_dead_letters_total",
+    "bulkhead_ingest_duplicates_skipped_total",
+    "bulkhead_ingest_lake_retries_total",
+    "bulkhead_ingest_lag_messages",
+    "bulkhead_ingest_buffered_rows",
+];
+
+pub fn consumed(bytes: usize) {
+    metrics::counter!("bulkhead_ingest_messages_consumed_total").increment(1);
+    metrics::counter!("bulkhead_ingest_consumed_bytes_total").increment(bytes as u64);
+}
+
+pub fn buffered(rows: usize) {
+    metrics::gauge!("bulkhead_ingest_buffered_rows").set(rows as f64);
+}
+
+pub fn dead_letter(topic: &str, partition: i32, offset: i64, kind: RejectKind, reason: &str) {
+    tracing::warn!(
+        topic,
+        partition,
+        offset,
+        kind = kind.as_str(),
+        reason,
+        "flow message refused; sent to the dead-letter topic"
+    );
+    metrics::counter!("bulkhead_ingest_dead_letters_total", "reason" => kind.as_str()).increment(1);
+}
+
+pub fn duplicate_skipped(partition: i32, offset: i64, next: i64) {
+    tracing::debug!(
+        partition,
+        offset,
+        next,
+        "skipping a message already in the lake"
+    );
+    metrics::counter!("bulkhead_ingest_duplicates_skipped_total").increment(1);
+}
+
+pub fn committed(version: i64, rows: usize, partitions: usize, took: Duration) {
+    tracing::info!(
+        version,
+        rows,
+        partitions,
+        took_ms = took.as_millis() as u64,
+        "committed flows to the lake"
+    );
+    metrics::counter!("bulkhead_ingest_commits_total", "result" => "ok").increment(1);
+    metrics::counter!("bulkhead_ingest_rows_written_total").increment(rows as u64);
+    metrics::histogram!("bulkhead_ingest_commit_duration_seconds").record(took.as_secs_f64());
+}
+
+pub fn commit_failed(error: &dyn std::fmt::Display, retry_in: Duration) {
+    tracing::error!(
+        error = %error,
+        retry_in_ms = retry_in.as_millis() as u64,
+        "cannot commit to the lake; nothing is acknowledged, retrying"
+    );
+    metrics::counter!("bulkhead_ingest_commits_total", "result" => "error").increment(1);
+    metrics::counter!("bulkhead_ingest_lake_retries_total").increment(1);
+}
+
+pub fn lag(partition: i32, messages: i64) {
+    metrics::gauge!("bulkhead_ingest_lag_messages", "partition" => partition.to_string())
+        .set(messages.max(0) as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_names_are_unique_and_follow_the_convention() {
+        let mut seen = std::collections::HashSet::new();
+        for name in super::METRICS {
+            assert!(seen.insert(name), "duplicate metric {name}");
+            assert!(name.starts_with("bulkhead_ingest_"), "{name}");
+            let counter = name.ends_with("_total");
+            let unit = ["_seconds", "_messages", "_rows", "_bytes_total", "_total"]
+                .iter()
+                .any(|u| name.ends_with(u));
+            assert!(counter || unit, "{name} has no unit");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The Delta writer: appends sorted, zstd-compressed Parquet to the `flows` table in
+//! one atomic commit that also records, per Kafka partition, the last offset it covers
+//! (a Delta `txn` action: application id `bulkhead-ingest-<topic>-<partition>`, version =
+//! that offset). The table, not the consumer group, is the truth about what is written.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_ord::sort::{SortColumn, lexsort_to_indices};
+use arrow_schema::ArrowError;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use url::Url;
+
+/// Rows per Parquet row group (about 1M, as the issue asks).
+pub const ROW_GROUP_ROWS: usize = 1_000_000;
+
+/// Columns rows are sorted by within a file, so that IP and port filters prune.
+pub const SORT_COLUMNS: &[&str] = &["src_ip", "dst_ip", "dst_port"];
+
+/// The Delta application id that records progress on one partition of a topic.
+pub fn app_id(topic: &str, partition: i32) -> String {
+    format!("bulkhead-ingest-{topic}-{partition}")
+}
+
+/// A lake operation that failed; retrying may help (disk full, permissions, a
+/// concurrent writer).
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("Delta table {url}: {source}")]
+    Delta {
+        url: Url,
+        #[source]
+        source: DeltaTableError,
+    },
+    #[error("sorting rows for {url}: {source}")]
+    Arrow {
+        url: Url,
+        #[source]
+        source: ArrowError,
+    },
+}
+
+impl LakeError {
+    /// Another writer committed progress for the same partitions since we read the
+    /// table (e.g. after a rebalance): our buffer must be dropped and re-read.
+    pub fn is_concurrent_transaction(&self) -> bool {
+        matches!(
+            self,
+            LakeError::Delta {
+                source: DeltaTableError::Transaction {
+                    source: deltalake::kernel::transaction::TransactionError::CommitConflict(
+                        deltalake::kernel::transaction::CommitConflictError::ConcurrentTransaction
+                    ),
+                },
+                ..
+            }
+        )
+    }
+}
+
+/// The `flows` Delta table.
+pub struct FlowsTable {
+    url: Url,
+    table: DeltaTable,
+    partition_columns: Vec<String>,
+    writer_properties: WriterProperties,
+}
+
+impl FlowsTable {
+    /// Opens the table at `url`, or prepares to create it with the first commit. Creates a
+    /// local directory if it is missing.
+    pub async fn open(url: &Url) -> Result<Self, LakeError> {
+        let delta = |source| LakeError::Delta {
+            url: url.clone(),
+            source,
+        };
+        if url.scheme() == "file"
+            && let Ok(path) = url.to_file_path()
+        {
+            std::fs::create_dir_all(&path).map_err(|e| {
+                delta(DeltaTableError::InvalidTableLocation(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )))
+            })?;
+        }
+        let table = DeltaTable::try_from_url(url.clone()).await.map_err(delta)?;
+        let spec = bulkhead_schemas::lake::table("flows")
+            .ok_or_else(|| delta(DeltaTableError::Generic("no flows table spec".into())))?;
+        Ok(Self {
+            url: url.clone(),
+            table,
+            partition_columns: spec
+                .partition_columns
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            writer_properties: WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                .build(),
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The table version loaded (None before the first commit).
+    pub fn version(&self) -> Option<i64> {
+        self.table.version().map(|v| v as i64)
+    }
+
+    /// Loads the newest commit of the table (another writer's included).
+    pub async fn refresh(&mut self) -> Result<(), LakeError> {
+        let result = if self.table.version().is_some() {
+            self.table.update_state().await
+        } else {
+            self.table.load().await
+        };
+        match result {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(()),
+            Err(source) => Err(LakeError::Delta {
+                url: self.url.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The last offset of `topic`/`partition` recorded in the loaded snapshot.
+    pub async fn committed_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, LakeError> {
+        let Ok(state) = self.table.snapshot() else {
+            return Ok(None); // no table yet: nothing written
+        };
+        state
+            .transaction_version(self.table.log_store().as_ref(), app_id(topic, partition))
+            .await
+            .map_err(|source| LakeError::Delta {
+                url: self.url.clone(),
+                source,
+            })
+    }
+
+    /// Appends `rows` (sorted here) and records `last_offsets` (partition, last offset
+    /// included) of `topic` in the same atomic commit. Returns the new table version.
+    pub async fn commit(
+        &mut self,
+        rows: RecordBatch,
+        topic: &str,
+        last_offsets: &[(i32, i64)],
+    ) -> Result<i64, LakeError> {
+        let rows = sort_rows(&rows).map_err(|source| LakeError::Arrow {
+            url: self.url.clone(),
+            source,
+        })?;
+        let txns = last_offsets
+            .iter()
+            .map(|(partition, offset)| Transaction::new(app_id(topic, *partition), *offset))
+            .collect();
+        let table = self.table.clone();
+        let written = table
+            .write(vec![rows])
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(self.partition_columns.clone())
+            .with_writer_properties(self.writer_properties.clone())
+            .with_commit_properties(
+                CommitProperties::default()
+                    .with_application_transactions(txns)
+                    .with_max_retries(5),
+            )
+            .await
+            .map_err(|source| LakeError::Delta {
+                url: self.url.clone(),
+                source,
+            })?;
+        self.table = written;
+        Ok(self.table.version().map_or(0, |v| v as i64))
+    }
+
+    /// The table, for readers (e.g. a DataFusion table provider).
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+}
+
+/// Rows ordered by [`SORT_COLUMNS`].
+pub fn sort_rows(rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    if rows.num_rows() < 2 {
+        return Ok(rows.clone());
+    }
+    let columns: Vec<SortColumn> = SORT_COLUMNS
+        .iter()
+        .map(|name| {
+            rows.column_by_name(name)
+                .map(|values| SortColumn {
+                    values: Arc::clone(values),
+                    options: None,
+                })
+                .ok_or_else(|| ArrowError::SchemaError(format!("no column {name} to sort by")))
+        })
+        .collect::<Result<_, _>>()?;
+    let indices = lexsort_to_indices(&columns, None)?;
+    arrow_select::take::take_record_batch(rows, &indices)
+}

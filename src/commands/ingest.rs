@@ -1,0 +1,16 @@
+//! `bulkhead ingest`: consume flows from Kafka into the `flows` Delta table, exactly once.
+
+use bulkhead_ingest::{IngestArgs, IngestConfig};
+
+use crate::config::Settings;
+
+pub async fn run(settings: &Settings, args: IngestArgs) -> anyhow::Result<()> {
+    let config = IngestConfig::from_args(&args)?;
+    super::serve_metrics(&args.metrics_addr);
+    let summary = bulkhead_ingest::run(config, &settings.kafka, super::shutdown_signal()).await?;
+    eprintln!(
+        "ingest stopped: {} rows in {} commits, {} dead letters, {} replayed messages skipped",
+        summary.rows_written, summary.commits, summary.dead_letters, summary.duplicates_skipped
+    );
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! `bulkhead lake …`: maintenance of the lake's Delta tables, safe while ingest runs.
+
+use std::time::Duration;
+
+use bulkhead_ingest::config::{lake_table_url, lake_url};
+use bulkhead_ingest::maintenance;
+
+/// Lake maintenance (each operation is one atomic Delta commit).
+#[derive(Debug, clap::Subcommand)]
+pub enum LakeCommand {
+    /// Rewrite small files into large ones (Delta optimize); readers never see a row twice.
+    Compact {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Target file size in MiB.
+        #[arg(long, default_value_t = 256)]
+        target_mib: u64,
+    },
+    /// Delete files that no snapshot younger than --retain-hours references.
+    Vacuum {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Keep files needed by snapshots of the last this many hours (time travel and
+        /// readers still on an old snapshot need them; Delta recommends 168).
+        #[arg(long, default_value_t = 168.0)]
+        retain_hours: f64,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Drop the partitions of the flows table older than --days days.
+    Retain {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Keep this many days of flows (today included).
+        #[arg(long)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TableArgs {
+    /// The lake (directory or file:// URL), as given to `bulkhead ingest`.
+    #[arg(long, env = "BULKHEAD_LAKE", value_name = "DIR|URL")]
+    pub lake: String,
+    /// The table.
+    #[arg(long, default_value = "flows")]
+    pub table: String,
+}
+
+impl TableArgs {
+    fn url(&self) -> anyhow::Result<url::Url> {
+        if bulkhead_schemas::lake::table(&self.table).is_none() {
+            anyhow::bail!("--table {:?} is not a lake table", self.table);
+        }
+        Ok(lake_table_url(&lake_url(&self.lake)?, &self.table))
+    }
+}
+
+pub async fn run(command: LakeCommand) -> anyhow::Result<()> {
+    match command {
+        LakeCommand::Compact { table, target_mib } => {
+            let url = table.url()?;
+            let done = maintenance::compact(&url, target_mib * 1024 * 1024).await?;
+            println!(
+                "{}: {} files compacted into {} in {} partitions",
+                url, done.files_removed, done.files_added, done.partitions
+            );
+        }
+        LakeCommand::Vacuum {
+            table,
+            retain_hours,
+            dry_run,
+        } => {
+            if !(retain_hours.is_finite() && retain_hours >= 0.0) {
+                anyhow::bail!("--retain-hours {retain_hours}: expected hours >= 0");
+            }
+            let url = table.url()?;
+            let files = maintenance::vacuum(
+                &url,
+                Duration::from_secs_f64(retain_hours * 3600.0),
+                dry_run,
+            )
+            .await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            println!("{url}: {verb} {} files", files.len());
+        }
+        LakeCommand::Retain { table, days } => {
+            let url = table.url()?;
+            let today = (bulkhead_schemas::now_unix_ns() / 86_400_000_000_000) as i32;
+            let keep_from = today - days.saturating_sub(1) as i32;
+            let removed = maintenance::retain(&url, keep_from).await?;
+            println!(
+                "{url}: removed {removed} files of partitions before {}",
+                maintenance::date_text(keep_from)
+            );
+        }
+    }
+    Ok(())
+}

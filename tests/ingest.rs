@@ -1,0 +1,890 @@
+//! `bulkhead ingest` end to end: synthetic flows through the real broker into a real
+//! Delta table, read back with DataFusion (deltalake's table provider) and with DuckDB
+//! (the Parquet files of the latest snapshot), across SIGKILLs and bad input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray as _;
+use arrow_array::types::Int64Type;
+use bulkhead_bench::workload::{Estate, FlowSpec};
+use bulkhead_kafka::admin::{self, TopicOptions};
+use bulkhead_kafka::rdkafka::Message as _;
+use bulkhead_kafka::{Consumer, ConsumerOptions, KafkaConfig, Producer, require_kafka};
+use bulkhead_schemas::proto::{DeadLetter, FlowBatch};
+use bulkhead_schemas::topics::Topic;
+use datafusion::prelude::SessionContext;
+use prost::Message as _;
+use rand::Rng as _;
+
+/// (host_id, agent_instance_id, batch_seq) → rows: identifies every batch, so a count per
+/// key shows both loss and duplication.
+type BatchCounts = BTreeMap<(String, String, i64), i64>;
+
+struct Expected {
+    rows: i64,
+    bytes: i64,
+    packets: i64,
+    batches: BatchCounts,
+}
+
+fn synthetic(seed: u64, records: u64, batch_records: usize) -> (Vec<FlowBatch>, Expected) {
+    let estate = Estate::generate(seed, 30);
+    let spec = FlowSpec {
+        seed,
+        records,
+        start_unix_ns: 1_764_115_200_000_000_000,
+        span_ns: 3 * 3_600 * 1_000_000_000,
+        batch_records,
+    };
+    let batches: Vec<FlowBatch> = estate.flows(&spec).collect();
+    let mut expected = Expected {
+        rows: 0,
+        bytes: 0,
+        packets: 0,
+        batches: BTreeMap::new(),
+    };
+    for batch in &batches {
+        for r in &batch.records {
+            expected.rows += 1;
+            expected.bytes += r.bytes as i64;
+            expected.packets += r.packets as i64;
+            *expected
+                .batches
+                .entry((
+                    r.host_id.clone(),
+                    batch.agent_instance_id.clone(),
+                    batch.batch_seq as i64,
+                ))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(
+        expected.rows as u64, records,
+        "generator made {records} records"
+    );
+    (batches, expected)
+}
+
+async fn topics(config: &KafkaConfig, partitions: i32) {
+    admin::ensure_topics(
+        config,
+        &[Topic::Flows, Topic::Inventory, Topic::FlowsDeadLetter],
+        &TopicOptions {
+            replication: 1,
+            partitions: Some(partitions),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("creating topics under {}: {e}", config.topic_prefix));
+}
+
+async fn publish(producer: &Producer, config: &KafkaConfig, batches: &[FlowBatch]) {
+    let topic = config.topic(Topic::Flows);
+    for batch in batches {
+        producer
+            .send(&topic, batch.host_id.as_bytes(), &batch.encode_to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("producing batch {} to {topic}: {e}", batch.batch_seq));
+    }
+}
+
+/// A running `bulkhead ingest` child; its log goes to a file shown on failure.
+struct Ingest {
+    child: Child,
+    log: PathBuf,
+}
+
+fn start_ingest(config: &KafkaConfig, lake: &Path, run: usize, extra: &[&str]) -> Ingest {
+    let log = lake.with_file_name(format!(
+        "{}-ingest-{run}.log",
+        lake.file_name().unwrap().to_string_lossy()
+    ));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["ingest", "--lake"])
+        .arg(lake)
+        .args(["--metrics-addr", "", "--group", "ingest-test"])
+        .args(extra)
+        .env("BULKHEAD_KAFKA", &config.brokers)
+        .env("BULKHEAD_TOPIC_PREFIX", &config.topic_prefix)
+        .env_remove("BULKHEAD_CONFIG")
+        .env("BULKHEAD_LOG", "warn,bulkhead_ingest=info,bulkhead=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting bulkhead ingest: {e}"));
+    Ingest { child, log }
+}
+
+impl Ingest {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("ingest exited early ({status}):\n{}", self.log_tail());
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the process must stop cleanly.
+    fn stop(mut self) -> String {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "ingest exit {status}:\n{}",
+                    self.log_tail()
+                );
+                return std::fs::read_to_string(&self.log).unwrap_or_default();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ingest ignored SIGTERM:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the table says, through DataFusion over deltalake's table provider.
+struct LakeView {
+    rows: i64,
+    bytes: i64,
+    packets: i64,
+    batches: BatchCounts,
+    files: Vec<String>,
+}
+
+async fn read_lake(lake: &Path) -> Option<LakeView> {
+    let url = url::Url::from_directory_path(lake.join("flows")).unwrap();
+    let table = match deltalake::open_table(url).await {
+        Ok(table) => table,
+        Err(e) => {
+            eprintln!("lake at {} not readable (yet): {e}", lake.display());
+            return None;
+        }
+    };
+    let ctx = SessionContext::new();
+    table
+        .update_datafusion_session(&ctx.state())
+        .unwrap_or_else(|e| panic!("registering the lake with DataFusion: {e}"));
+    let provider = table
+        .table_provider()
+        .await
+        .unwrap_or_else(|e| panic!("table provider for {}: {e}", lake.display()));
+    ctx.register_table("flows", provider).unwrap();
+    let query = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move {
+            let batches: Vec<RecordBatch> = ctx
+                .sql(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .collect()
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            batches
+        }
+    };
+    let totals = query(
+        "SELECT count(*) AS n, coalesce(sum(bytes), 0) AS b, coalesce(sum(packets), 0) AS p FROM flows",
+    )
+    .await;
+    let int = |b: &RecordBatch, c: usize| b.column(c).as_primitive::<Int64Type>().value(0);
+    let (rows, bytes, packets) = (int(&totals[0], 0), int(&totals[0], 1), int(&totals[0], 2));
+    let mut batches = BTreeMap::new();
+    for b in
+        query("SELECT host_id, agent_instance_id, batch_seq, count(*) FROM flows GROUP BY 1, 2, 3")
+            .await
+    {
+        for i in 0..b.num_rows() {
+            let text = |c: usize| {
+                let col = arrow_cast::cast(b.column(c), &arrow_schema::DataType::Utf8).unwrap();
+                col.as_string::<i32>().value(i).to_string()
+            };
+            batches.insert(
+                (
+                    text(0),
+                    text(1),
+                    b.column(2).as_primitive::<Int64Type>().value(i),
+                ),
+                b.column(3).as_primitive::<Int64Type>().value(i),
+            );
+        }
+    }
+    let files = table.get_file_uris().unwrap().collect();
+    Some(LakeView {
+        rows,
+        bytes,
+        packets,
+        batches,
+        files,
+    })
+}
+
+/// (address, workload, has labels) → rows, for both ends of every flow.
+async fn workloads_by_ip(lake: &Path) -> BTreeMap<(String, Option<String>, bool), i64> {
+    let url = url::Url::from_directory_path(lake.join("flows")).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("flows", table.table_provider().await.unwrap())
+        .unwrap();
+    let sql = "SELECT src_ip AS ip, src_workload AS w, src_labels IS NOT NULL AS l FROM flows \
+               UNION ALL SELECT dst_ip, dst_workload, dst_labels IS NOT NULL FROM flows";
+    let batches = ctx
+        .sql(&format!(
+            "SELECT ip, w, l, count(*) FROM ({sql}) GROUP BY 1, 2, 3"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let text = |c: usize| arrow_cast::cast(b.column(c), &arrow_schema::DataType::Utf8).unwrap();
+        let (ip, w) = (text(0), text(1));
+        let (ip, w) = (ip.as_string::<i32>(), w.as_string::<i32>());
+        let l = b.column(2).as_boolean();
+        for i in 0..b.num_rows() {
+            let workload = (!arrow_array::Array::is_null(w, i)).then(|| w.value(i).to_string());
+            out.insert(
+                (ip.value(i).to_string(), workload, l.value(i)),
+                b.column(3).as_primitive::<Int64Type>().value(i),
+            );
+        }
+    }
+    out
+}
+
+/// Waits until the table holds `rows` rows (or panics with the ingest log).
+async fn wait_for_rows(lake: &Path, rows: i64, ingest: &mut Ingest, within: Duration) -> LakeView {
+    let deadline = Instant::now() + within;
+    loop {
+        ingest.assert_running();
+        if let Some(view) = read_lake(lake).await
+            && view.rows >= rows
+        {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lake did not reach {rows} rows within {within:?}:\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn assert_exact(view: &LakeView, expected: &Expected) {
+    assert_eq!(view.rows, expected.rows, "row count");
+    assert_eq!(view.bytes, expected.bytes, "sum of bytes");
+    assert_eq!(view.packets, expected.packets, "sum of packets");
+    let wrong: Vec<_> = expected
+        .batches
+        .iter()
+        .filter(|(k, n)| view.batches.get(*k) != Some(n))
+        .take(5)
+        .map(|(k, n)| (k.clone(), *n, view.batches.get(k).copied()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "batches lost or doubled (key, expected, found): {wrong:?}"
+    );
+    assert_eq!(
+        view.batches.len(),
+        expected.batches.len(),
+        "unexpected batches"
+    );
+}
+
+/// Count and sums through DuckDB reading the snapshot's Parquet files.
+fn duckdb_totals(files: &[String]) -> (i64, i64, i64) {
+    let paths: Vec<String> = files
+        .iter()
+        .map(|u| {
+            url::Url::parse(u)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| u.clone())
+        })
+        .collect();
+    let script = r#"
+import json, sys
+import duckdb
+files = json.loads(sys.stdin.read())
+con = duckdb.connect()
+row = con.execute("SELECT count(*), sum(bytes), sum(packets) FROM read_parquet(?)", [files]).fetchall()[0]
+print(json.dumps([int(row[0]), int(row[1]), int(row[2])]))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 (with duckdb, installed by dev/setup): {e}"));
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&paths).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "duckdb over {} files failed (dev/setup installs duckdb): {}",
+        paths.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<i64> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "duckdb output {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (v[0], v[1], v[2])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_writes_every_flow_once_and_datafusion_and_duckdb_agree() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-round-trip");
+    topics(&config, 4).await;
+    let (batches, expected) = synthetic(21, 60_000, 1_000);
+    let producer = Producer::new(&config).unwrap();
+    // The estate's inventory, observed before the flows: enrichment resolves addresses.
+    let estate = Estate::generate(21, 30);
+    for inventory in estate.inventories(1_764_115_000_000_000_000) {
+        producer
+            .send(
+                &config.topic(Topic::Inventory),
+                inventory.host_id.as_bytes(),
+                &inventory.encode_to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    publish(&producer, &config, &batches).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut ingest = start_ingest(&config, &lake, 0, &["--commit-interval-secs", "1"]);
+    let view = wait_for_rows(
+        &lake.join(""),
+        expected.rows,
+        &mut ingest,
+        Duration::from_secs(180),
+    )
+    .await;
+    // Nothing more arrives later (no duplicate commit).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let view_later = read_lake(&lake).await.unwrap();
+    assert_eq!(
+        view_later.rows, view.rows,
+        "rows appeared after the count was reached"
+    );
+    assert_exact(&view_later, &expected);
+    assert_eq!(
+        duckdb_totals(&view_later.files),
+        (expected.rows, expected.bytes, expected.packets),
+        "duckdb reading the snapshot's Parquet files"
+    );
+    // Sorted within a file, zstd, partitioned by date and hour.
+    assert!(
+        view_later
+            .files
+            .iter()
+            .all(|f| f.contains("/date=") && f.contains("/hour=")),
+        "{:?}",
+        &view_later.files[..3.min(view_later.files.len())]
+    );
+    // Enrichment: every estate address carries its host and labels, others stay IPs.
+    let owners: BTreeMap<String, String> = estate
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            [
+                (h.ipv4.to_string(), h.id.clone()),
+                (h.ipv6.to_string(), h.id.clone()),
+            ]
+        })
+        .collect();
+    let ends = workloads_by_ip(&lake).await;
+    let mut enriched = 0;
+    for ((ip, workload, labelled), rows) in &ends {
+        match owners.get(ip) {
+            Some(host) => {
+                assert_eq!(workload.as_ref(), Some(host), "{ip}: {rows} rows");
+                assert!(labelled, "{ip} has no labels");
+                enriched += rows;
+            }
+            None => assert!(
+                workload.is_none() && !labelled,
+                "{ip} is no host's: {workload:?}"
+            ),
+        }
+    }
+    assert!(
+        enriched > expected.rows / 2,
+        "only {enriched} flow ends enriched"
+    );
+    let log = ingest.stop();
+    assert!(log.contains("ingest stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_and_restart_neither_loses_nor_doubles() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-sigkill");
+    topics(&config, 3).await;
+    let (batches, expected) = synthetic(33, 120_000, 500);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    // Producer keeps publishing while ingest is killed and restarted.
+    let producing = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let producer = Producer::new(&config).unwrap();
+            for chunk in batches.chunks(20) {
+                publish(&producer, &config, chunk).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Small commits, and a short session so that the next process gets the partitions
+    // of a killed one quickly.
+    let fast = [
+        "--commit-interval-secs",
+        "0.3",
+        "--commit-flows",
+        "3000",
+        "-X",
+        "session.timeout.ms=6000",
+    ];
+    let mut rng = rand::rng();
+    let mut rows = 0;
+    let mut kills = 0;
+    for run in 0..4 {
+        let mut ingest = start_ingest(&config, &lake, run, &fast);
+        // Kill at a random point after this process has committed something.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while read_lake(&lake).await.map_or(0, |v| v.rows) <= rows {
+            ingest.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "run {run} committed nothing:\n{}",
+                ingest.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let wait = rng.random_range(0..1_500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        ingest.assert_running();
+        ingest.kill();
+        rows = read_lake(&lake).await.map_or(0, |v| v.rows);
+        eprintln!("run {run}: killed {wait} ms after a commit, with {rows} rows in the lake");
+        assert!(rows <= expected.rows, "more rows than produced: {rows}");
+        if rows == expected.rows {
+            break;
+        }
+        kills += 1;
+    }
+    assert!(
+        kills >= 2,
+        "ingest finished before it could be killed mid-stream twice"
+    );
+    producing.await.unwrap();
+    let mut ingest = start_ingest(&config, &lake, 9, &fast);
+    wait_for_rows(&lake, expected.rows, &mut ingest, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = read_lake(&lake).await.unwrap();
+    assert_exact(&view, &expected);
+    let log = ingest.stop();
+    assert!(log.contains("ingest stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_messages_go_to_the_dlq_while_good_ones_flow() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-dlq");
+    topics(&config, 1).await;
+    let (batches, expected) = synthetic(44, 5_000, 500);
+    let producer = Producer::new(&config).unwrap();
+    let topic = config.topic(Topic::Flows);
+    let good = batches[0].encode_to_vec();
+    let mut future = batches[1].clone();
+    future.schema_version = 2;
+    let mut bad_address = batches[2].clone();
+    bad_address.records[0].dst_ip = vec![1, 2, 3];
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("decode", b"\xff\xfe garbage, not protobuf".to_vec()),
+        ("decode", good[..good.len() / 2].to_vec()),
+        ("schema_version", future.encode_to_vec()),
+        ("invalid", bad_address.encode_to_vec()),
+    ];
+    // Bad messages between good ones, on the one partition.
+    let mut expected_dead = Vec::new();
+    let mut good_batches = batches.iter();
+    for (kind, payload) in &bad {
+        publish(
+            &producer,
+            &config,
+            good_batches
+                .by_ref()
+                .take(2)
+                .cloned()
+                .collect::<Vec<_>>()
+                .as_slice(),
+        )
+        .await;
+        let d = producer.send(&topic, b"bad-host", payload).await.unwrap();
+        expected_dead.push((format!("{topic}/{}/{}", d.partition, d.offset), *kind));
+    }
+    let rest: Vec<FlowBatch> = good_batches.cloned().collect();
+    publish(&producer, &config, &rest).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut ingest = start_ingest(&config, &lake, 0, &["--commit-interval-secs", "0.5"]);
+    let view = wait_for_rows(&lake, expected.rows, &mut ingest, Duration::from_secs(120)).await;
+    assert_exact(&view, &expected);
+
+    let consumer = Consumer::new(&config, &ConsumerOptions::group("dlq-reader")).unwrap();
+    consumer
+        .subscribe(&[config.topic(Topic::FlowsDeadLetter).as_str()])
+        .unwrap();
+    let mut dead = Vec::new();
+    while dead.len() < expected_dead.len() {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("dead letters so far {dead:?}:\n{}", ingest.log_tail()))
+            .unwrap();
+        let letter = DeadLetter::decode(message.payload().unwrap()).unwrap();
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        assert_eq!(
+            key,
+            format!(
+                "{}/{}/{}",
+                letter.source_topic, letter.source_partition, letter.source_offset
+            )
+        );
+        assert!(!letter.reason.is_empty());
+        dead.push((key, letter.error_kind, letter.payload));
+    }
+    for ((key, kind), (got_key, got_kind, payload)) in expected_dead.iter().zip(&dead) {
+        assert_eq!((key, *kind), (got_key, got_kind.as_str()));
+        assert!(
+            bad.iter().any(|(_, p)| p == payload),
+            "payload kept byte for byte"
+        );
+    }
+    ingest.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplicates() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-rebalance");
+    topics(&config, 6).await;
+    let (batches, expected) = synthetic(55, 90_000, 500);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let producing = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let producer = Producer::new(&config).unwrap();
+            for chunk in batches.chunks(3) {
+                publish(&producer, &config, chunk).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let fast = [
+        "--commit-interval-secs",
+        "0.5",
+        "--commit-flows",
+        "5000",
+        "-X",
+        "session.timeout.ms=6000",
+    ];
+    // One process, then a second joins (partitions move to it), then the first is
+    // killed (its partitions move back), then a third joins and the second stops.
+    let mut a = start_ingest(&config, &lake, 0, &fast);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut b = start_ingest(&config, &lake, 1, &fast);
+    let committed = |ingest: &Ingest| {
+        std::fs::read_to_string(&ingest.log)
+            .unwrap_or_default()
+            .contains("committed flows to the lake")
+    };
+    // Both write while they share the partitions (cooperative rebalancing hands some of
+    // a's partitions to b).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(committed(&a) && committed(&b)) {
+        a.assert_running();
+        b.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "a and b did not both commit:\n{}\n---\n{}",
+            a.log_tail(),
+            b.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !producing.is_finished(),
+        "the producer was too fast for a mid-stream handover"
+    );
+    a.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let c = start_ingest(&config, &lake, 2, &fast);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    b.assert_running();
+    b.stop();
+    producing.await.unwrap();
+    let mut c = c;
+    wait_for_rows(&lake, expected.rows, &mut c, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = read_lake(&lake).await.unwrap();
+    assert_exact(&view, &expected);
+    c.stop();
+}
+
+fn bulkhead_lake(args: &[&str], lake: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("lake")
+        .args(args)
+        .arg("--lake")
+        .arg(lake)
+        .env_remove("BULKHEAD_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("bulkhead lake {args:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "bulkhead lake {args:?}: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_during_ingest_never_shows_a_row_twice_then_retention_and_vacuum() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-compact");
+    topics(&config, 2).await;
+    let (batches, expected) = synthetic(66, 40_000, 400);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let producing = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let producer = Producer::new(&config).unwrap();
+            for chunk in batches.chunks(2) {
+                publish(&producer, &config, chunk).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let mut ingest = start_ingest(
+        &config,
+        &lake,
+        0,
+        &["--commit-interval-secs", "0.3", "--commit-flows", "2000"],
+    );
+    let mut compactions = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rows = 0;
+    while !producing.is_finished() || rows < expected.rows {
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows after 60 s:\n{}",
+            ingest.log_tail()
+        );
+        ingest.assert_running();
+        if lake.join("flows/_delta_log").exists() {
+            bulkhead_lake(&["compact"], &lake);
+            compactions += 1;
+        }
+        if let Some(view) = read_lake(&lake).await {
+            let doubled: Vec<_> = view
+                .batches
+                .iter()
+                .filter(|(k, n)| expected.batches.get(*k).is_none_or(|e| *n > e))
+                .take(3)
+                .collect();
+            assert!(
+                doubled.is_empty(),
+                "rows seen twice during compaction: {doubled:?}"
+            );
+            rows = view.rows;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(compactions > 0, "compaction never ran");
+    producing.await.unwrap();
+    wait_for_rows(&lake, expected.rows, &mut ingest, Duration::from_secs(120)).await;
+    let before = read_lake(&lake).await.unwrap().files.len();
+    let text = bulkhead_lake(&["compact"], &lake);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = read_lake(&lake).await.unwrap();
+    assert_exact(&view, &expected);
+    assert!(
+        view.files.len() <= before,
+        "{text}: {before} -> {}",
+        view.files.len()
+    );
+    ingest.stop();
+
+    // Retention: the synthetic flows are from 2025-11-26, long before "the last day".
+    let text = bulkhead_lake(&["retain", "--days", "1"], &lake);
+    assert!(text.contains("removed"), "{text}");
+    assert_eq!(read_lake(&lake).await.unwrap().rows, 0, "{text}");
+    let text = bulkhead_lake(&["vacuum", "--retain-hours", "0"], &lake);
+    assert!(text.contains("deleted"), "{text}");
+    let parquet_left = walk(&lake.join("flows"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert_eq!(parquet_left, 0, "vacuum left Parquet files: {text}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lake_that_refuses_writes_stops_progress_loses_nothing_and_recovers() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-lake-down");
+    topics(&config, 1).await;
+    let estate = Estate::generate(77, 30);
+    let hour_ns = 3_600 * 1_000_000_000;
+    let phase = |seed: u64, start_unix_ns: u64| -> Vec<FlowBatch> {
+        estate
+            .flows(&FlowSpec {
+                seed,
+                records: 3_000,
+                start_unix_ns,
+                span_ns: hour_ns / 6,
+                batch_records: 500,
+            })
+            .collect()
+    };
+    let day = 1_764_115_200_000_000_000; // 2025-11-26T00:00Z
+    let first = phase(1, day);
+    let second = phase(2, day + 5 * hour_ns);
+    let producer = Producer::new(&config).unwrap();
+    publish(&producer, &config, &first).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut ingest = start_ingest(
+        &config,
+        &lake,
+        0,
+        &["--commit-interval-secs", "0.3", "--retry-max-secs", "0.5"],
+    );
+    wait_for_rows(&lake, 3_000, &mut ingest, Duration::from_secs(90)).await;
+    // A file where the next partition's directory must go: every write there fails.
+    let blocker = lake.join("flows/date=2025-11-26/hour=5");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    publish(&producer, &config, &second).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&ingest.log)
+        .unwrap_or_default()
+        .contains("cannot commit to the lake")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no commit error logged:\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ingest.assert_running();
+    assert_eq!(
+        read_lake(&lake).await.unwrap().rows,
+        3_000,
+        "nothing half-written"
+    );
+    let log = std::fs::read_to_string(&ingest.log).unwrap();
+    assert!(
+        log.contains("hour=5"),
+        "the error names the path:\n{}",
+        ingest.log_tail()
+    );
+    // The lake comes back: the retried commit lands, exactly once.
+    std::fs::remove_file(&blocker).unwrap();
+    wait_for_rows(&lake, 6_000, &mut ingest, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = read_lake(&lake).await.unwrap();
+    assert_eq!(view.rows, 6_000);
+    let expected_batches = first.len() + second.len();
+    assert_eq!(view.batches.len(), expected_batches);
+    ingest.stop();
+}
+
+#[test]
+fn bad_ingest_settings_are_refused_before_anything_starts() {
+    for (args, needle) in [
+        (vec!["--lake", "gs://bucket/lake"], "\"gs\""),
+        (
+            vec!["--lake", "/tmp/l", "--commit-flows", "0"],
+            "--commit-flows",
+        ),
+        (
+            vec!["--lake", "/tmp/l", "--commit-interval-secs", "0"],
+            "--commit-interval-secs",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("ingest")
+            .args(&args)
+            // A broker that is not there: validation must fail before any connection.
+            .env("BULKHEAD_KAFKA", "127.0.0.1:1")
+            .env_remove("BULKHEAD_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(text.contains(needle), "{args:?}: {text}");
+    }
+}
