@@ -374,6 +374,24 @@ print(json.dumps([int(row[0]), int(row[1]), int(row[2])]))
     (v[0], v[1], v[2])
 }
 
+/// Publishes `batches`, `per_send` at a time with `pause` between, in the background
+/// (ingest is killed and restarted meanwhile).
+fn spawn_producer(
+    config: &KafkaConfig,
+    batches: Vec<FlowBatch>,
+    per_send: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let config = config.clone();
+    tokio::spawn(async move {
+        let producer = Producer::new(&config).unwrap();
+        for chunk in batches.chunks(per_send) {
+            publish(&producer, &config, chunk).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_writes_every_flow_once_and_datafusion_and_duckdb_agree() {
     let kafka = require_kafka!();
@@ -469,16 +487,7 @@ async fn sigkill_mid_stream_and_restart_neither_loses_nor_doubles() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     // Producer keeps publishing while ingest is killed and restarted.
-    let producing = {
-        let config = config.clone();
-        tokio::spawn(async move {
-            let producer = Producer::new(&config).unwrap();
-            for chunk in batches.chunks(20) {
-                publish(&producer, &config, chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let producing = spawn_producer(&config, batches, 20, Duration::from_millis(100));
     // Small commits, and a short session so that the next process gets the partitions
     // of a killed one quickly.
     let fast = [
@@ -617,16 +626,7 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
     let (batches, expected) = synthetic(55, 90_000, 500);
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    let producing = {
-        let config = config.clone();
-        tokio::spawn(async move {
-            let producer = Producer::new(&config).unwrap();
-            for chunk in batches.chunks(3) {
-                publish(&producer, &config, chunk).await;
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-        })
-    };
+    let producing = spawn_producer(&config, batches, 3, Duration::from_millis(150));
     let fast = [
         "--commit-interval-secs",
         "0.5",
@@ -704,16 +704,7 @@ async fn compaction_during_ingest_never_shows_a_row_twice_then_retention_and_vac
     let (batches, expected) = synthetic(66, 40_000, 400);
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    let producing = {
-        let config = config.clone();
-        tokio::spawn(async move {
-            let producer = Producer::new(&config).unwrap();
-            for chunk in batches.chunks(2) {
-                publish(&producer, &config, chunk).await;
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-        })
-    };
+    let producing = spawn_producer(&config, batches, 2, Duration::from_millis(150));
     let mut ingest = start_ingest(
         &config,
         &lake,
