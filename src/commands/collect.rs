@@ -17,11 +17,9 @@ pub async fn run(settings: &Settings, args: CollectArgs) -> anyhow::Result<()> {
     let collector =
         tokio::task::spawn_blocking(move || CollectorThread::spawn(config, output, namespace))
             .await??;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let finished = collector.finished();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+        () = super::shutdown_signal() => {}
         () = finished => {}
     }
     tokio::task::spawn_blocking(move || collector.stop()).await??;

@@ -84,12 +84,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
     step("Reading the flows back from Kafka into Arrow");
     let after = watermarks(&reader, &flows_topic).await?;
     let flows = read_back(&reader, &flows_topic, &before, &after, report.batches).await?;
-    let produced_bytes: u64 = estate
-        .flows(&spec)
-        .flat_map(|b| b.records)
-        .map(|r| r.bytes)
-        .sum();
-    summarise(&flows, report.records, produced_bytes)?;
+    summarise(&flows, report.records, report.flow_bytes)?;
 
     step("Policy: validate, sign, publish, verify as an enforcer would");
     policy_round_trip(kafka, args.policy.as_deref()).await?;

@@ -50,6 +50,8 @@ pub struct PublishReport {
     pub hosts: usize,
     pub batches: u64,
     pub records: u64,
+    /// Sum of the records' `bytes` (traffic volume, for checking a read-back).
+    pub flow_bytes: u64,
     pub encoded_bytes: u64,
     pub elapsed: Duration,
 }
@@ -148,18 +150,21 @@ pub async fn publish(
                 producer
                     .send(&topic, batch.host_id.as_bytes(), &payload)
                     .await?;
+                let flow_bytes = batch.records.iter().map(|r| r.bytes).sum::<u64>();
                 Ok::<_, bulkhead_kafka::KafkaError>((
                     batch.records.len() as u64,
+                    flow_bytes,
                     payload.len() as u64,
                 ))
             }
         })
         .buffer_unordered(256);
     while let Some(sent) = sends.next().await {
-        let (records, bytes) = sent?;
+        let (records, flow_bytes, encoded_bytes) = sent?;
         report.batches += 1;
         report.records += records;
-        report.encoded_bytes += bytes;
+        report.flow_bytes += flow_bytes;
+        report.encoded_bytes += encoded_bytes;
         bar.inc(records);
     }
     bar.finish_and_clear();
