@@ -19,6 +19,13 @@ fn bench(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "bench {args:?} failed:\n{text}");
+    let markdown = std::fs::read_to_string(out.path().join("latest.md"))
+        .unwrap_or_else(|e| panic!("latest.md: {e}\n{text}"));
+    assert!(
+        markdown.contains(&format!("| {} |", args[0])),
+        "the report has no {} figure:\n{markdown}",
+        args[0]
+    );
     let file = out.path().join(format!("{}.json", args[0]));
     serde_json::from_str(
         &std::fs::read_to_string(&file)
@@ -75,4 +82,27 @@ fn enforcer_benchmark_runs() {
     positive(&report, "packet_cost.ratio_to_no_table");
     positive(&report, "provision.provision_to_active_ms.p99");
     positive(&report, "provision.baseline_kafka_round_trip_ms.median");
+}
+
+#[test]
+fn collector_benchmark_runs() {
+    // Root, as for lab hosts (loud skip, or a failure under CI).
+    if !bulkhead_bench::lab::can_build_hosts() {
+        return;
+    }
+    let report = bench(&["collector"]);
+    let figures = report.as_array().expect("a list of figures");
+    let named = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"].as_str().is_some_and(|n| n.contains(name)))
+            .unwrap_or_else(|| panic!("no {name:?} figure in {report:#}"))
+    };
+    positive(named("TC program cost"), "value.median");
+    positive(named("TC program cost"), "baseline.value.median");
+    positive(named("with the collector"), "baseline.ratio");
+    positive(named("convert + batch + encode"), "value.median");
+    if bulkhead_kafka::testkit::kafka().is_some() {
+        positive(named("into Kafka"), "baseline.ratio");
+    }
 }

@@ -1,12 +1,16 @@
 //! `bench`: Bulkhead's benchmarks. Each prints its figures beside a baseline measured in
-//! the same run and writes them to `bench/results/<name>.json`.
+//! the same run, writes its own `bench/results/<name>.json`, and adds its headline figures
+//! to the run's report (`bench/results/latest.md` and `latest.json`).
 //!
-//!   cargo run --release -p bulkhead-bench --bin bench -- enforcer          # full sizes
-//!   cargo run -p bulkhead-bench --bin bench -- enforcer --quick            # smoke test
+//!   cargo run --release -p bulkhead-bench --bin bench -- all               # every benchmark, full sizes
+//!   cargo run --release -p bulkhead-bench --bin bench -- enforcer          # one benchmark
+//!   cargo run -p bulkhead-bench --bin bench -- all --quick                 # smoke test (CI)
 
+use std::path::Path;
 use std::time::Duration;
 
-use bulkhead_bench::{enforcer, lab, schemas};
+use bulkhead_bench::report::{Figure, Report};
+use bulkhead_bench::{collector, enforcer, lab, schemas};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -20,31 +24,85 @@ struct Args {
     /// Where results are written.
     #[arg(long, global = true, default_value = "bench/results")]
     out: std::path::PathBuf,
+    /// Kafka bootstrap for the benchmarks' own topics (root namespace).
+    #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+    kafka: String,
+    /// The broker's lab listener, as hosts in namespaces reach it.
+    #[arg(long, global = true, default_value = lab::LAB_KAFKA)]
+    lab_kafka: String,
+    /// The bulkhead binary to run as a component [default: next to this binary].
+    #[arg(long, global = true)]
+    bulkhead: Option<String>,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
 enum Bench {
+    /// Every benchmark below, one after the other; what cannot run here is reported.
+    All,
     /// FlowBatch decode and conversion into Arrow columns, vs. decode alone.
     Schemas,
     /// Apply latency by ruleset size, packet cost of 10,000 rules, provision → active.
-    Enforcer {
-        /// The bulkhead binary to run as the enforcer [default: next to this binary].
-        #[arg(long)]
-        bulkhead: Option<String>,
-        /// Kafka bootstrap for the benchmark's own topics (root namespace).
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        kafka: String,
-        /// The broker's lab listener, as hosts in namespaces reach it.
-        #[arg(long, default_value = lab::LAB_KAFKA)]
-        lab_kafka: String,
-    },
+    Enforcer,
+    /// TC program cost vs. an empty program, veth throughput with vs. without, user-space
+    /// conversion, and the path into Kafka vs. raw librdkafka (root).
+    Collector,
+}
+
+impl Bench {
+    const EACH: [Bench; 3] = [Bench::Schemas, Bench::Collector, Bench::Enforcer];
+
+    fn name(self) -> &'static str {
+        match self {
+            Bench::All => "all",
+            Bench::Schemas => "schemas",
+            Bench::Enforcer => "enforcer",
+            Bench::Collector => "collector",
+        }
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
-    match args.bench {
+    let mut report = Report::new(args.quick);
+    let benches: Vec<Bench> = match args.bench {
+        Bench::All => Bench::EACH.to_vec(),
+        one => vec![one],
+    };
+    for bench in benches {
+        if let Err(why) = run(bench, &args, &mut report.figures).await {
+            eprintln!("bench {}: did not run: {why}", bench.name());
+            if args.bench != Bench::All {
+                return Err(why);
+            }
+            report.skipped.push((bench.name().into(), why.to_string()));
+        }
+    }
+    report.write(&args.out)?;
+    println!("\n{}", report.markdown());
+    println!("results: {}", args.out.join("latest.md").display());
+    Ok(())
+}
+
+fn write_json(
+    out: &Path,
+    name: &str,
+    value: &(impl serde::Serialize + ?Sized),
+) -> std::io::Result<()> {
+    let path = out.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(value)?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+async fn run(
+    bench: Bench,
+    args: &Args,
+    figures: &mut Vec<Figure>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match bench {
+        Bench::All => unreachable!("expanded by main"),
         Bench::Schemas => {
             let (records, rounds) = if args.quick {
                 (20_000, 3)
@@ -52,19 +110,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (1_000_000, 7)
             };
             let report = schemas::conversion(records, rounds);
-            let path = args.out.join("schemas.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-            println!("results: {}", path.display());
+            figures.push(
+                Figure::new(
+                    "schemas",
+                    "FlowBatch decode → Arrow columns",
+                    "records/s",
+                    report.decode_and_convert_records_per_s.clone(),
+                )
+                .against(
+                    "protobuf decode alone",
+                    report.baseline_decode_only_records_per_s.clone(),
+                ),
+            );
+            write_json(&args.out, "schemas", &report)?;
         }
-        Bench::Enforcer {
-            bulkhead,
-            kafka,
-            lab_kafka,
-        } => {
+        Bench::Collector => {
+            if let Some(problem) = collector::problem() {
+                return Err(problem.into());
+            }
+            let sizes = if args.quick {
+                collector::Sizes::QUICK
+            } else {
+                collector::Sizes::FULL
+            };
+            let start = figures.len();
+            // The kernel parts move threads between namespaces: keep them off the runtime.
+            let kafka = args.kafka.clone();
+            let measured = tokio::task::spawn_blocking(move || {
+                let mut figures = Vec::new();
+                collector::run(sizes, &kafka, &mut figures);
+                figures
+            })
+            .await?;
+            figures.extend(measured);
+            write_json(&args.out, "collector", &figures[start..])?;
+        }
+        Bench::Enforcer => {
             if let Some(problem) = lab::host_problem() {
                 return Err(format!("the enforcer benchmarks need lab hosts: {problem}").into());
             }
-            let bulkhead = match bulkhead {
+            let bulkhead = match args.bulkhead.clone() {
                 Some(path) => path,
                 None => std::env::current_exe()?
                     .with_file_name("bulkhead")
@@ -99,19 +184,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 window,
             );
             drop((client, server));
-            let mut config = bulkhead_kafka::KafkaConfig::with_brokers(&kafka);
+            let mut config = bulkhead_kafka::KafkaConfig::with_brokers(&args.kafka);
             config.topic_prefix = format!("bench.{}.", std::process::id());
             let provision = enforcer::provision_latency(
                 &bulkhead,
                 &config,
-                &lab_kafka,
+                &args.lab_kafka,
                 if args.quick { 4 } else { 30 },
             )
             .await;
+            for row in &apply {
+                figures.push(
+                    Figure::new(
+                        "enforcer",
+                        &format!("apply {}", row.case),
+                        "ms",
+                        row.total_ms.clone(),
+                    )
+                    .against("empty table apply", row.baseline_empty_apply_ms.clone()),
+                );
+            }
+            figures.push(
+                Figure::new(
+                    "enforcer",
+                    &format!("TCP connect through {} rules", packet_cost.rules),
+                    "µs",
+                    packet_cost.many_rules_connect_us.clone(),
+                )
+                .against("no bulkhead table", packet_cost.no_table_connect_us.clone()),
+            );
+            figures.push(
+                Figure::new(
+                    "enforcer",
+                    "provision → rules in force",
+                    "ms",
+                    provision.provision_to_active_ms.clone(),
+                )
+                .against(
+                    "Kafka produce → consume",
+                    provision.baseline_kafka_round_trip_ms.clone(),
+                ),
+            );
             let report = serde_json::json!({ "quick": args.quick, "apply": apply, "packet_cost": packet_cost, "provision": provision });
-            let path = args.out.join("enforcer.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-            println!("results: {}", path.display());
+            write_json(&args.out, "enforcer", &report)?;
         }
     }
     Ok(())

@@ -1,14 +1,13 @@
 //! Collector benchmarks, each against a baseline measured in the same run (root needed
-//! for the kernel parts; run a release build: `cargo run --release -p bulkhead-bench
-//! --bin bench-collector`). Prints figures; asserts nothing.
+//! for the kernel parts; figures are only meaningful from a release build):
 //!
 //! 1. Kernel cost per packet of the TC program (BPF_PROG_TEST_RUN, hot flow) vs. an
 //!    empty TC program.
 //! 2. Packets per second through a veth pair with the collector attached vs. without,
 //!    alternating rounds in the same run.
 //! 3. User space: drain + convert + encode of flows from the kernel map; convert + encode
-//!    of synthetic flows vs. encode alone; end-to-end into Kafka vs. raw produce of the
-//!    same bytes; peak memory.
+//!    of synthetic flows vs. encode alone; end to end into Kafka (the `kafka` figure) vs.
+//!    raw produce of the same bytes; peak memory.
 
 use std::net::UdpSocket;
 use std::process::Command;
@@ -25,18 +24,54 @@ use bulkhead_collector::{CollectorConfig, CollectorThread, netns};
 use bulkhead_kafka::{KafkaConfig, Producer};
 use prost::Message as _;
 
-fn main() {
+use crate::report::Figure;
+use crate::stats::Summary;
+
+/// Sizes of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub test_runs: u32,
+    pub kernel_rounds: usize,
+    pub veth_rounds: usize,
+    pub veth_seconds: f64,
+    pub flows: usize,
+}
+
+impl Sizes {
+    pub const FULL: Sizes = Sizes {
+        test_runs: 1_000_000,
+        kernel_rounds: 5,
+        veth_rounds: 4,
+        veth_seconds: 2.0,
+        flows: 1_000_000,
+    };
+    pub const QUICK: Sizes = Sizes {
+        test_runs: 20_000,
+        kernel_rounds: 3,
+        veth_rounds: 2,
+        veth_seconds: 0.3,
+        flows: 50_000,
+    };
+}
+
+/// Why the collector benchmarks cannot run here, if they cannot.
+pub fn problem() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("bench-collector: the kernel benchmarks need root; run it as root");
-        std::process::exit(2);
+        return Some("the kernel benchmarks need root".into());
     }
+    None
+}
+
+/// Runs every collector benchmark; `kafka` is the broker for the end-to-end figure
+/// (skipped, and said so, when unreachable).
+pub fn run(sizes: Sizes, kafka: &str, figures: &mut Vec<Figure>) {
     // The main thread stays in the host namespace (Kafka is reached from there); the veth
     // benchmark's sender and collector run in the lab's namespace.
     let lab = Lab::new();
-    kernel_cost();
-    veth_pps(&lab);
-    user_space();
-    println!("peak memory (VmHWM): {}", peak_memory());
+    figures.extend(kernel_cost(sizes));
+    figures.extend(veth_pps(&lab, sizes));
+    figures.extend(user_space(sizes, kafka));
+    println!("   peak memory (VmHWM): {}", peak_memory());
 }
 
 fn sh(args: &[&str]) {
@@ -140,28 +175,37 @@ fn load_kernel(flow_entries: u32) -> Kernel {
     .expect("load the collector programs")
 }
 
-fn kernel_cost() {
+fn kernel_cost(sizes: Sizes) -> Vec<Figure> {
     println!(
-        "== 1. TC program cost per packet (BPF_PROG_TEST_RUN, hot flow, 1,000,000 runs x 5 rounds)"
+        "== collector 1. TC program cost per packet (BPF_PROG_TEST_RUN, hot flow, {} runs x {} rounds)",
+        sizes.test_runs, sizes.kernel_rounds
     );
     let kernel = load_kernel(65_536);
     let empty = bpf::load_empty().expect("load the empty program");
     let packet = tcp_packet(40_000, [10, 203, 0, 2]);
     kernel.test_run_ingress(&packet, 1).expect("warm up");
     let (mut ours, mut base) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
+    for _ in 0..sizes.kernel_rounds {
         base.push(
-            bpf::test_run(&empty, "bh_tc_empty", &packet, 1_000_000)
+            bpf::test_run(&empty, "bh_tc_empty", &packet, sizes.test_runs)
                 .expect("empty")
                 .as_nanos() as f64,
         );
         ours.push(
             kernel
-                .test_run_ingress(&packet, 1_000_000)
+                .test_run_ingress(&packet, sizes.test_runs)
                 .expect("collector")
                 .as_nanos() as f64,
         );
     }
+    let figure = Figure::new(
+        "collector",
+        "TC program cost per packet",
+        "ns",
+        Summary::of(ours.clone()),
+    )
+    .against("empty TC program", Summary::of(base.clone()))
+    .target("≤ 100 ns added");
     let (ours, base) = (median(ours), median(base));
     println!(
         "   collector TC program: {ours:.0} ns/packet; empty TC program (baseline): {base:.0} ns/packet"
@@ -171,11 +215,14 @@ fn kernel_cost() {
         ours - base,
         ours / base.max(1.0)
     );
+    vec![figure]
 }
 
-fn veth_pps(lab: &Lab) {
+fn veth_pps(lab: &Lab, sizes: Sizes) -> Vec<Figure> {
     println!(
-        "== 2. UDP packets/s through a veth pair, collector attached vs. not (12 alternating rounds of 2 s: none, empty program, collector)"
+        "== collector 2. UDP packets/s through a veth pair, collector attached vs. not ({} alternating rounds of {} s: none, empty program, collector)",
+        sizes.veth_rounds * 3,
+        sizes.veth_seconds
     );
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -235,11 +282,11 @@ fn veth_pps(lab: &Lab) {
         .join()
         .expect("sender thread")
     };
-    round(0.5, false);
+    round(sizes.veth_seconds / 4.0, false);
     let (mut with, mut without, mut empty) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..4 {
-        without.push(round(2.0, false));
-        empty.push(round(2.0, true));
+    for _ in 0..sizes.veth_rounds {
+        without.push(round(sizes.veth_seconds, false));
+        empty.push(round(sizes.veth_seconds, true));
         let dir = std::env::temp_dir().join(format!("bhbench-{}", std::process::id()));
         let config = CollectorConfig {
             host_id_file: dir.join("host-id"),
@@ -249,7 +296,7 @@ fn veth_pps(lab: &Lab) {
         let collector =
             CollectorThread::spawn(config, Output::Channel(tx), Some(netns::named(&lab.a)))
                 .expect("collector");
-        with.push(round(2.0, false));
+        with.push(round(sizes.veth_seconds, false));
         collector.stop().expect("stop");
         drop(rx);
         let _ = std::fs::remove_dir_all(dir);
@@ -272,6 +319,23 @@ fn veth_pps(lab: &Lab) {
         w / wo,
         received.load(Ordering::Relaxed)
     );
+    vec![
+        Figure::new(
+            "collector",
+            "veth UDP throughput with the collector",
+            "pps",
+            Summary::of(with),
+        )
+        .against("no TC program", Summary::of(without.clone()))
+        .target("ratio ≥ 0.95"),
+        Figure::new(
+            "collector",
+            "veth UDP throughput, empty TC program",
+            "pps",
+            Summary::of(empty),
+        )
+        .against("no TC program", Summary::of(without)),
+    ]
 }
 
 fn synthetic_flows(n: usize) -> Vec<RawFlow> {
@@ -326,10 +390,11 @@ fn convert_and_encode(flows: &[RawFlow], builder: &mut BatchBuilder) -> usize {
         .sum()
 }
 
-fn user_space() {
-    println!("== 3. User space");
+fn user_space(sizes: Sizes, kafka: &str) -> Vec<Figure> {
+    println!("== collector 3. User space");
+    let mut figures = Vec::new();
     // 3a. Drain a kernel flow map filled through the real program.
-    let n = 60_000;
+    let n = sizes.flows.min(60_000);
     let mut kernel = load_kernel(65_536);
     for i in 0..n {
         let packet = tcp_packet(1024 + (i % 60_000) as u16, [10, 9, (i / 60_000) as u8, 1]);
@@ -351,8 +416,8 @@ fn user_space() {
     );
     drop(kernel);
 
-    // 3b. Convert + encode vs. encode of ready records (baseline), 1,000,000 flows.
-    let flows = synthetic_flows(1_000_000);
+    // 3b. Convert + encode vs. encode of ready records (baseline).
+    let flows = synthetic_flows(sizes.flows);
     let start = Instant::now();
     let bytes = convert_and_encode(&flows, &mut builder);
     let ours = flows.len() as f64 / start.elapsed().as_secs_f64();
@@ -379,32 +444,43 @@ fn user_space() {
         "   convert + batch + encode: {ours:.0} flows/s on one core ({bytes} bytes); encode alone (baseline): {base:.0} flows/s; ratio {:.2} (target >= 1,000,000 flows/s)",
         ours / base
     );
+    figures.push(
+        Figure::new(
+            "collector",
+            "convert + batch + encode, one core",
+            "flows/s",
+            Summary::of(vec![ours]),
+        )
+        .against("encode alone", Summary::of(vec![base]))
+        .target("≥ 1M flows/s"),
+    );
 
     // 3c. End to end into Kafka vs. raw produce of the same bytes.
     let config = {
         let mut c = KafkaConfig::local();
+        c.brokers = kafka.to_string();
         c.topic_prefix = format!("bench.collector.{}.", std::process::id());
         c
     };
-    let reachable = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:9092".parse().expect("addr"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
+    let reachable = kafka
+        .parse()
+        .ok()
+        .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .is_some();
     if !reachable {
         println!(
-            "   end to end into Kafka: SKIPPED (no broker on 127.0.0.1:9092; start one with dev/kafka/up)"
+            "   end to end into Kafka: SKIPPED (no broker on {kafka}; start one with dev/kafka/up)"
         );
-        return;
+        return figures;
     }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
+    let kafka_figure = runtime.block_on(async {
         // Kafka clients must live in the namespace that reaches the broker: the host's.
         let sink = match Sink::connect(Output::Kafka(config.clone())).await {
             Ok(sink) => sink,
             Err(e) => {
                 println!("   end to end into Kafka: SKIPPED ({e})");
-                return;
+                return None;
             }
         };
         let stats = Arc::new(Stats::default());
@@ -439,7 +515,14 @@ fn user_space() {
             "   end to end (convert + encode + bounded queue + produce, acks=all): {ours:.0} flows/s; raw pipelined produce of the same bytes (baseline): {base:.0} flows/s; ratio {:.2} (target >= 500,000 flows/s)",
             ours / base
         );
+        Some(
+            Figure::new("kafka", "collector path into Kafka (acks=all)", "flows/s", Summary::of(vec![ours]))
+                .against("raw librdkafka produce, same bytes", Summary::of(vec![base]))
+                .target("≥ 500k flows/s"),
+        )
     });
+    figures.extend(kafka_figure);
+    figures
 }
 
 fn peak_memory() -> String {
