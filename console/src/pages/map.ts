@@ -179,7 +179,11 @@ export function mapPage(): Page {
         h('dt', {}, 'Decision'), h('dd', {}, decisionText(e))));
   }
 
-  const label = (id: string) => graph.nodes.find((n) => n.id === id)?.label ?? id;
+  const label = (id: string): string => {
+    const n = graph.nodes.find((x) => x.id === id);
+    if (!n) return id;
+    return n.parent ? `${label(n.parent)} / ${n.label}` : n.label;
+  };
 
   function decisionText(e: GraphEdge): string {
     return (Object.entries(e.decisions) as [Decision, number][])
@@ -196,7 +200,7 @@ export function mapPage(): Page {
         h('caption', {}, 'Groups and hosts'),
         h('thead', {}, h('tr', {}, ['Name', 'Kind', 'Labels', 'Workloads', ''].map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', {}, nodes.map((n) => h('tr', { 'data-node': n.id, 'data-kind': n.kind },
-          h('th', { scope: 'row' }, n.parent ? `${label(n.parent)} / ${n.label}` : n.label),
+          h('th', { scope: 'row' }, label(n.id)),
           h('td', {}, n.kind), h('td', {}, formatLabels(n.labels)), h('td', {}, String(n.workloads)),
           h('td', {}, n.kind === 'group'
             ? h('button', { type: 'button', 'aria-expanded': String(expanded.has(n.id)), onclick: () => toggle(n.id) }, expanded.has(n.id) ? 'Hide roles' : 'Show roles')
