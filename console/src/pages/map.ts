@@ -82,7 +82,7 @@ export function mapPage(): Page {
           width: edgeWidth(e.bytes, maxBytes),
           label: e.services.length > 3 ? `${e.services.slice(0, 3).join(', ')} +${e.services.length - 3}` : e.services.join(', '),
         },
-        classes: [e.decision, visible.edges.has(e.id) ? '' : 'faded'].join(' ').trim(),
+        classes: [e.decision, visible.edges.has(e.id) ? '' : 'faded', graph.edges.length > 120 ? 'nolabel' : ''].join(' ').trim(),
       })),
     ];
     const shape = graph.nodes.map((n) => `${n.id}|${n.parent ?? ''}`).sort().join('\n') + '#' +
@@ -93,12 +93,14 @@ export function mapPage(): Page {
         elements,
         wheelSensitivity: 0.3,
         style: [
-          { selector: 'node', style: { 'background-color': 'data(colour)', label: 'data(label)', color: '#212121', 'font-size': 11, 'text-valign': 'bottom', 'text-margin-y': 4, width: 26, height: 26 } },
+          { selector: 'node', style: { 'background-color': 'data(colour)', label: 'data(label)', color: '#212121', 'font-size': 11, 'text-valign': 'bottom', 'text-margin-y': 4, width: 26, height: 26, 'min-zoomed-font-size': 7 } },
           { selector: 'node.internet', style: { shape: 'diamond', width: 34, height: 34 } },
           { selector: 'node.unlabeled', style: { shape: 'triangle' } },
           { selector: 'node.ip', style: { shape: 'round-rectangle', width: 18, height: 18 } },
           { selector: ':parent', style: { 'background-opacity': 0.08, 'border-color': '#1565c0', 'border-width': 2, 'text-valign': 'top', shape: 'round-rectangle' } },
-          { selector: 'edge', style: { width: 'data(width)', 'line-color': 'data(colour)', 'target-arrow-color': 'data(colour)', 'target-arrow-shape': 'triangle', 'curve-style': 'bezier', 'arrow-scale': 0.8, label: 'data(label)', 'font-size': 9, 'text-rotation': 'autorotate', color: '#424242', 'text-background-color': '#fff', 'text-background-opacity': 0.7 } },
+          { selector: 'edge', style: { width: 'data(width)', 'line-color': 'data(colour)', 'target-arrow-color': 'data(colour)', 'target-arrow-shape': 'triangle', 'curve-style': 'bezier', 'arrow-scale': 0.8, label: 'data(label)', 'font-size': 9, 'text-rotation': 'autorotate', color: '#424242', 'text-background-color': '#fff', 'text-background-opacity': 0.7, 'min-zoomed-font-size': 8 } },
+          // Past a hundred or so connections the service labels are noise: details on click.
+          { selector: 'edge.nolabel', style: { label: '' } },
           { selector: 'edge.potentially_blocked', style: { 'line-style': 'dashed' } },
           { selector: 'edge.blocked', style: { 'line-style': 'dotted' } },
           { selector: '.faded', style: { opacity: 0.12 } },
