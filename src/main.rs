@@ -55,6 +55,9 @@ enum Command {
     /// Maintain the lake's Delta tables: compact, vacuum, retain (safe while ingest runs).
     #[command(subcommand)]
     Lake(commands::lake::LakeCommand),
+    /// A lab estate in network namespaces with real traffic and an agent on every host
+    /// (up, traffic, status, down).
+    Lab(commands::lab::LabArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,9 @@ fn main() -> ExitCode {
             Command::Agent(args) => commands::agent::run(&settings, args).await,
             Command::Ingest(args) => commands::ingest::run(&settings, args).await,
             Command::Lake(command) => commands::lake::run(command).await,
+            Command::Lab(args) => {
+                tokio::task::block_in_place(|| commands::lab::run(&settings, args))
+            }
         }
     });
     match result {

@@ -7,9 +7,10 @@
 //! collectors would publish them (both ends of a connection report it).
 //!
 //! [`lab`] builds test hosts (network namespaces on a bridge) for end-to-end tests and
-//! benchmarks. `bulkhead gen` is the command-line face of [`workload`].
+//! benchmarks; [`demo_lab`] is the persistent lab estate behind `bulkhead lab`. `bulkhead gen` is the command-line face of [`workload`].
 
 pub mod collector;
+pub mod demo_lab;
 pub mod enforcer;
 pub mod lab;
 pub mod report;

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod enforce;
 pub mod gen_flows;
 pub mod ingest;
+pub mod lab;
 pub mod lake;
 pub mod policy;
 pub mod topics;
