@@ -10,6 +10,7 @@
 //! benchmarks. `bulkhead gen` is the command-line face of [`workload`].
 
 pub mod enforcer;
+pub mod ingest;
 pub mod lab;
 pub mod schemas;
 pub mod stats;

@@ -26,8 +26,12 @@
 
 pub mod config;
 pub mod dlq;
+pub mod edges;
 pub mod enrich;
+pub mod follow;
 pub mod maintenance;
+pub mod policy;
+pub mod read_models;
 pub mod run;
 pub mod telemetry;
 pub mod writer;

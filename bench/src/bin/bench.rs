@@ -3,10 +3,11 @@
 //!
 //!   cargo run --release -p bulkhead-bench --bin bench -- enforcer          # full sizes
 //!   cargo run -p bulkhead-bench --bin bench -- enforcer --quick            # smoke test
+//!   cargo run --release -p bulkhead-bench --bin bench -- ingest            # needs the broker
 
 use std::time::Duration;
 
-use bulkhead_bench::{enforcer, lab, schemas};
+use bulkhead_bench::{enforcer, ingest, lab, schemas};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -37,6 +38,21 @@ enum Bench {
         /// The broker's lab listener, as hosts in namespaces reach it.
         #[arg(long, default_value = lab::LAB_KAFKA)]
         lab_kafka: String,
+    },
+    /// Flows/s from Kafka into the lake (decode, enrich, edges, Delta commits) vs. a
+    /// Python pipeline doing the same job; freshness p50/p99 under load; peak memory.
+    Ingest {
+        /// The bulkhead binary to run as ingest [default: next to this binary].
+        #[arg(long)]
+        bulkhead: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// Flows for the throughput run [default: 2,000,000; --quick: 100,000].
+        #[arg(long)]
+        flows: Option<u64>,
+        /// Steady load of the freshness run, flows/s [default: 200,000; --quick: 5,000].
+        #[arg(long)]
+        rate: Option<u64>,
     },
 }
 
@@ -110,6 +126,61 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await;
             let report = serde_json::json!({ "quick": args.quick, "apply": apply, "packet_cost": packet_cost, "provision": provision });
             let path = args.out.join("enforcer.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            println!("results: {}", path.display());
+        }
+        Bench::Ingest {
+            bulkhead,
+            kafka,
+            flows,
+            rate,
+        } => {
+            let bulkhead = match bulkhead {
+                Some(path) => path,
+                None => std::env::current_exe()?
+                    .with_file_name("bulkhead")
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            let flows = flows.unwrap_or(if args.quick { 100_000 } else { 2_000_000 });
+            let rate = rate.unwrap_or(if args.quick { 5_000 } else { 200_000 });
+            let secs = if args.quick { 20 } else { 60 };
+            let work =
+                std::env::temp_dir().join(format!("bulkhead-bench-ingest-{}", std::process::id()));
+            std::fs::create_dir_all(&work)?;
+            let partitions = 4;
+            let (rust_secs, startup, cpu, peak, produced, python) =
+                ingest::throughput(&bulkhead, &kafka, flows, partitions, &work).await?;
+            let (freshness_ms, fresh_peak) =
+                ingest::freshness(&bulkhead, &kafka, rate, secs, &work).await?;
+            let _ = std::fs::remove_dir_all(&work);
+            let rust_rate = produced / (rust_secs - startup);
+            let python_rate = python.0 as f64 / python.1;
+            let report = ingest::IngestReport {
+                flows: produced as u64,
+                partitions,
+                rust_secs,
+                rust_startup_secs: startup,
+                rust_flows_per_sec: rust_rate,
+                python_secs: python.1,
+                python_flows_per_sec: python_rate,
+                ratio: rust_rate / python_rate,
+                rust_cpu_secs: cpu,
+                rust_flows_per_cpu_sec: produced / cpu.max(1e-9),
+                peak_rss_mib: peak,
+                freshness_rate_flows_per_sec: rate,
+                freshness_ms,
+                freshness_peak_rss_mib: fresh_peak,
+            };
+            println!(
+                "ingest: {:.0} flows/s vs python {:.0} flows/s: ratio {:.1}x; {:.0} flows per CPU second",
+                report.rust_flows_per_sec,
+                report.python_flows_per_sec,
+                report.ratio,
+                report.rust_flows_per_cpu_sec
+            );
+            let report = serde_json::json!({ "quick": args.quick, "debug_build": cfg!(debug_assertions), "ingest": report });
+            let path = args.out.join("ingest.json");
             std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             println!("results: {}", path.display());
         }
