@@ -324,7 +324,7 @@ pub async fn throughput(
     )?;
     let mut startup = None;
     let topic = config.topic(Topic::Flows);
-    let mut usage = (0.0, 0.0);
+    let mut usage;
     loop {
         child.check_running()?;
         if startup.is_none() && child.log_text().contains("ingesting flows") {

@@ -462,7 +462,8 @@ mod tests {
         assert_eq!(agg.add_batch(&batch(5), w, &mut newest).late, 1);
         let got = rows(&mut agg, w);
         let start = (T0 / 1000) as i64;
-        let flows: Vec<(i64, i64)> = got.iter().map(|r| (r.4 - start, r.2)).collect();
+        let mut flows: Vec<(i64, i64)> = got.iter().map(|r| (r.4 - start, r.2)).collect();
+        flows.sort();
         assert_eq!(flows, vec![(0, 2), (60_000_000, 1), (300_000_000, 1)]);
     }
 }
