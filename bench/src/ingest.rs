@@ -320,7 +320,7 @@ pub async fn throughput(
         &config,
         &lake,
         group,
-        &["--commit-interval-secs", "5", "--commit-flows", "500000"],
+        &["--commit-interval-secs", "1", "--commit-flows", "500000"],
     )?;
     let mut startup = None;
     let topic = config.topic(Topic::Flows);
