@@ -283,6 +283,112 @@ async fn workloads_by_ip(lake: &Path) -> BTreeMap<(String, Option<String>, bool)
     out
 }
 
+/// An edge key → (flows, bytes, packets).
+type EdgeSums = BTreeMap<String, (i64, i64, i64)>;
+
+async fn sums(ctx: &SessionContext, sql: &str) -> EdgeSums {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let key = arrow_cast::cast(b.column(0), &arrow_schema::DataType::Utf8).unwrap();
+        let int = |c: usize| {
+            arrow_cast::cast(b.column(c), &arrow_schema::DataType::Int64)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone()
+        };
+        let (f, by, p) = (int(1), int(2), int(3));
+        for i in 0..b.num_rows() {
+            out.insert(
+                key.as_string::<i32>().value(i).to_string(),
+                (f.value(i), by.value(i), p.value(i)),
+            );
+        }
+    }
+    out
+}
+
+/// The `edges` table summed per key (its rows are partial aggregates), and the same
+/// aggregation done by DataFusion over `flows`: 1-minute windows of `first_seen`, each
+/// connection counted once — from the server's report, or the client's when the server
+/// is no known workload (the synthetic flows carry only client → server records).
+async fn edges_and_flows_grouped(lake: &Path) -> (EdgeSums, EdgeSums) {
+    let ctx = SessionContext::new();
+    for name in ["flows", "edges"] {
+        let url = url::Url::from_directory_path(lake.join(name)).unwrap();
+        let table = deltalake::open_table(url)
+            .await
+            .unwrap_or_else(|e| panic!("opening {name} in {}: {e}", lake.display()));
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        ctx.register_table(name, table.table_provider().await.unwrap())
+            .unwrap();
+    }
+    let key = |window: &str, process: &str| {
+        format!(
+            "concat_ws('|', CAST(to_unixtime({window}) AS BIGINT), coalesce(src_workload, src_ip), \
+             coalesce(dst_workload, dst_ip), dst_port, protocol, coalesce({process}, '-'), policy_decision)"
+        )
+    };
+    let edges = sums(
+        &ctx,
+        &format!(
+            "SELECT {} AS k, sum(flows), sum(bytes), sum(packets) FROM edges GROUP BY 1",
+            key("window_start", "process")
+        ),
+    )
+    .await;
+    let flows = sums(
+        &ctx,
+        &format!(
+            "SELECT {} AS k, count(*), sum(bytes), sum(packets) FROM flows \
+             WHERE local_is_server OR dst_workload IS NULL GROUP BY 1",
+            key(
+                "date_bin(INTERVAL '60 seconds', first_seen, TIMESTAMP '1970-01-01T00:00:00Z')",
+                "process_name"
+            )
+        ),
+    )
+    .await;
+    (edges, flows)
+}
+
+/// Edges equal the GROUP BY over flows; with the inventory known (`workloads_known`),
+/// they count fewer flows than `flows` has rows (both ends reported the connections
+/// between workloads, and count once).
+async fn assert_edges_match_flows(lake: &Path, expected: &Expected, workloads_known: bool) {
+    let (edges, flows) = edges_and_flows_grouped(lake).await;
+    let differ: Vec<_> = flows
+        .iter()
+        .filter(|(k, v)| edges.get(*k) != Some(v))
+        .take(5)
+        .map(|(k, v)| (k.clone(), *v, edges.get(k).copied()))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "edges differ from flows grouped (key, flows, edges): {differ:?}"
+    );
+    assert_eq!(edges.len(), flows.len(), "edges with no flows behind them");
+    let connections: i64 = edges.values().map(|v| v.0).sum();
+    if !workloads_known {
+        assert_eq!(
+            connections, expected.rows,
+            "no workload known: every report counts"
+        );
+        return;
+    }
+    assert!(
+        connections > 0 && connections < expected.rows,
+        "{connections} connections in edges for {} flow records: both-end reports must count once",
+        expected.rows
+    );
+}
+
 /// Waits until the table holds `rows` rows (or panics with the ingest log).
 async fn wait_for_rows(lake: &Path, rows: i64, ingest: &mut Ingest, within: Duration) -> LakeView {
     let deadline = Instant::now() + within;
@@ -430,6 +536,7 @@ async fn ingest_writes_every_flow_once_and_datafusion_and_duckdb_agree() {
         "rows appeared after the count was reached"
     );
     assert_exact(&view_later, &expected);
+    assert_edges_match_flows(&lake, &expected, true).await;
     assert_eq!(
         duckdb_totals(&view_later.files),
         (expected.rows, expected.bytes, expected.packets),
@@ -536,6 +643,7 @@ async fn sigkill_mid_stream_and_restart_neither_loses_nor_doubles() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let view = read_lake(&lake).await.unwrap();
     assert_exact(&view, &expected);
+    assert_edges_match_flows(&lake, &expected, false).await;
     let log = ingest.stop();
     assert!(log.contains("ingest stopped"), "{log}");
 }
@@ -675,6 +783,7 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
     tokio::time::sleep(Duration::from_secs(2)).await;
     let view = read_lake(&lake).await.unwrap();
     assert_exact(&view, &expected);
+    assert_edges_match_flows(&lake, &expected, false).await;
     c.stop();
 }
 
@@ -878,4 +987,313 @@ fn bad_ingest_settings_are_refused_before_anything_starts() {
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(text.contains(needle), "{args:?}: {text}");
     }
+}
+
+/// Runs `sql` over the lake tables `tables` with DataFusion; rows as text cells.
+async fn lake_sql(lake: &Path, tables: &[&str], sql: &str) -> Vec<Vec<String>> {
+    let ctx = SessionContext::new();
+    for name in tables {
+        let url = url::Url::from_directory_path(lake.join(name)).unwrap();
+        let table = deltalake::open_table(url)
+            .await
+            .unwrap_or_else(|e| panic!("opening {name} in {}: {e}", lake.display()));
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        ctx.register_table(*name, table.table_provider().await.unwrap())
+            .unwrap();
+    }
+    let batches = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut rows = Vec::new();
+    for b in batches {
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                arrow_cast::display::ArrayFormatter::try_new(c.as_ref(), &Default::default())
+                    .unwrap()
+            })
+            .collect();
+        for i in 0..b.num_rows() {
+            rows.push(cols.iter().map(|c| c.value(i).to_string()).collect());
+        }
+    }
+    rows
+}
+
+/// Waits until `sql` (over `tables`) returns `want`.
+async fn wait_for_sql(
+    lake: &Path,
+    tables: &[&str],
+    sql: &str,
+    want: Vec<Vec<String>>,
+    ingest: &mut Ingest,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        ingest.assert_running();
+        let ready = tables
+            .iter()
+            .all(|t| lake.join(t).join("_delta_log").exists());
+        if ready {
+            let got = lake_sql(lake, tables, sql).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sql}: {got:?}, expected {want:?}:\n{}",
+                ingest.log_tail()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tables:?} never appeared:\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn cells(rows: &[&[&str]]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| r.iter().map(|c| c.to_string()).collect())
+        .collect()
+}
+
+/// The test policy: every host of `estate` with its labels (the rogue host relabelled),
+/// full enforcement, one rule `crm` web → api on tcp/8080, and the `internet` IP list.
+fn test_policy(estate: &Estate) -> bulkhead_schemas::policy::PolicyDocument {
+    let mut yaml = String::from(
+        "ip_lists:\n  - {name: internet, cidrs: [0.0.0.0/0, '::/0'], exclusions: [10.0.0.0/8, 'fd00::/8']}\n\
+         rulesets:\n  - name: crm\n    scope: [app=crm]\n    rules:\n      - id: web-to-api\n\
+         \x20       consumers: [{labels: [role=web]}]\n        providers: [{labels: [role=api]}]\n\
+         \x20       services: [tcp/8080]\ndefault_mode: full\nworkloads:\n",
+    );
+    for host in &estate.hosts {
+        let mut labels = host.labels.clone();
+        let mut mode = String::new();
+        if labels["role"] == "rogue" {
+            labels.insert("env".into(), "override".into());
+            mode = ", mode: visibility_only".into();
+        }
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        yaml.push_str(&format!(
+            "  - {{workload_id: {}, labels: {{{}}}{mode}}}\n",
+            host.id,
+            labels.join(", ")
+        ));
+    }
+    bulkhead_schemas::policy::PolicyDocument::load(&yaml, "test policy")
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_models_decisions_and_ip_lists_come_from_verified_policy_only() {
+    use bulkhead_schemas::policy::{PolicySigner, PolicyVersion};
+    use bulkhead_schemas::proto::{EnforcementMode, EnforcerState, EnforcerStatus};
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-read-models");
+    topics(&config, 2).await;
+    admin::ensure_topics(
+        &config,
+        &[Topic::Policy, Topic::Status],
+        &TopicOptions::default(),
+    )
+    .await
+    .unwrap();
+    let producer = Producer::new(&config).unwrap();
+    let estate = Estate::generate(88, 12);
+    for inventory in estate.inventories(1_764_115_000_000_000_000) {
+        producer
+            .send(
+                &config.topic(Topic::Inventory),
+                inventory.host_id.as_bytes(),
+                &inventory.encode_to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    for (i, host) in estate.hosts.iter().take(2).enumerate() {
+        for at in [1_u64, 2] {
+            let status = EnforcerStatus {
+                schema_version: 1,
+                host_id: host.id.clone(),
+                at_unix_ns: 1_764_115_000_000_000_000 + at,
+                state: EnforcerState::Ok as i32,
+                applied_version: at + i as u64,
+                mode: EnforcementMode::Full as i32,
+                rule_count: 7,
+                ..Default::default()
+            };
+            producer
+                .send(
+                    &config.topic(Topic::Status),
+                    host.id.as_bytes(),
+                    &status.encode_to_vec(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // Flows over one hour; version 1 (trusted key) is created half-way through, version
+    // 2 (same content, another key: forged) a minute later and must change nothing.
+    let start = 1_764_115_200_000_000_000_u64;
+    let created_s = start / 1_000_000_000 + 1_800;
+    let doc = test_policy(&estate);
+    let trusted = PolicySigner::generate();
+    let forger = PolicySigner::generate();
+    for (version, signer, at) in [(1, &trusted, created_s), (2, &forger, created_s + 60)] {
+        let mut v = PolicyVersion::new(version, version - 1, "test", "n", doc.clone());
+        v.created_unix_ns = at * 1_000_000_000;
+        producer
+            .send(
+                &config.topic(Topic::Policy),
+                b"global",
+                &signer.sign(&v).encode_to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    let batches: Vec<FlowBatch> = estate
+        .flows(&FlowSpec {
+            seed: 88,
+            records: 6_000,
+            start_unix_ns: start,
+            span_ns: 3_600 * 1_000_000_000,
+            batch_records: 300,
+        })
+        .collect();
+    publish(&producer, &config, &batches).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("policy.pub.pem");
+    std::fs::write(&key, trusted.public_key_pem()).unwrap();
+    let lake = dir.path().join("lake");
+    let mut ingest = start_ingest(
+        &config,
+        &lake,
+        0,
+        &[
+            "--commit-interval-secs",
+            "0.5",
+            "--policy-public-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    wait_for_rows(&lake, 6_000, &mut ingest, Duration::from_secs(120)).await;
+    let rogue = &estate
+        .hosts
+        .iter()
+        .find(|h| h.labels["role"] == "rogue")
+        .unwrap()
+        .id;
+    wait_for_sql(
+        &lake,
+        &["workloads"],
+        &format!(
+            "SELECT count(*), count(hostname), sum(CASE WHEN workload_id = '{rogue}' AND labels['env'] = 'override' \
+             AND host_labels['env'] = 'prod' AND enforcement_mode = 'visibility_only' THEN 1 ELSE 0 END), \
+             sum(CASE WHEN enforcement_mode = 'full' THEN 1 ELSE 0 END) FROM workloads"
+        ),
+        cells(&[&["12", "12", "1", "11"]]),
+        &mut ingest,
+    )
+    .await;
+    wait_for_sql(
+        &lake,
+        &["status"],
+        "SELECT host_id, applied_version, mode, state, rule_count FROM status ORDER BY host_id",
+        estate
+            .hosts
+            .iter()
+            .take(2)
+            .enumerate()
+            .map(|(i, h)| {
+                vec![
+                    h.id.clone(),
+                    (2 + i).to_string(),
+                    "full".into(),
+                    "ok".into(),
+                    "7".into(),
+                ]
+            })
+            .collect(),
+        &mut ingest,
+    )
+    .await;
+    wait_for_sql(
+        &lake,
+        &["policy"],
+        "SELECT version, provisioned_by, length(content_sha256) FROM policy",
+        cells(&[&["1", "test", "64"]]),
+        &mut ingest,
+    )
+    .await;
+    // Decisions: `unknown` before version 1, decided against version 1 after.
+    let before = format!("to_unixtime(first_seen) < {created_s}");
+    let q = |sql: String| {
+        let lake = lake.clone();
+        async move { lake_sql(&lake, &["flows", "edges"], &sql).await }
+    };
+    assert_eq!(
+        q(format!(
+            "SELECT count(*) FROM flows WHERE {before} AND (policy_decision <> 'unknown' \
+             OR policy_version IS NOT NULL OR src_ip_lists IS NOT NULL)"
+        ))
+        .await,
+        cells(&[&["0"]]),
+        "nothing decided before the first version"
+    );
+    assert_eq!(
+        q(format!(
+            "SELECT count(*) FROM flows WHERE NOT ({before}) AND (policy_decision = 'unknown' \
+             OR policy_version <> 1)"
+        ))
+        .await,
+        cells(&[&["0"]]),
+        "everything decided against version 1 after it (the forged version 2 is ignored)"
+    );
+    assert_eq!(
+        q(format!(
+            "SELECT src_labels['app'], dst_labels['app'], policy_decision, count(*) > 0 FROM flows \
+             WHERE NOT ({before}) AND dst_port = 8080 AND src_labels['role'] = 'web' \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2"
+        ))
+        .await,
+        cells(&[
+            &["billing", "billing", "blocked", "true"],
+            &["billing", "crm", "blocked", "true"],
+            &["crm", "billing", "blocked", "true"],
+            &["crm", "crm", "allowed", "true"],
+        ]),
+        "web -> api is allowed by the crm rule only; full mode blocks the rest"
+    );
+    assert_eq!(
+        q(format!(
+            "SELECT count(*) > 0, sum(CASE WHEN array_has(src_ip_lists, 'internet') THEN 0 ELSE 1 END) \
+             FROM flows WHERE src_workload IS NULL AND NOT ({before})"
+        ))
+        .await,
+        cells(&[&["true", "0"]]),
+        "internet clients are in the internet IP list"
+    );
+    assert_eq!(
+        q("SELECT DISTINCT policy_decision FROM edges ORDER BY 1".into()).await,
+        cells(&[
+            &["allowed"],
+            &["blocked"],
+            &["potentially_blocked"],
+            &["unknown"]
+        ]),
+        "edges carry the decisions"
+    );
+    let log = ingest.stop();
+    assert!(
+        log.contains("policy message refused") && log.contains("not a trusted policy key"),
+        "the forged version is refused and said so:\n{log}"
+    );
 }

@@ -12,6 +12,7 @@
 pub mod collector;
 pub mod demo_lab;
 pub mod enforcer;
+pub mod ingest;
 pub mod lab;
 pub mod report;
 pub mod schemas;

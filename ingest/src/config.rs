@@ -32,6 +32,26 @@ pub struct IngestArgs {
     /// Longest wait between two attempts to write a lake that refuses writes (seconds).
     #[arg(long, env = "BULKHEAD_INGEST_RETRY_MAX_SECS", default_value_t = 30.0)]
     pub retry_max_secs: f64,
+    /// Tumbling event-time window of the `edges` table (seconds).
+    #[arg(long, env = "BULKHEAD_INGEST_EDGE_WINDOW_SECS", default_value_t = 60.0)]
+    pub edge_window_secs: f64,
+    /// Flows whose edge window ended longer ago than this (behind the newest flow seen)
+    /// are counted as late; they still land in their window, in a later commit.
+    #[arg(
+        long,
+        env = "BULKHEAD_INGEST_EDGE_LATENESS_SECS",
+        default_value_t = 300.0
+    )]
+    pub edge_lateness_secs: f64,
+    /// Ed25519 public key (PEM file) that signs policy versions. Without it, policy
+    /// messages are not trusted: no `policy` table rows, decisions stay `unknown`.
+    #[arg(
+        long,
+        alias = "policy-key",
+        env = "BULKHEAD_POLICY_PUBLIC_KEY",
+        value_name = "PEM"
+    )]
+    pub policy_public_key: Option<std::path::PathBuf>,
     /// Prometheus metrics listen address (empty to disable).
     #[arg(
         long,
@@ -51,6 +71,8 @@ pub struct IngestConfig {
     pub commit_flows: usize,
     pub commit_bytes: usize,
     pub retry_max: Duration,
+    pub windowing: crate::edges::Windowing,
+    pub policy_public_key: Option<std::path::PathBuf>,
 }
 
 /// A setting that cannot work; names the flag and the problem.
@@ -76,6 +98,8 @@ impl IngestConfig {
         };
         let commit_interval = secs("--commit-interval-secs", args.commit_interval_secs, 0.05)?;
         let retry_max = secs("--retry-max-secs", args.retry_max_secs, 0.01)?;
+        let window = secs("--edge-window-secs", args.edge_window_secs, 1.0)?;
+        let lateness = secs("--edge-lateness-secs", args.edge_lateness_secs, 0.0)?;
         if args.commit_flows == 0 {
             return Err(ConfigError("--commit-flows must be at least 1".into()));
         }
@@ -92,6 +116,11 @@ impl IngestConfig {
             commit_flows: args.commit_flows,
             commit_bytes: args.commit_mib * 1024 * 1024,
             retry_max,
+            windowing: crate::edges::Windowing {
+                window_us: window.as_micros() as i64,
+                lateness_us: lateness.as_micros() as i64,
+            },
+            policy_public_key: args.policy_public_key.clone(),
         })
     }
 
@@ -157,6 +186,9 @@ mod tests {
             commit_flows: 500_000,
             commit_mib: 256,
             retry_max_secs: 30.0,
+            edge_window_secs: 60.0,
+            edge_lateness_secs: 300.0,
+            policy_public_key: None,
             metrics_addr: String::new(),
         }
     }
@@ -188,5 +220,8 @@ mod tests {
         let mut a = args("/l");
         a.group_id = " ".into();
         assert!(err(a).contains("--group"));
+        let mut a = args("/l");
+        a.edge_window_secs = 0.5;
+        assert!(err(a).contains("--edge-window-secs"));
     }
 }

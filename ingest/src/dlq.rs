@@ -43,6 +43,18 @@ pub fn append_message(
     columns: &mut FlowColumns,
     enrich: impl FnOnce(&mut FlowBatch),
 ) -> Result<usize, Rejection> {
+    let mut batch = decode_message(payload)?;
+    enrich(&mut batch);
+    columns.append_batch(&batch).map_err(|e| Rejection {
+        kind: RejectKind::Invalid,
+        reason: e.to_string(),
+    })?;
+    Ok(batch.records.len())
+}
+
+/// Decodes and checks one message of the flows topic: a `FlowBatch` of the supported
+/// schema version whose addresses the lake can store.
+pub fn decode_message(payload: Option<&[u8]>) -> Result<FlowBatch, Rejection> {
     let payload = payload.unwrap_or_default();
     if payload.is_empty() {
         return Err(Rejection {
@@ -50,7 +62,7 @@ pub fn append_message(
             reason: "empty message: a FlowBatch always has content".into(),
         });
     }
-    let mut batch = FlowBatch::decode(payload).map_err(|e| Rejection {
+    let batch = FlowBatch::decode(payload).map_err(|e| Rejection {
         kind: RejectKind::Decode,
         reason: format!("not a bulkhead.v1.FlowBatch ({} bytes): {e}", payload.len()),
     })?;
@@ -63,12 +75,11 @@ pub fn append_message(
             ),
         });
     }
-    enrich(&mut batch);
-    columns.append_batch(&batch).map_err(|e| Rejection {
+    bulkhead_schemas::lake::check_addresses(&batch).map_err(|e| Rejection {
         kind: RejectKind::Invalid,
         reason: e.to_string(),
     })?;
-    Ok(batch.records.len())
+    Ok(batch)
 }
 
 /// Where a message came from.

@@ -14,10 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use bulkhead_kafka::rdkafka::Message as _;
-use bulkhead_kafka::{Consumer, ConsumerOptions, KafkaConfig, KafkaError, Offsets};
+use bulkhead_kafka::{KafkaConfig, KafkaError};
 use bulkhead_schemas::proto::{FlowBatch, HostInventory};
 use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
@@ -34,6 +32,10 @@ struct Sighting {
 pub struct Inventory {
     by_ip: HashMap<IpAddr, Vec<Sighting>>,
     hosts: usize,
+    /// The latest inventory of every host (the `workloads` read model).
+    pub latest: BTreeMap<String, HostInventory>,
+    /// Bumped by every change, so that writers know when to rewrite the read model.
+    pub generation: u64,
 }
 
 /// Shared between the follower task and the ingest loop.
@@ -42,6 +44,21 @@ pub type SharedInventory = Arc<RwLock<Inventory>>;
 impl Inventory {
     /// Applies one inventory message (`None` payload: the host was removed).
     pub fn apply(&mut self, host_id: &str, inventory: Option<&HostInventory>) {
+        self.generation += 1;
+        match inventory {
+            Some(inv) => {
+                let newer = self
+                    .latest
+                    .get(host_id)
+                    .is_none_or(|old| old.observed_unix_ns <= inv.observed_unix_ns);
+                if newer {
+                    self.latest.insert(host_id.to_string(), inv.clone());
+                }
+            }
+            None => {
+                self.latest.remove(host_id);
+            }
+        }
         let Some(inventory) = inventory else {
             for sightings in self.by_ip.values_mut() {
                 sightings.retain(|s| &*s.host_id != host_id);
@@ -131,61 +148,19 @@ impl Inventory {
 /// Reads the inventory topic to its end into a new [`Inventory`], then keeps it current
 /// in a background task.
 pub async fn follow(kafka: &KafkaConfig, group: &str) -> Result<SharedInventory, KafkaError> {
-    let topic = kafka.topic(Topic::Inventory);
-    let consumer = Consumer::new(
-        kafka,
-        &ConsumerOptions::group(format!("{group}-inventory-reader")),
-    )?;
-    let marks = consumer.watermarks(&topic, kafka.request_timeout())?;
-    let start: Offsets = marks
-        .iter()
-        .map(|(p, (low, _))| ((topic.clone(), *p), *low))
-        .collect();
-    consumer.assign(&start)?;
-    let mut remaining: BTreeMap<i32, i64> = marks
-        .iter()
-        .filter(|(_, (low, high))| high > low)
-        .map(|(p, (_, high))| (*p, *high))
-        .collect();
     let inventory: SharedInventory = Arc::default();
-    while !remaining.is_empty() {
-        let Ok(message) = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await
-        else {
-            tracing::warn!(
-                topic,
-                ?remaining,
-                "reading the inventory to its end took over 60 s; enriching with what is loaded"
-            );
-            break;
-        };
-        let message = message?;
-        apply_message(&inventory, &message);
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|high| message.offset() + 1 >= *high)
-        {
-            remaining.remove(&message.partition());
-        }
-    }
+    let shared = inventory.clone();
+    crate::follow::follow_topic(kafka, Topic::Inventory, group, move |message| {
+        apply_message(&shared, message)
+    })
+    .await?;
     if let Ok(inv) = inventory.read() {
         tracing::info!(
-            topic,
             addresses = inv.addresses(),
+            hosts = inv.latest.len(),
             "inventory loaded for enrichment"
         );
     }
-    let shared = inventory.clone();
-    tokio::spawn(async move {
-        loop {
-            match consumer.recv().await {
-                Ok(message) => apply_message(&shared, &message),
-                Err(e) => {
-                    tracing::warn!(error = %e, "inventory consume error (librdkafka retries)");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    });
     Ok(inventory)
 }
 

@@ -1,33 +1,44 @@
 //! # bulkhead-ingest — from the event log to the lake
 //!
 //! Role: consume `bulkhead.flows.v1` in a consumer group, enrich flows with workloads
-//! and labels from `bulkhead.inventory.v1`, and write the `flows` Delta table
-//! (`bulkhead_schemas::lake::flows_schema`, partitioned by date and hour) exactly once;
-//! refused messages go to `bulkhead.flows.dlq.v1` as `DeadLetter`s.
+//! and labels from `bulkhead.inventory.v1` and with `policy_decision` and IP lists from
+//! the verified versions on `bulkhead.policy.v1`, and write the `flows` Delta table
+//! (`bulkhead_schemas::lake::flows_schema`, partitioned by date and hour) and the `edges`
+//! table (the dependency map, per tumbling window) exactly once; refused messages go to
+//! `bulkhead.flows.dlq.v1` as `DeadLetter`s. The read models `workloads`, `status` and
+//! `policy` are folds of their topics, replaced as a whole when they change.
 //!
 //! Entry point: [`run::run`] with an [`IngestConfig`] (from [`IngestArgs`], validated by
 //! [`IngestConfig::from_args`] without side effects). `bulkhead ingest` is the command.
 //!
 //! - [`config`]: flags and their pure validation.
 //! - [`run`]: the consume → buffer → commit loop, rebalances, shutdown.
-//! - [`writer`]: the Delta table: sorted zstd Parquet, one `txn` per Kafka partition in
-//!   every commit (`bulkhead-ingest-<topic>-<partition>`, version = last offset).
+//! - [`writer`]: the Delta tables: sorted zstd Parquet, one `txn` per Kafka partition in
+//!   every commit of `flows` and of `edges` (`bulkhead-ingest-<topic>-<partition>`,
+//!   version = last offset); [`writer::SnapshotTable`] for the read models.
+//! - [`edges`]: orientation (client → server), the once-per-connection rule, windows.
 //! - [`dlq`]: what is refused and why, and the dead letter that carries it.
-//! - [`enrich`]: source and destination workload and labels, by address and time, from
-//!   the inventory topic.
+//! - [`enrich`]: source and destination workload and labels, by address and time.
+//! - [`policy`]: verified policy versions, decisions and IP lists per flow.
+//! - [`read_models`]: `workloads`, `status`, `policy`.
+//! - [`follow`]: reading a state topic to its end, then following it.
 //! - [`telemetry`]: metrics and logs, one function per event.
 //! - [`maintenance`]: compact, vacuum and retention (`bulkhead lake …`).
 //!
-//! Not yet here (see docs/design-notes.md): `policy_decision` from the policy topic, DNS
-//! names, IP lists, the `edges`, `workloads` and `status` tables, S3.
+//! Not yet here (see docs/design-notes.md): S3.
 //!
-//! Extending: a new table gets its own writer next to [`writer::FlowsTable`] with its own
-//! txn application ids, committed from the same loop.
+//! Extending: a new append table gets an [`writer::AppendTable`] with its own txn per
+//! partition, committed from the same loop after `flows` (as `edges` is); a new read
+//! model is a fold plus a batch builder in [`read_models`].
 
 pub mod config;
 pub mod dlq;
+pub mod edges;
 pub mod enrich;
+pub mod follow;
 pub mod maintenance;
+pub mod policy;
+pub mod read_models;
 pub mod run;
 pub mod telemetry;
 pub mod writer;

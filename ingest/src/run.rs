@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::{KafkaConfig, Producer};
-use bulkhead_schemas::lake::{FlowColumns, flows_schema};
+use bulkhead_schemas::lake::{FlowColumns, edges_schema, flows_schema};
+use bulkhead_schemas::policy::{PolicyVerifier, parse_verifying_key};
 use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
@@ -37,8 +38,9 @@ use tracing::Instrument as _;
 
 use crate::config::IngestConfig;
 use crate::dlq::{self, Source};
+use crate::edges::EdgeAggregator;
 use crate::telemetry;
-use crate::writer::{FlowsTable, LakeError};
+use crate::writer::{AppendTable, EDGE_SORT_COLUMNS, FlowsTable, LakeError};
 
 /// Why ingest stopped.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub enum IngestError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("a bug in bulkhead-ingest: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl From<LakeError> for IngestError {
@@ -123,26 +127,67 @@ struct PartitionState {
     /// Whether a message was accepted since the last sync (a later gap is then data
     /// Kafka no longer has, e.g. compaction, not a stale position).
     started: bool,
+    /// The txn version of this partition in the `edges` table (committed after
+    /// `flows`, so never ahead of it; behind it after a crash between the two commits,
+    /// and then the messages in between are read again for the edges only).
+    edges_offset: Option<i64>,
     columns: FlowColumns,
+    edges: EdgeAggregator,
     rows: usize,
     bytes: usize,
-    /// Last offset the buffer covers (rows or dead letters).
+    /// Last offset the flows buffer covers (rows or dead letters).
     last_offset: Option<i64>,
+    /// Last offset the edges buffer covers.
+    edges_last: Option<i64>,
 }
 
 impl PartitionState {
-    fn synced(table_offset: Option<i64>) -> Self {
+    fn synced(table_offset: Option<i64>, edges_offset: Option<i64>) -> Self {
+        let next = |o: Option<i64>| o.map_or(0, |o| o + 1);
         Self {
             table_offset,
-            next: table_offset.map_or(0, |o| o + 1),
+            edges_offset,
+            next: next(table_offset).min(next(edges_offset)),
             seeked_forward: false,
             exact: false,
             started: false,
             columns: FlowColumns::default(),
+            edges: EdgeAggregator::default(),
             rows: 0,
             bytes: 0,
             last_offset: None,
+            edges_last: None,
         }
+    }
+
+    /// First offset not yet in the `flows` table.
+    fn flows_from(&self) -> i64 {
+        self.table_offset.map_or(0, |o| o + 1)
+    }
+
+    /// First offset not yet in the `edges` table.
+    fn edges_from(&self) -> i64 {
+        self.edges_offset.map_or(0, |o| o + 1)
+    }
+
+    fn buffered(&self) -> bool {
+        self.last_offset.is_some() || self.edges_last.is_some()
+    }
+}
+
+/// What one partition brings to a commit: its `flows` rows and `edges` aggregates (each
+/// with the last offset it covers), and the txn versions the tables must still hold.
+struct Pending {
+    flows: Option<(RecordBatch, i64)>,
+    edges: Option<(RecordBatch, i64)>,
+    flows_expected: Option<i64>,
+    edges_expected: Option<i64>,
+}
+
+impl Pending {
+    fn rows(&self) -> usize {
+        self.flows.as_ref().map_or(0, |(r, _)| r.num_rows())
+            + self.edges.as_ref().map_or(0, |(r, _)| r.num_rows())
     }
 }
 
@@ -187,14 +232,45 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let verifier = match &config.policy_public_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                IngestError::Config(format!("--policy-public-key {}: {e}", path.display()))
+            })?;
+            let key = parse_verifying_key(&text, &path.display().to_string())
+                .map_err(|e| IngestError::Config(format!("--policy-public-key: {e}")))?;
+            Some(PolicyVerifier::new([key]))
+        }
+        None => None,
+    };
     admin::ensure_topics(
         kafka,
-        &[Topic::Flows, Topic::Inventory, Topic::FlowsDeadLetter],
+        &[
+            Topic::Flows,
+            Topic::Inventory,
+            Topic::FlowsDeadLetter,
+            Topic::Policy,
+            Topic::Status,
+        ],
         &TopicOptions::default(),
     )
     .await?;
     let inventory = crate::enrich::follow(kafka, &config.group_id).await?;
+    let policy = crate::policy::follow(kafka, &config.group_id, verifier).await?;
+    let status = crate::read_models::follow_status(kafka, &config.group_id).await?;
+    let read_models = tokio::spawn(crate::read_models::write_loop(
+        config.lake.clone(),
+        crate::read_models::Folds {
+            inventory: inventory.clone(),
+            policy: policy.clone(),
+            status,
+        },
+        config.commit_interval,
+        stop_rx.clone(),
+    ));
     let table = FlowsTable::open(&config.table_url("flows")).await?;
+    let edges_table =
+        AppendTable::open_named(&config.table_url("edges"), "edges", EDGE_SORT_COLUMNS).await?;
     let rebalances = Arc::new(Mutex::new(Rebalances::default()));
     let consumer = flow_consumer(kafka, &config, rebalances.clone())?;
     let topic = kafka.topic(Topic::Flows);
@@ -217,12 +293,15 @@ pub async fn run(
         topic,
         config,
         table,
+        edges_table,
+        newest_us: 0,
         partitions: BTreeMap::new(),
         rebalances,
         buffered_since: None,
         summary: Summary::default(),
         stop: stop_rx.clone(),
         inventory,
+        policy,
     };
     let mut stop = stop_rx;
     loop {
@@ -252,6 +331,11 @@ pub async fn run(
     }
     tracing::info!("stopping: committing what is in flight");
     ingest.commit(&consumer, true).await?;
+    match read_models.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "read models not written at shutdown"),
+        Err(e) => tracing::error!(error = %e, "read-model writer failed"),
+    }
     Ok(ingest.summary)
 }
 
@@ -309,6 +393,9 @@ struct Ingest {
     config: IngestConfig,
     topic: String,
     table: FlowsTable,
+    edges_table: AppendTable,
+    /// Newest event time (first_seen, µs) seen: the edges' watermark plus the lateness.
+    newest_us: i64,
     dlq: Producer,
     dlq_topic: String,
     consumer_name: String,
@@ -318,6 +405,7 @@ struct Ingest {
     summary: Summary,
     stop: watch::Receiver<bool>,
     inventory: crate::enrich::SharedInventory,
+    policy: crate::policy::SharedPolicy,
 }
 
 impl Ingest {
@@ -332,7 +420,7 @@ impl Ingest {
         };
         for partition in revoked {
             if let Some(state) = self.partitions.remove(&partition)
-                && state.last_offset.is_some()
+                && state.buffered()
             {
                 tracing::info!(
                     partition,
@@ -341,22 +429,30 @@ impl Ingest {
                 );
             }
         }
-        if self.partitions.values().all(|s| s.last_offset.is_none()) {
+        if self.partitions.values().all(|s| !s.buffered()) {
             self.buffered_since = None;
         }
     }
 
-    /// Reads the partition's offset from the table and starts a fresh state.
+    /// Reads the partition's offsets from the tables and starts a fresh state.
     async fn sync(&mut self, partition: i32) -> Result<(), IngestError> {
         self.table.refresh().await?;
+        self.edges_table.refresh().await?;
         let table_offset = self.table.committed_offset(&self.topic, partition).await?;
+        let edges_offset = self
+            .edges_table
+            .committed_offset(&self.topic, partition)
+            .await?;
         tracing::info!(
             partition,
             table_offset,
-            "partition synced with the lake: resuming after the table's last offset"
+            edges_offset,
+            "partition synced with the lake: resuming after the tables' last offsets"
         );
-        self.partitions
-            .insert(partition, PartitionState::synced(table_offset));
+        self.partitions.insert(
+            partition,
+            PartitionState::synced(table_offset, edges_offset),
+        );
         Ok(())
     }
 
@@ -434,57 +530,107 @@ impl Ingest {
         state.next = offset + 1;
         let size = payload.as_ref().map_or(0, Vec::len);
         telemetry::consumed(size);
-        let inventory = &self.inventory;
-        let enrich = |batch: &mut bulkhead_schemas::proto::FlowBatch| {
-            if let Ok(inventory) = inventory.read() {
-                inventory.enrich(batch);
-            }
-        };
-        match dlq::append_message(payload.as_deref(), &mut state.columns, enrich) {
-            Ok(rows) => {
-                state.rows += rows;
-                state.bytes += size;
-                state.last_offset = Some(offset);
+        let (flows_from, edges_from) = (state.flows_from(), state.edges_from());
+        match dlq::decode_message(payload.as_deref()) {
+            Ok(mut batch) => {
+                self.enrich(&mut batch);
+                let state = self
+                    .partitions
+                    .get_mut(&partition)
+                    .ok_or_else(|| internal(partition))?;
+                if offset >= flows_from {
+                    state.columns.append_batch(&batch).map_err(|e| {
+                        IngestError::Internal(format!("a checked batch was refused: {e}"))
+                    })?;
+                    state.rows += batch.records.len();
+                    state.bytes += size;
+                    state.last_offset = Some(offset);
+                }
+                if offset >= edges_from {
+                    let added =
+                        state
+                            .edges
+                            .add_batch(&batch, self.config.windowing, &mut self.newest_us);
+                    telemetry::edges_added(partition, offset, &added);
+                    state.edges_last = Some(offset);
+                }
             }
             Err(rejection) => {
-                let source = Source {
-                    topic: &self.topic,
-                    partition,
-                    offset,
-                };
-                telemetry::dead_letter(
-                    &self.topic,
-                    partition,
-                    offset,
-                    rejection.kind,
-                    &rejection.reason,
-                );
-                let letter = dlq::dead_letter(
-                    &source,
-                    key.as_deref(),
-                    payload.as_deref(),
-                    &rejection,
-                    &self.consumer_name,
-                    bulkhead_schemas::now_unix_ns(),
-                );
-                let dlq_key = source.key();
-                self.send_dead_letter(&dlq_key, &letter.encode_to_vec())
+                // Already dead-lettered when the offset is only read again for the edges.
+                if offset >= flows_from {
+                    self.reject(
+                        partition,
+                        offset,
+                        key.as_deref(),
+                        payload.as_deref(),
+                        &rejection,
+                    )
                     .await?;
-                self.summary.dead_letters += 1;
+                }
                 if let Some(state) = self.partitions.get_mut(&partition) {
-                    state.last_offset = Some(offset);
+                    if offset >= flows_from {
+                        state.last_offset = Some(offset);
+                    }
+                    if offset >= edges_from {
+                        state.edges_last = Some(offset);
+                    }
                 }
             }
         }
         self.buffered_since.get_or_insert_with(Instant::now);
-        let (rows, bytes) = self
-            .partitions
-            .values()
-            .fold((0, 0), |(r, b), s| (r + s.rows, b + s.bytes));
+        let (rows, bytes) = self.partitions.values().fold((0, 0), |(r, b), s| {
+            (r + s.rows + s.edges.len(), b + s.bytes)
+        });
         telemetry::buffered(rows);
         if rows >= self.config.commit_flows || bytes >= self.config.commit_bytes {
             self.commit(consumer, false).await?;
         }
+        Ok(())
+    }
+
+    /// Enriches a decoded batch: workloads and labels from the inventory.
+    fn enrich(&self, batch: &mut bulkhead_schemas::proto::FlowBatch) {
+        if let Ok(inventory) = self.inventory.read() {
+            inventory.enrich(batch);
+        }
+        if let Ok(policy) = self.policy.read() {
+            policy.decide(batch);
+        }
+    }
+
+    /// Counts, logs and dead-letters a refused message.
+    async fn reject(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        rejection: &dlq::Rejection,
+    ) -> Result<(), IngestError> {
+        let source = Source {
+            topic: &self.topic,
+            partition,
+            offset,
+        };
+        telemetry::dead_letter(
+            &self.topic,
+            partition,
+            offset,
+            rejection.kind,
+            &rejection.reason,
+        );
+        let letter = dlq::dead_letter(
+            &source,
+            key,
+            payload,
+            rejection,
+            &self.consumer_name,
+            bulkhead_schemas::now_unix_ns(),
+        );
+        let dlq_key = source.key();
+        self.send_dead_letter(&dlq_key, &letter.encode_to_vec())
+            .await?;
+        self.summary.dead_letters += 1;
         Ok(())
     }
 
@@ -505,22 +651,39 @@ impl Ingest {
         }
     }
 
-    /// Writes every buffered row in one Delta commit carrying each partition's last
-    /// offset, retrying until it lands (or, when stopping, a few times), then commits
+    /// Writes every buffered row in one `flows` commit carrying each partition's last
+    /// offset, then the edges of the same offsets in one `edges` commit (same txn
+    /// scheme), retrying until both land (or, when stopping, a few times), then commits
     /// the group offsets.
     async fn commit(&mut self, consumer: &FlowConsumer, stopping: bool) -> Result<(), IngestError> {
         self.drop_revoked();
         self.buffered_since = None;
-        let mut pending: BTreeMap<i32, (RecordBatch, i64, Option<i64>)> = BTreeMap::new();
+        let windowing = self.config.windowing;
+        let mut pending: BTreeMap<i32, Pending> = BTreeMap::new();
         for (partition, state) in &mut self.partitions {
-            if let Some(last) = state.last_offset.take() {
-                let rows = state.columns.finish()?;
-                pending.insert(*partition, (rows, last, state.table_offset));
-                state.rows = 0;
-                state.bytes = 0;
+            let flows = match state.last_offset.take() {
+                Some(last) => Some((state.columns.finish()?, last)),
+                None => None,
+            };
+            let edges = match state.edges_last.take() {
+                Some(last) => Some((state.edges.finish(windowing)?, last)),
+                None => None,
+            };
+            state.rows = 0;
+            state.bytes = 0;
+            if flows.is_some() || edges.is_some() {
+                pending.insert(
+                    *partition,
+                    Pending {
+                        flows,
+                        edges,
+                        flows_expected: state.table_offset,
+                        edges_expected: state.edges_offset,
+                    },
+                );
             }
         }
-        if pending.values().all(|(rows, _, _)| rows.num_rows() == 0) {
+        if pending.values().all(|p| p.rows() == 0) {
             // Only dead letters: no lake commit (they are re-sent after a restart
             // before the next data commit — at least once on the DLQ).
             telemetry::buffered(0);
@@ -533,10 +696,7 @@ impl Ingest {
             let span = tracing::info_span!(
                 "commit",
                 partitions = pending.len(),
-                rows = pending
-                    .values()
-                    .map(|(r, _, _)| r.num_rows())
-                    .sum::<usize>(),
+                rows = pending.values().map(Pending::rows).sum::<usize>(),
                 attempt = attempts
             );
             match self.try_commit(&mut pending).instrument(span).await {
@@ -558,37 +718,50 @@ impl Ingest {
         }
         // The lake holds the rows: now the group may move on.
         let mut list = TopicPartitionList::new();
-        for (partition, (_, last, _)) in &pending {
-            if let Some(state) = self.partitions.get_mut(partition) {
-                state.table_offset = Some(*last);
+        let mut lags = Vec::new();
+        for partition in pending.keys() {
+            if let Some(last) = self.partitions.get(partition).and_then(|s| s.table_offset) {
+                let _ =
+                    list.add_partition_offset(&self.topic, *partition, Offset::Offset(last + 1));
+                lags.push((*partition, last));
             }
-            let _ = list.add_partition_offset(&self.topic, *partition, Offset::Offset(last + 1));
         }
-        if let Err(e) = consumer.commit(&list, rdkafka::consumer::CommitMode::Sync) {
+        if list.count() > 0
+            && let Err(e) = consumer.commit(&list, rdkafka::consumer::CommitMode::Sync)
+        {
             // The table is the truth; the group offset is only a hint for tools.
             tracing::warn!(error = %e, "committing group offsets failed (the lake has the data)");
         }
-        self.report_lag(consumer, &pending);
+        self.report_lag(consumer, &lags);
         telemetry::buffered(0);
         Ok(())
     }
 
+    /// One attempt: re-checks that no other writer moved our partitions, commits the
+    /// `flows` part (once: a retry after it landed only does the edges), then the edges.
     async fn try_commit(
         &mut self,
-        pending: &mut BTreeMap<i32, (RecordBatch, i64, Option<i64>)>,
+        pending: &mut BTreeMap<i32, Pending>,
     ) -> Result<(), IngestError> {
         let started = Instant::now();
         // Another writer (a process that held the partition before a rebalance) may
         // have committed since we synced: drop what it already wrote.
         self.table.refresh().await?;
+        self.edges_table.refresh().await?;
         let mut lost = Vec::new();
-        for (partition, (_, _, expected)) in pending.iter() {
-            let now = self.table.committed_offset(&self.topic, *partition).await?;
-            if now != *expected {
+        for (partition, p) in pending.iter() {
+            let flows = self.table.committed_offset(&self.topic, *partition).await?;
+            let edges = self
+                .edges_table
+                .committed_offset(&self.topic, *partition)
+                .await?;
+            if flows != p.flows_expected || edges != p.edges_expected {
                 tracing::warn!(
                     partition,
-                    expected,
-                    table = now,
+                    expected_flows = p.flows_expected,
+                    table_flows = flows,
+                    expected_edges = p.edges_expected,
+                    table_edges = edges,
                     "another writer committed this partition: dropping our rows and re-syncing"
                 );
                 lost.push(*partition);
@@ -598,40 +771,75 @@ impl Ingest {
             pending.remove(&partition);
             self.partitions.remove(&partition);
         }
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let batches: Vec<RecordBatch> = pending.values().map(|(rows, _, _)| rows.clone()).collect();
-        let rows = arrow_select::concat::concat_batches(&flows_schema(), &batches)?;
-        let offsets: Vec<(i32, i64)> = pending
+        let flows: Vec<(i32, RecordBatch, i64)> = pending
             .iter()
-            .map(|(p, (_, last, _))| (*p, *last))
+            .filter_map(|(p, pending)| {
+                pending
+                    .flows
+                    .as_ref()
+                    .map(|(r, last)| (*p, r.clone(), *last))
+            })
             .collect();
-        let row_count = rows.num_rows();
-        match self.table.commit(rows, &self.topic, &offsets).await {
-            Ok(version) => {
-                telemetry::committed(version, row_count, offsets.len(), started.elapsed());
-                self.summary.commits += 1;
-                self.summary.rows_written += row_count as u64;
-                Ok(())
-            }
-            Err(e) => {
-                if e.is_concurrent_transaction() {
-                    // Another writer committed these partitions meanwhile: the next
-                    // attempt re-reads the table and drops what it covered.
-                    tracing::warn!("concurrent commit on the same partitions; re-checking");
+        if flows.iter().any(|(_, rows, _)| rows.num_rows() > 0) {
+            let batches: Vec<RecordBatch> = flows.iter().map(|(_, rows, _)| rows.clone()).collect();
+            let rows = arrow_select::concat::concat_batches(&flows_schema(), &batches)?;
+            let offsets: Vec<(i32, i64)> = flows.iter().map(|(p, _, last)| (*p, *last)).collect();
+            let row_count = rows.num_rows();
+            let version = self
+                .table
+                .commit(rows, &self.topic, &offsets)
+                .await
+                .inspect_err(warn_if_concurrent)?;
+            telemetry::committed(version, row_count, offsets.len(), started.elapsed());
+            self.summary.commits += 1;
+            self.summary.rows_written += row_count as u64;
+            for (partition, last) in offsets {
+                if let Some(p) = pending.get_mut(&partition) {
+                    p.flows = None;
+                    p.flows_expected = Some(last);
                 }
-                Err(e.into())
+                if let Some(state) = self.partitions.get_mut(&partition) {
+                    state.table_offset = Some(last);
+                }
             }
         }
+        let edges: Vec<(i32, RecordBatch, i64)> = pending
+            .iter()
+            .filter_map(|(p, pending)| {
+                pending
+                    .edges
+                    .as_ref()
+                    .map(|(r, last)| (*p, r.clone(), *last))
+            })
+            .collect();
+        if !edges.is_empty() {
+            let started = Instant::now();
+            let batches: Vec<RecordBatch> = edges.iter().map(|(_, rows, _)| rows.clone()).collect();
+            let rows = arrow_select::concat::concat_batches(&edges_schema(), &batches)?;
+            let offsets: Vec<(i32, i64)> = edges.iter().map(|(p, _, last)| (*p, *last)).collect();
+            let row_count = rows.num_rows();
+            // Written even with no rows, so that the txn records how far the edges go.
+            let version = self
+                .edges_table
+                .commit(rows, &self.topic, &offsets)
+                .await
+                .inspect_err(warn_if_concurrent)?;
+            telemetry::edges_committed(version, row_count, offsets.len(), started.elapsed());
+            for (partition, last) in offsets {
+                if let Some(p) = pending.get_mut(&partition) {
+                    p.edges = None;
+                    p.edges_expected = Some(last);
+                }
+                if let Some(state) = self.partitions.get_mut(&partition) {
+                    state.edges_offset = Some(last);
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn report_lag(
-        &self,
-        consumer: &FlowConsumer,
-        pending: &BTreeMap<i32, (RecordBatch, i64, Option<i64>)>,
-    ) {
-        for (partition, (_, last, _)) in pending {
+    fn report_lag(&self, consumer: &FlowConsumer, committed: &[(i32, i64)]) {
+        for (partition, last) in committed {
             let marks = blocking(|| {
                 consumer.fetch_watermarks(&self.topic, *partition, Duration::from_millis(500))
             });
@@ -642,13 +850,21 @@ impl Ingest {
     }
 }
 
+fn warn_if_concurrent(e: &LakeError) {
+    if e.is_concurrent_transaction() {
+        // Another writer committed these partitions meanwhile: the next attempt
+        // re-reads the table and drops what it covered.
+        tracing::warn!("concurrent commit on the same partitions; re-checking");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn positions_follow_the_table_not_the_consumer() {
-        let mut s = PartitionState::synced(Some(9));
+        let mut s = PartitionState::synced(Some(9), Some(9));
         assert_eq!(s.next, 10);
         assert_eq!(position(&s, 10), Position::Accept);
         assert_eq!(position(&s, 4), Position::Replayed { seek_forward: true });
@@ -666,7 +882,7 @@ mod tests {
         );
         s.started = true;
         assert_eq!(position(&s, 12), Position::Accept, "a gap once reading");
-        let fresh = PartitionState::synced(None);
+        let fresh = PartitionState::synced(None, None);
         assert_eq!(position(&fresh, 0), Position::Accept);
         assert_eq!(position(&fresh, 3), Position::Behind);
     }

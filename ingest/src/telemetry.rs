@@ -18,6 +18,13 @@ pub const METRICS: &[&str] = &[
     "bulkhead_ingest_lake_retries_total",
     "bulkhead_ingest_lag_messages",
     "bulkhead_ingest_buffered_rows",
+    "bulkhead_ingest_edge_rows_written_total",
+    "bulkhead_ingest_edge_commits_total",
+    "bulkhead_ingest_edge_commit_duration_seconds",
+    "bulkhead_ingest_late_flows_total",
+    "bulkhead_ingest_client_reports_skipped_total",
+    "bulkhead_ingest_read_model_commits_total",
+    "bulkhead_ingest_policy_versions_rejected_total",
 ];
 
 pub fn consumed(bytes: usize) {
@@ -62,6 +69,48 @@ pub fn committed(version: i64, rows: usize, partitions: usize, took: Duration) {
     metrics::counter!("bulkhead_ingest_commits_total", "result" => "ok").increment(1);
     metrics::counter!("bulkhead_ingest_rows_written_total").increment(rows as u64);
     metrics::histogram!("bulkhead_ingest_commit_duration_seconds").record(took.as_secs_f64());
+}
+
+pub fn edges_added(partition: i32, offset: i64, added: &crate::edges::Added) {
+    if added.late > 0 {
+        tracing::info!(
+            partition,
+            offset,
+            late = added.late,
+            "flows later than the edge lateness: they land in their own window, in this commit"
+        );
+        metrics::counter!("bulkhead_ingest_late_flows_total").increment(added.late as u64);
+    }
+    metrics::counter!("bulkhead_ingest_client_reports_skipped_total")
+        .increment(added.skipped_client_reports as u64);
+}
+
+pub fn edges_committed(version: i64, rows: usize, partitions: usize, took: Duration) {
+    tracing::info!(
+        version,
+        rows,
+        partitions,
+        took_ms = took.as_millis() as u64,
+        "committed edges to the lake"
+    );
+    metrics::counter!("bulkhead_ingest_edge_commits_total").increment(1);
+    metrics::counter!("bulkhead_ingest_edge_rows_written_total").increment(rows as u64);
+    metrics::histogram!("bulkhead_ingest_edge_commit_duration_seconds").record(took.as_secs_f64());
+}
+
+pub fn read_model_committed(table: &str, version: i64, rows: usize) {
+    tracing::info!(table, version, rows, "read model replaced");
+    metrics::counter!("bulkhead_ingest_read_model_commits_total", "table" => table.to_string())
+        .increment(1);
+}
+
+pub fn policy_rejected(offset: i64, reason: &str) {
+    tracing::warn!(
+        offset,
+        reason,
+        "policy message refused: not used for decisions nor the policy table"
+    );
+    metrics::counter!("bulkhead_ingest_policy_versions_rejected_total").increment(1);
 }
 
 pub fn commit_failed(error: &dyn std::fmt::Display, retry_in: Duration) {

@@ -1,7 +1,9 @@
-//! The Delta writer: appends sorted, zstd-compressed Parquet to the `flows` table in
-//! one atomic commit that also records, per Kafka partition, the last offset it covers
-//! (a Delta `txn` action: application id `bulkhead-ingest-<topic>-<partition>`, version =
-//! that offset). The table, not the consumer group, is the truth about what is written.
+//! The Delta writer: appends sorted, zstd-compressed Parquet to a lake table (`flows`,
+//! `edges`) in one atomic commit that also records, per Kafka partition, the last offset
+//! it covers (a Delta `txn` action: application id `bulkhead-ingest-<topic>-<partition>`,
+//! version = that offset; each table keeps its own). The table, not the consumer group,
+//! is the truth about what is written. [`SnapshotTable`] overwrites a small read model
+//! (`workloads`, `status`, `policy`) as a whole.
 
 use std::sync::Arc;
 
@@ -19,8 +21,11 @@ use url::Url;
 /// Rows per Parquet row group (about 1M, as the issue asks).
 pub const ROW_GROUP_ROWS: usize = 1_000_000;
 
-/// Columns rows are sorted by within a file, so that IP and port filters prune.
+/// Columns `flows` rows are sorted by within a file, so that IP and port filters prune.
 pub const SORT_COLUMNS: &[&str] = &["src_ip", "dst_ip", "dst_port"];
+
+/// Columns `edges` rows are sorted by within a file.
+pub const EDGE_SORT_COLUMNS: &[&str] = &["window_start", "dst_workload", "dst_port"];
 
 /// The Delta application id that records progress on one partition of a topic.
 pub fn app_id(topic: &str, partition: i32) -> String {
@@ -63,18 +68,32 @@ impl LakeError {
     }
 }
 
-/// The `flows` Delta table.
-pub struct FlowsTable {
+/// An append-only Delta table of the lake (`flows`, `edges`).
+pub struct AppendTable {
     url: Url,
     table: DeltaTable,
     partition_columns: Vec<String>,
+    sort_columns: &'static [&'static str],
     writer_properties: WriterProperties,
 }
 
-impl FlowsTable {
-    /// Opens the table at `url`, or prepares to create it with the first commit. Creates a
-    /// local directory if it is missing.
+/// The `flows` table is an [`AppendTable`].
+pub type FlowsTable = AppendTable;
+
+impl AppendTable {
+    /// Opens the `flows` table at `url` (see [`Self::open_named`]).
     pub async fn open(url: &Url) -> Result<Self, LakeError> {
+        Self::open_named(url, "flows", SORT_COLUMNS).await
+    }
+
+    /// Opens the table `name` (a [`bulkhead_schemas::lake::TABLES`] entry) at `url`, or
+    /// prepares to create it with the first commit; rows are sorted by `sort_columns`
+    /// within a commit. Creates a local directory if it is missing.
+    pub async fn open_named(
+        url: &Url,
+        name: &str,
+        sort_columns: &'static [&'static str],
+    ) -> Result<Self, LakeError> {
         let delta = |source| LakeError::Delta {
             url: url.clone(),
             source,
@@ -90,8 +109,8 @@ impl FlowsTable {
             })?;
         }
         let table = DeltaTable::try_from_url(url.clone()).await.map_err(delta)?;
-        let spec = bulkhead_schemas::lake::table("flows")
-            .ok_or_else(|| delta(DeltaTableError::Generic("no flows table spec".into())))?;
+        let spec = bulkhead_schemas::lake::table(name)
+            .ok_or_else(|| delta(DeltaTableError::Generic(format!("no {name} table spec"))))?;
         Ok(Self {
             url: url.clone(),
             table,
@@ -100,6 +119,7 @@ impl FlowsTable {
                 .iter()
                 .map(|c| c.to_string())
                 .collect(),
+            sort_columns,
             writer_properties: WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -158,7 +178,7 @@ impl FlowsTable {
         topic: &str,
         last_offsets: &[(i32, i64)],
     ) -> Result<i64, LakeError> {
-        let rows = sort_rows(&rows).map_err(|source| LakeError::Arrow {
+        let rows = sort_rows_by(&rows, self.sort_columns).map_err(|source| LakeError::Arrow {
             url: self.url.clone(),
             source,
         })?;
@@ -194,10 +214,15 @@ impl FlowsTable {
 
 /// Rows ordered by [`SORT_COLUMNS`].
 pub fn sort_rows(rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    sort_rows_by(rows, SORT_COLUMNS)
+}
+
+/// Rows ordered by `sort_columns`.
+pub fn sort_rows_by(rows: &RecordBatch, sort_columns: &[&str]) -> Result<RecordBatch, ArrowError> {
     if rows.num_rows() < 2 {
         return Ok(rows.clone());
     }
-    let columns: Vec<SortColumn> = SORT_COLUMNS
+    let columns: Vec<SortColumn> = sort_columns
         .iter()
         .map(|name| {
             rows.column_by_name(name)
@@ -210,4 +235,77 @@ pub fn sort_rows(rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         .collect::<Result<_, _>>()?;
     let indices = lexsort_to_indices(&columns, None)?;
     arrow_select::take::take_record_batch(rows, &indices)
+}
+
+/// A small read-model table (`workloads`, `status`, `policy`) that holds the fold of a
+/// topic: every write replaces the whole content in one commit. Replacing is idempotent,
+/// so a replay or a second ingest process writing the same fold is harmless; readers see
+/// the old or the new snapshot, never a mix.
+pub struct SnapshotTable {
+    url: Url,
+    table: DeltaTable,
+    writer_properties: WriterProperties,
+}
+
+impl SnapshotTable {
+    /// Opens (or prepares to create) the read-model table at `url`.
+    pub async fn open(url: &Url) -> Result<Self, LakeError> {
+        let delta = |source| LakeError::Delta {
+            url: url.clone(),
+            source,
+        };
+        if url.scheme() == "file"
+            && let Ok(path) = url.to_file_path()
+        {
+            std::fs::create_dir_all(&path).map_err(|e| {
+                delta(DeltaTableError::InvalidTableLocation(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )))
+            })?;
+        }
+        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(delta)?;
+        match table.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
+            Err(source) => return Err(delta(source)),
+        }
+        Ok(Self {
+            url: url.clone(),
+            table,
+            writer_properties: WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build(),
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Replaces the table's content with `rows` in one commit; returns the new version.
+    pub async fn replace(&mut self, rows: RecordBatch) -> Result<i64, LakeError> {
+        let delta = |source| LakeError::Delta {
+            url: self.url.clone(),
+            source,
+        };
+        match if self.table.version().is_some() {
+            self.table.update_state().await
+        } else {
+            self.table.load().await
+        } {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
+            Err(source) => return Err(delta(source)),
+        }
+        let written = self
+            .table
+            .clone()
+            .write(vec![rows])
+            .with_save_mode(SaveMode::Overwrite)
+            .with_writer_properties(self.writer_properties.clone())
+            .with_commit_properties(CommitProperties::default().with_max_retries(5))
+            .await
+            .map_err(delta)?;
+        self.table = written;
+        Ok(self.table.version().map_or(0, |v| v as i64))
+    }
 }

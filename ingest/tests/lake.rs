@@ -168,6 +168,8 @@ async fn the_loop_ingests_from_kafka_and_commits_on_shutdown() {
         commit_flows: 3_000,
         commit_bytes: 1 << 30,
         retry_max: Duration::from_secs(1),
+        windowing: bulkhead_ingest::edges::Windowing::default(),
+        policy_public_key: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn({

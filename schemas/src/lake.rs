@@ -144,7 +144,13 @@ pub fn flows_schema() -> SchemaRef {
     ]))
 }
 
-/// The `edges` table: the application-dependency map, one row per window and edge.
+/// The `edges` table: the application-dependency map. Rows are partial aggregates per
+/// (window, edge, ingest commit): readers `SUM(flows|packets|bytes)`, `MIN(first_seen)`,
+/// `MAX(last_seen)` grouped by the key columns. `src_*` is the client, `dst_*` the server
+/// (`dst_port` its port); a workload's address is NULL (the workload names it), an
+/// unknown address has a NULL workload. `process` is the reporting end's process;
+/// `reporter` is `dst` (the server's report, preferred) or `src` (the client's, when the
+/// server is no known workload).
 pub fn edges_schema() -> SchemaRef {
     use DataType::*;
     Arc::new(Schema::new(vec![
@@ -166,6 +172,7 @@ pub fn edges_schema() -> SchemaRef {
         f("first_seen", ts(), false),
         f("last_seen", ts(), false),
         f("policy_decision", Utf8, false),
+        f("reporter", Utf8, false),
     ]))
 }
 
@@ -340,6 +347,24 @@ pub struct BadAddress {
     pub len: usize,
 }
 
+/// Checks that every address of `batch` is 4 or 16 bytes long (what the lake can store).
+pub fn check_addresses(batch: &FlowBatch) -> Result<(), BadAddress> {
+    for (index, record) in batch.records.iter().enumerate() {
+        for (field, ip) in [("src_ip", &record.src_ip), ("dst_ip", &record.dst_ip)] {
+            if ip.len() != 4 && ip.len() != 16 {
+                return Err(BadAddress {
+                    host_id: batch.host_id.clone(),
+                    batch_seq: batch.batch_seq,
+                    index,
+                    field,
+                    len: ip.len(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn opt_str(builder: &mut StringBuilder, value: &str) {
     if value.is_empty() {
         builder.append_null();
@@ -442,19 +467,7 @@ impl FlowColumns {
     /// Appends every record of `batch`. A record with a malformed address rejects the
     /// whole batch, before anything is appended, so the columns never hold half a batch.
     pub fn append_batch(&mut self, batch: &FlowBatch) -> Result<(), BadAddress> {
-        for (index, record) in batch.records.iter().enumerate() {
-            for (field, ip) in [("src_ip", &record.src_ip), ("dst_ip", &record.dst_ip)] {
-                if ip.len() != 4 && ip.len() != 16 {
-                    return Err(BadAddress {
-                        host_id: batch.host_id.clone(),
-                        batch_seq: batch.batch_seq,
-                        index,
-                        field,
-                        len: ip.len(),
-                    });
-                }
-            }
-        }
+        check_addresses(batch)?;
         for record in &batch.records {
             self.append_record(batch, record);
         }
@@ -630,6 +643,7 @@ mod tests {
         with_process.pid = 42;
         with_process.process_name = "curl".into();
         with_process.src_labels.insert("app".into(), "crm".into());
+        with_process.remote_dns_name = "api.example".into();
         let batch = FlowBatch {
             host_id: "h1".into(),
             agent_instance_id: "a".into(),
@@ -652,6 +666,8 @@ mod tests {
         assert!(col("pid").is_null(0));
         assert_eq!(col("pid").as_primitive::<Int32Type>().value(1), 42);
         assert!(col("process_name").is_null(0));
+        assert!(col("dns_name").is_null(0), "no name: NULL");
+        assert_eq!(col("dns_name").as_string::<i32>().value(1), "api.example");
         assert!(col("src_labels").is_null(0) && !col("src_labels").is_null(1));
         assert_eq!(col("batch_seq").as_primitive::<Int64Type>().value(1), 7);
         assert_eq!(

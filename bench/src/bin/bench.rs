@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bulkhead_bench::report::{Figure, Report};
-use bulkhead_bench::{collector, enforcer, lab, schemas};
+use bulkhead_bench::stats::Summary;
+use bulkhead_bench::{collector, enforcer, ingest, lab, schemas};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -46,10 +47,29 @@ enum Bench {
     /// TC program cost vs. an empty program, veth throughput with vs. without, user-space
     /// conversion, and the path into Kafka vs. raw librdkafka (root).
     Collector,
+    /// Flows/s from Kafka into the lake (decode, enrich, edges, Delta commits) vs. a
+    /// Python pipeline (confluent-kafka + pyarrow) doing the same job; freshness p50/p99
+    /// under a steady load; peak memory.
+    Ingest {
+        /// Flows for the throughput run [default: 2,000,000; --quick: 100,000].
+        #[arg(long)]
+        flows: Option<u64>,
+        /// Steady load of the freshness run, flows/s [default: 200,000; --quick: 5,000].
+        #[arg(long)]
+        rate: Option<u64>,
+    },
 }
 
 impl Bench {
-    const EACH: [Bench; 3] = [Bench::Schemas, Bench::Collector, Bench::Enforcer];
+    const EACH: [Bench; 4] = [
+        Bench::Schemas,
+        Bench::Collector,
+        Bench::Enforcer,
+        Bench::Ingest {
+            flows: None,
+            rate: None,
+        },
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -57,6 +77,7 @@ impl Bench {
             Bench::Schemas => "schemas",
             Bench::Enforcer => "enforcer",
             Bench::Collector => "collector",
+            Bench::Ingest { .. } => "ingest",
         }
     }
 }
@@ -83,6 +104,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n{}", report.markdown());
     println!("results: {}", args.out.join("latest.md").display());
     Ok(())
+}
+
+/// The bulkhead binary to run as a component: --bulkhead, or the one beside this binary.
+fn bulkhead_binary(args: &Args) -> std::io::Result<String> {
+    Ok(match args.bulkhead.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .with_file_name("bulkhead")
+            .to_string_lossy()
+            .into_owned(),
+    })
 }
 
 fn write_json(
@@ -149,13 +181,7 @@ async fn run(
             if let Some(problem) = lab::host_problem() {
                 return Err(format!("the enforcer benchmarks need lab hosts: {problem}").into());
             }
-            let bulkhead = match args.bulkhead.clone() {
-                Some(path) => path,
-                None => std::env::current_exe()?
-                    .with_file_name("bulkhead")
-                    .to_string_lossy()
-                    .into_owned(),
-            };
+            let bulkhead = bulkhead_binary(args)?;
             let (cases, reps, rounds, window): (&[(usize, usize)], usize, usize, Duration) =
                 if args.quick {
                     (
@@ -227,6 +253,84 @@ async fn run(
             );
             let report = serde_json::json!({ "quick": args.quick, "apply": apply, "packet_cost": packet_cost, "provision": provision });
             write_json(&args.out, "enforcer", &report)?;
+        }
+        Bench::Ingest { flows, rate } => {
+            let bulkhead = bulkhead_binary(args)?;
+            let flows = flows.unwrap_or(if args.quick { 100_000 } else { 2_000_000 });
+            let rate = rate.unwrap_or(if args.quick { 5_000 } else { 200_000 });
+            let secs = if args.quick { 20 } else { 60 };
+            let work =
+                std::env::temp_dir().join(format!("bulkhead-bench-ingest-{}", std::process::id()));
+            std::fs::create_dir_all(&work)?;
+            let partitions = 4;
+            let (rust_secs, startup, cpu, peak, produced, python) =
+                ingest::throughput(&bulkhead, &args.kafka, flows, partitions, &work).await?;
+            let (freshness_ms, fresh_peak) =
+                ingest::freshness(&bulkhead, &args.kafka, rate, secs, &work).await?;
+            let _ = std::fs::remove_dir_all(&work);
+            let rust_rate = produced / (rust_secs - startup);
+            let python_rate = python.0 as f64 / python.1;
+            let report = ingest::IngestReport {
+                flows: produced as u64,
+                partitions,
+                rust_secs,
+                rust_startup_secs: startup,
+                rust_flows_per_sec: rust_rate,
+                python_secs: python.1,
+                python_flows_per_sec: python_rate,
+                ratio: rust_rate / python_rate,
+                rust_cpu_secs: cpu,
+                rust_flows_per_cpu_sec: produced / cpu.max(1e-9),
+                peak_rss_mib: peak,
+                freshness_rate_flows_per_sec: rate,
+                freshness_ms: freshness_ms.clone(),
+                freshness_peak_rss_mib: fresh_peak,
+            };
+            println!(
+                "ingest: {:.0} flows/s vs python {:.0} flows/s: ratio {:.1}x; {:.0} flows per CPU second",
+                report.rust_flows_per_sec,
+                report.python_flows_per_sec,
+                report.ratio,
+                report.rust_flows_per_cpu_sec
+            );
+            figures.push(
+                Figure::new(
+                    "ingest",
+                    &format!("Kafka → lake, {partitions} partitions"),
+                    "flows/s",
+                    Summary::of(vec![rust_rate]),
+                )
+                .against(
+                    "Python confluent-kafka + pyarrow",
+                    Summary::of(vec![python_rate]),
+                )
+                .target("≥ 5×"),
+            );
+            figures.push(Figure::new(
+                "ingest",
+                "flows per CPU second",
+                "flows/s",
+                Summary::of(vec![report.rust_flows_per_cpu_sec]),
+            ).target("≥ 1M per core"));
+            figures.push(Figure::new(
+                "ingest",
+                "peak memory (throughput run)",
+                "MiB",
+                Summary::of(vec![peak]),
+            ));
+            if let Some(freshness) = freshness_ms {
+                figures.push(
+                    Figure::new(
+                        "ingest",
+                        &format!("freshness at {rate} flows/s (p99 in spread)"),
+                        "ms",
+                        freshness,
+                    )
+                    .target("~15 s"),
+                );
+            }
+            let report = serde_json::json!({ "quick": args.quick, "debug_build": cfg!(debug_assertions), "ingest": report });
+            write_json(&args.out, "ingest", &report)?;
         }
     }
     Ok(())

@@ -1,0 +1,500 @@
+//! Ingest benchmarks, each beside its baseline in the same run:
+//!
+//! - **throughput**: N synthetic flows (plus the estate's inventory) already on a real
+//!   Kafka topic; a `bulkhead ingest` child process decodes, enriches, aggregates the
+//!   edges and writes `flows` + `edges` until its consumer group's committed offsets reach
+//!   the end of the topic. Baseline: a straightforward Python pipeline
+//!   (`bench/python/ingest_baseline.py`: confluent-kafka + protobuf + pyarrow, one core)
+//!   doing the same job on the same topic — decode, enrich from the inventory, aggregate
+//!   edges per window, write zstd Parquet.
+//! - **freshness**: under a steady produce rate, a probe batch every 100 ms; a poller
+//!   asks DataFusion (over deltalake's table provider) for the newest probe visible in
+//!   `flows`; latency = visible − produced, p50/p99.
+//! - **peak memory**: `VmHWM` of the ingest process, read from `/proc/<pid>/status`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_kafka::admin::{self, TopicOptions};
+use bulkhead_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use bulkhead_kafka::rdkafka::{Offset, TopicPartitionList};
+use bulkhead_kafka::{KafkaConfig, Producer};
+use bulkhead_schemas::proto::{FlowBatch, FlowRecord};
+use bulkhead_schemas::topics::Topic;
+use prost::Message as _;
+
+use crate::stats::Summary;
+use crate::workload::{Estate, FlowSpec};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// What the ingest benchmarks measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IngestReport {
+    pub flows: u64,
+    pub partitions: i32,
+    /// Wall time of the ingest process from spawn to the last commit, and without its
+    /// start-up (topic check, state topics loaded).
+    pub rust_secs: f64,
+    pub rust_startup_secs: f64,
+    pub rust_flows_per_sec: f64,
+    pub python_secs: f64,
+    pub python_flows_per_sec: f64,
+    pub ratio: f64,
+    /// CPU seconds the ingest process used (user + system), and flows per CPU second.
+    pub rust_cpu_secs: f64,
+    pub rust_flows_per_cpu_sec: f64,
+    pub peak_rss_mib: f64,
+    pub freshness_rate_flows_per_sec: u64,
+    pub freshness_ms: Option<Summary>,
+    pub freshness_peak_rss_mib: f64,
+}
+
+fn fresh_config(kafka: &str, name: &str) -> KafkaConfig {
+    let mut config = KafkaConfig::with_brokers(kafka);
+    let nanos = bulkhead_schemas::now_unix_ns();
+    config.topic_prefix = format!("bench.{name}.{}.{nanos}.", std::process::id());
+    config
+}
+
+async fn produce(
+    producer: &Producer,
+    config: &KafkaConfig,
+    batches: impl Iterator<Item = FlowBatch>,
+) -> Result<u64, BoxError> {
+    let topic = config.topic(Topic::Flows);
+    let mut sends = futures::stream::FuturesUnordered::new();
+    let mut records = 0;
+    use futures::StreamExt as _;
+    for batch in batches {
+        records += batch.records.len() as u64;
+        let key = batch.host_id.clone();
+        let value = batch.encode_to_vec();
+        let (topic, producer) = (topic.clone(), producer);
+        sends.push(async move { producer.send(&topic, key.as_bytes(), &value).await });
+        if sends.len() >= 256 {
+            sends.next().await.transpose()?;
+        }
+    }
+    while let Some(result) = sends.next().await {
+        result?;
+    }
+    Ok(records)
+}
+
+async fn setup_topics(config: &KafkaConfig, partitions: i32) -> Result<(), BoxError> {
+    admin::ensure_topics(
+        config,
+        &[
+            Topic::Flows,
+            Topic::Inventory,
+            Topic::FlowsDeadLetter,
+            Topic::Policy,
+            Topic::Status,
+        ],
+        &TopicOptions {
+            replication: 1,
+            partitions: Some(partitions),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish_inventory(
+    producer: &Producer,
+    config: &KafkaConfig,
+    estate: &Estate,
+) -> Result<(), BoxError> {
+    for inventory in estate.inventories(1_764_115_000_000_000_000) {
+        producer
+            .send(
+                &config.topic(Topic::Inventory),
+                inventory.host_id.as_bytes(),
+                &inventory.encode_to_vec(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// A `bulkhead ingest` child with its log in a file.
+struct IngestChild {
+    child: Child,
+    log: PathBuf,
+}
+
+impl IngestChild {
+    fn start(
+        bulkhead: &str,
+        config: &KafkaConfig,
+        lake: &Path,
+        group: &str,
+        extra: &[&str],
+    ) -> Result<Self, BoxError> {
+        let log = lake.with_extension("log");
+        let child = Command::new(bulkhead)
+            .args(["ingest", "--lake"])
+            .arg(lake)
+            .args(["--metrics-addr", "", "--group", group])
+            .args(extra)
+            .env("BULKHEAD_KAFKA", &config.brokers)
+            .env("BULKHEAD_TOPIC_PREFIX", &config.topic_prefix)
+            .env_remove("BULKHEAD_CONFIG")
+            .env("BULKHEAD_LOG", "warn,bulkhead_ingest=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .map_err(|e| format!("starting {bulkhead} ingest: {e}"))?;
+        Ok(Self { child, log })
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn check_running(&mut self) -> Result<(), BoxError> {
+        if let Some(status) = self.child.try_wait()? {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            return Err(format!("ingest exited ({status}): {}", tail.join("\n")).into());
+        }
+        Ok(())
+    }
+
+    /// (peak resident MiB, CPU seconds) of the child, from /proc.
+    fn usage(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm_kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at ") ".
+        let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after ") ".
+        let hz = 100.0; // USER_HZ on Linux
+        (hwm_kib / 1024.0, (ticks(11) + ticks(12)) / hz)
+    }
+
+    fn stop(mut self) -> Result<(), BoxError> {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Err("ingest ignored SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for IngestChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `group` has committed every partition of `topic` up to its high watermark.
+fn caught_up(config: &KafkaConfig, group: &str, topic: &str) -> Result<bool, BoxError> {
+    let mut client = config.client_config();
+    client.set("group.id", group);
+    let consumer: BaseConsumer = client.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    for p in partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        let at = committed
+            .find_partition(topic, p)
+            .map(|e| e.offset())
+            .unwrap_or(Offset::Invalid);
+        let done = match at {
+            Offset::Offset(o) => o >= high,
+            _ => high == 0,
+        };
+        if !done {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The Python baseline's result.
+#[derive(serde::Deserialize)]
+struct PythonResult {
+    flows: u64,
+    seconds: f64,
+}
+
+fn python_baseline(
+    config: &KafkaConfig,
+    flows: u64,
+    out: &Path,
+    window_secs: u64,
+) -> Result<PythonResult, BoxError> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/ingest_baseline.py");
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/proto");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(["--brokers", &config.brokers])
+        .args(["--flows-topic", &config.topic(Topic::Flows)])
+        .args(["--inventory-topic", &config.topic(Topic::Inventory)])
+        .args(["--expect", &flows.to_string()])
+        .args(["--window-secs", &window_secs.to_string()])
+        .arg("--proto")
+        .arg(&proto)
+        .arg("--out")
+        .arg(out)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("python3 {}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the Python baseline failed ({}); dev/setup installs confluent-kafka, protobuf, grpcio-tools and pyarrow",
+            output.status
+        )
+        .into());
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    Ok(serde_json::from_str(last).map_err(|e| format!("python output {last:?}: {e}"))?)
+}
+
+/// Throughput of `bulkhead ingest` vs. the Python pipeline on the same topic.
+pub async fn throughput(
+    bulkhead: &str,
+    kafka: &str,
+    flows: u64,
+    partitions: i32,
+    work: &Path,
+) -> Result<(f64, f64, f64, f64, f64, (u64, f64)), BoxError> {
+    let config = fresh_config(kafka, "ingest");
+    setup_topics(&config, partitions).await?;
+    let producer = Producer::new(&config)?;
+    let estate = Estate::generate(5, 200);
+    publish_inventory(&producer, &config, &estate).await?;
+    let spec = FlowSpec {
+        seed: 5,
+        records: flows,
+        start_unix_ns: 1_764_115_200_000_000_000,
+        span_ns: 600 * 1_000_000_000,
+        batch_records: 1_000,
+    };
+    let produced = produce(&producer, &config, estate.flows(&spec)).await?;
+    println!(
+        "ingest: {produced} flows on {} ({partitions} partitions)",
+        config.topic(Topic::Flows)
+    );
+
+    let lake = work.join("lake-throughput");
+    let group = "bench-ingest";
+    let started = Instant::now();
+    let mut child = IngestChild::start(
+        bulkhead,
+        &config,
+        &lake,
+        group,
+        &["--commit-interval-secs", "1", "--commit-flows", "500000"],
+    )?;
+    let mut startup = None;
+    let topic = config.topic(Topic::Flows);
+    let mut usage;
+    loop {
+        child.check_running()?;
+        if startup.is_none() && child.log_text().contains("ingesting flows") {
+            startup = Some(started.elapsed());
+        }
+        usage = child.usage();
+        if caught_up(&config, group, &topic)? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rust = started.elapsed();
+    child.stop()?;
+    let startup = startup.unwrap_or_default();
+    println!(
+        "ingest: rust {:.2} s (start-up {:.2} s), {:.0} flows/s; cpu {:.2} s; peak {:.0} MiB",
+        rust.as_secs_f64(),
+        startup.as_secs_f64(),
+        produced as f64 / (rust - startup).as_secs_f64(),
+        usage.1,
+        usage.0
+    );
+    let python = python_baseline(&config, produced, &work.join("python-out"), 60)?;
+    if python.flows != produced {
+        return Err(format!("python read {} flows of {produced}", python.flows).into());
+    }
+    println!(
+        "ingest: python {:.2} s, {:.0} flows/s",
+        python.seconds,
+        python.flows as f64 / python.seconds
+    );
+    Ok((
+        rust.as_secs_f64(),
+        startup.as_secs_f64(),
+        usage.1,
+        usage.0,
+        produced as f64,
+        (python.flows, python.seconds),
+    ))
+}
+
+/// Produce → visible in a DataFusion query, p50/p99, under `rate` flows/s for `secs`.
+pub async fn freshness(
+    bulkhead: &str,
+    kafka: &str,
+    rate: u64,
+    secs: u64,
+    work: &Path,
+) -> Result<(Option<Summary>, f64), BoxError> {
+    let config = fresh_config(kafka, "fresh");
+    setup_topics(&config, 4).await?;
+    let producer = Producer::new(&config)?;
+    let estate = Estate::generate(6, 200);
+    publish_inventory(&producer, &config, &estate).await?;
+    let lake = work.join("lake-freshness");
+    let mut child = IngestChild::start(bulkhead, &config, &lake, "bench-fresh", &[])?;
+    while !child.log_text().contains("ingesting flows") {
+        child.check_running()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Load: batches of 1,000 flows every 1000/rate s; a probe every 100 ms.
+    let produced_at: std::sync::Arc<std::sync::Mutex<BTreeMap<i64, Instant>>> =
+        std::sync::Arc::default();
+    let load = {
+        let (config, producer_config) = (config.clone(), config.clone());
+        let produced_at = produced_at.clone();
+        tokio::spawn(async move {
+            let producer = Producer::new(&producer_config).expect("producer");
+            let topic = config.topic(Topic::Flows);
+            let mut batches = estate.flows(&FlowSpec {
+                seed: 6,
+                records: rate * secs,
+                start_unix_ns: bulkhead_schemas::now_unix_ns(),
+                span_ns: secs * 1_000_000_000,
+                batch_records: 1_000,
+            });
+            let start = Instant::now();
+            let mut sent = 0u64;
+            let mut probe = 0i64;
+            let mut next_probe = start;
+            while start.elapsed() < Duration::from_secs(secs) {
+                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                while sent < due {
+                    let Some(batch) = batches.next() else { break };
+                    sent += batch.records.len() as u64;
+                    let _ = producer
+                        .send(&topic, batch.host_id.as_bytes(), &batch.encode_to_vec())
+                        .await;
+                }
+                if Instant::now() >= next_probe {
+                    let batch = FlowBatch {
+                        schema_version: 1,
+                        host_id: "probe".into(),
+                        agent_instance_id: "probe".into(),
+                        batch_seq: probe as u64,
+                        records: vec![FlowRecord {
+                            host_id: "probe".into(),
+                            ip_version: 4,
+                            src_ip: vec![192, 0, 2, 1],
+                            dst_ip: vec![192, 0, 2, 2],
+                            first_seen_unix_ns: bulkhead_schemas::now_unix_ns(),
+                            last_seen_unix_ns: bulkhead_schemas::now_unix_ns(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    };
+                    if producer
+                        .send(&topic, b"probe", &batch.encode_to_vec())
+                        .await
+                        .is_ok()
+                        && let Ok(mut m) = produced_at.lock()
+                    {
+                        m.insert(probe, Instant::now());
+                    }
+                    probe += 1;
+                    next_probe += Duration::from_millis(100);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut latencies = Vec::new();
+    let mut seen = -1i64;
+    let url = url::Url::from_directory_path(lake.join("flows")).map_err(|()| "lake path")?;
+    let deadline = Instant::now() + Duration::from_secs(secs + 40);
+    let mut peak = 0.0f64;
+    while Instant::now() < deadline {
+        child.check_running()?;
+        peak = peak.max(child.usage().0);
+        if let Some(max) = newest_probe(&url).await {
+            let now = Instant::now();
+            if max > seen {
+                if let Ok(m) = produced_at.lock() {
+                    for (_, at) in m.range(seen + 1..=max) {
+                        latencies.push(now - *at);
+                    }
+                }
+                seen = max;
+            }
+        }
+        let total = produced_at.lock().map(|m| m.len() as i64).unwrap_or(0);
+        if load.is_finished() && seen + 1 >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.await?;
+    child.stop()?;
+    let summary = (!latencies.is_empty()).then(|| Summary::of_durations_ms(&latencies));
+    if let Some(s) = &summary {
+        println!("ingest: freshness at {rate} flows/s (ms): {s}; peak {peak:.0} MiB");
+    }
+    Ok((summary, peak))
+}
+
+async fn newest_probe(url: &url::Url) -> Option<i64> {
+    let table = deltalake::open_table(url.clone()).await.ok()?;
+    let ctx = datafusion::prelude::SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).ok()?;
+    ctx.register_table("flows", table.table_provider().await.ok()?)
+        .ok()?;
+    let batches = ctx
+        .sql("SELECT max(batch_seq) FROM flows WHERE host_id = 'probe'")
+        .await
+        .ok()?
+        .collect()
+        .await
+        .ok()?;
+    use arrow_array::cast::AsArray as _;
+    let column = batches.first()?.column(0);
+    let values = column.as_primitive::<arrow_array::types::Int64Type>();
+    (!arrow_array::Array::is_null(values, 0)).then(|| values.value(0))
+}
