@@ -106,3 +106,18 @@ fn collector_benchmark_runs() {
         positive(named("into Kafka"), "baseline.ratio");
     }
 }
+
+#[test]
+fn ingest_benchmark_runs() {
+    if bulkhead_kafka::testkit::kafka().is_none() {
+        return;
+    }
+    let bulkhead = bulkhead_binary();
+    assert!(bulkhead.exists(), "{} not built", bulkhead.display());
+    let report = bench(&["ingest", "--bulkhead", bulkhead.to_str().unwrap()]);
+    positive(&report, "ingest.rust_flows_per_sec");
+    positive(&report, "ingest.python_flows_per_sec");
+    positive(&report, "ingest.ratio");
+    positive(&report, "ingest.peak_rss_mib");
+    positive(&report, "ingest.freshness_ms.p99");
+}
