@@ -55,6 +55,11 @@ enum Command {
     /// Maintain the lake's Delta tables: compact, vacuum, retain (safe while ingest runs).
     #[command(subcommand)]
     Lake(commands::lake::LakeCommand),
+    /// Query the lake with SQL (embedded DataFusion): a table, CSV, JSON or Parquet; no
+    /// query opens an interactive prompt.
+    Sql(bulkhead_analytics::cli::SqlArgs),
+    /// Serve the HTTP API, the console and Arrow Flight SQL over the lake.
+    Serve(bulkhead_analytics::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +93,8 @@ fn main() -> ExitCode {
             Command::Agent(args) => commands::agent::run(&settings, args).await,
             Command::Ingest(args) => commands::ingest::run(&settings, args).await,
             Command::Lake(command) => commands::lake::run(command).await,
+            Command::Sql(args) => commands::sql::run(args).await,
+            Command::Serve(args) => commands::serve::run(args).await,
         }
     });
     match result {

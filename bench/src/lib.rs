@@ -11,6 +11,7 @@
 
 pub mod enforcer;
 pub mod lab;
+pub mod query;
 pub mod schemas;
 pub mod stats;
 pub mod workload;
