@@ -8,7 +8,6 @@
 //! ingest is visible to the next query, with no restart, and a query sees one snapshot.
 //! Tables that appear later (a writer creating `edges`) are picked up the same way.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -157,10 +156,6 @@ fn delta_error(table: &str, e: deltalake::DeltaTableError) -> DataFusionError {
 
 #[async_trait]
 impl SchemaProvider for LakeSchema {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn table_names(&self) -> Vec<String> {
         self.location
             .existing_tables()

@@ -121,7 +121,7 @@ async fn run_one(
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).map_err(
             |e| anyhow::anyhow!("--output {}: {e}", path.display()),
         )?)),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(std::io::stdout()),
     };
     output::write(format, &schema, &batches, &mut out)
         .map_err(|e| anyhow::anyhow!("writing the result: {e}"))?;

@@ -81,6 +81,18 @@ impl QueryPool {
     }
 }
 
+impl std::fmt::Display for QueryPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "query pool: {} of {} bytes, within {}",
+            self.reserved(),
+            self.limit,
+            self.shared
+        )
+    }
+}
+
 impl MemoryPool for QueryPool {
     fn name(&self) -> &str {
         "bulkhead-query"
