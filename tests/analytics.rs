@@ -156,7 +156,12 @@ async fn build_lake(config: KafkaConfig) -> Lake {
     if !engine.tables().contains(&"status") {
         write_table(&dir, "status", status_batch(&estate, now, &[0, 1, 2], 3)).await;
         // An older heartbeat of host 0: the API must show the latest.
-        write_table(&dir, "status", status_batch(&estate, now - 60_000_000_000, &[0], 2)).await;
+        write_table(
+            &dir,
+            "status",
+            status_batch(&estate, now - 60_000_000_000, &[0], 2),
+        )
+        .await;
     }
     Lake { dir, flows, estate }
 }
@@ -171,7 +176,9 @@ async fn scalar(engine: &Engine, sql: &str) -> i64 {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let rows = bulkhead_analytics::output::json_rows(&batches[0]).unwrap();
-    rows[0][0].as_i64().unwrap_or_else(|| panic!("{sql}: {rows:?}"))
+    rows[0][0]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{sql}: {rows:?}"))
 }
 
 async fn rows(engine: &Engine, sql: &str) -> Vec<Value> {
@@ -256,9 +263,11 @@ fn workloads_batch(estate: &Estate, now_ns: u64) -> RecordBatch {
         addresses.values().append_value(h.ipv4.to_string());
         addresses.values().append_value(h.ipv6.to_string());
         addresses.append(true);
-        ports
-            .values()
-            .append_value(format!("{}/{}", if h.protocol == 17 { "udp" } else { "tcp" }, h.port));
+        ports.values().append_value(format!(
+            "{}/{}",
+            if h.protocol == 17 { "udp" } else { "tcp" },
+            h.port
+        ));
         ports.append(true);
         for b in [&mut labels, &mut host_labels] {
             for (k, v) in &h.labels {
@@ -291,8 +300,11 @@ fn workloads_batch(estate: &Estate, now_ns: u64) -> RecordBatch {
 fn status_batch(estate: &Estate, at_ns: u64, hosts: &[usize], version: i64) -> RecordBatch {
     let mut host_id = StringBuilder::new();
     let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let (mut state, mut mode, mut last_error) =
-        (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut state, mut mode, mut last_error) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut applied = Int64Builder::new();
     let mut quarantined = BooleanBuilder::new();
     let (mut rules, mut elements) = (Int32Builder::new(), Int32Builder::new());
@@ -388,7 +400,11 @@ print(json.dumps(out, default=str))
         .stdin
         .take()
         .unwrap()
-        .write_all(json!({"tables": tables, "queries": queries}).to_string().as_bytes())
+        .write_all(
+            json!({"tables": tables, "queries": queries})
+                .to_string()
+                .as_bytes(),
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -452,7 +468,10 @@ async fn every_table_is_queryable_and_analyst_queries_equal_duckdb() {
         let n = scalar(&engine, &format!("SELECT count(*) FROM {t}")).await;
         assert!(n > 0, "{t} is empty");
     }
-    assert_eq!(scalar(&engine, "SELECT count(*) FROM flows").await, lake.flows);
+    assert_eq!(
+        scalar(&engine, "SELECT count(*) FROM flows").await,
+        lake.flows
+    );
     assert_eq!(
         scalar(&engine, "SELECT count(*) FROM workloads").await,
         lake.estate.hosts.len() as i64
@@ -466,7 +485,10 @@ async fn every_table_is_queryable_and_analyst_queries_equal_duckdb() {
     let expected = duckdb(&inputs, &queries);
     for ((name, sql), duck) in ANALYST_QUERIES.iter().zip(expected) {
         let ours = rows(&engine, sql).await;
-        assert!(!ours.is_empty(), "{name}: no rows, the comparison would be empty");
+        assert!(
+            !ours.is_empty(),
+            "{name}: no rows, the comparison would be empty"
+        );
         let duck: Vec<Value> = duck.into_iter().map(Value::Array).collect();
         assert_eq!(ours, duck, "{name}: DataFusion vs DuckDB\n{sql}");
     }
@@ -485,28 +507,53 @@ async fn partition_pruning_and_new_commits_without_restart() {
     let text = format!("{plan:?}");
     assert!(text.contains("date"), "{text}");
     assert_eq!(
-        scalar(&engine, "SELECT count(*) FROM flows WHERE date = DATE '1999-01-01'").await,
+        scalar(
+            &engine,
+            "SELECT count(*) FROM flows WHERE date = DATE '1999-01-01'"
+        )
+        .await,
         0
     );
 
     // A fresh table in a scratch copy: a commit made after the engine opened the table
     // shows up in the next query.
     let scratch = tempfile::tempdir().unwrap();
-    write_table(scratch.path(), "status", status_batch(&lake.estate, 1, &[0], 1)).await;
+    write_table(
+        scratch.path(),
+        "status",
+        status_batch(&lake.estate, 1, &[0], 1),
+    )
+    .await;
     let engine = self::engine(scratch.path());
     assert_eq!(scalar(&engine, "SELECT count(*) FROM status").await, 1);
     assert!(!engine.tables().contains(&"workloads"));
-    write_table(scratch.path(), "status", status_batch(&lake.estate, 2, &[1, 2], 1)).await;
+    write_table(
+        scratch.path(),
+        "status",
+        status_batch(&lake.estate, 2, &[1, 2], 1),
+    )
+    .await;
     assert_eq!(scalar(&engine, "SELECT count(*) FROM status").await, 3);
     // A table that appears later is found too.
-    write_table(scratch.path(), "workloads", workloads_batch(&lake.estate, 1)).await;
+    write_table(
+        scratch.path(),
+        "workloads",
+        workloads_batch(&lake.estate, 1),
+    )
+    .await;
     assert_eq!(
         scalar(&engine, "SELECT count(*) FROM workloads").await,
         HOSTS as i64
     );
 }
 
-async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<&str>, token: Option<&str>) -> (StatusCode, String) {
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (StatusCode, String) {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         request = request.header("authorization", format!("Bearer {t}"));
@@ -515,7 +562,10 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<&str>, t
         request = request.header("content-type", "application/json");
     }
     let request = request
-        .body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty))
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
         .unwrap();
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
@@ -525,7 +575,12 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<&str>, t
     (status, String::from_utf8_lossy(&bytes).to_string())
 }
 
-async fn call_json(app: &axum::Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn call_json(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let body = body.map(|b| b.to_string());
     let (status, text) = call(app, method, uri, body.as_deref(), None).await;
     let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{uri}: {e}: {text}"));
@@ -534,43 +589,85 @@ async fn call_json(app: &axum::Router, method: &str, uri: &str, body: Option<Val
 
 fn assert_error(status: StatusCode, value: &Value, expect: u16, needle: &str, what: &str) {
     assert_eq!(status.as_u16(), expect, "{what}: {value}");
-    let message = value["error"].as_str().unwrap_or_else(|| panic!("{what}: no error message: {value}"));
-    assert!(message.contains(needle), "{what}: {message:?} should mention {needle:?}");
+    let message = value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no error message: {value}"));
+    assert!(
+        message.contains(needle),
+        "{what}: {message:?} should mention {needle:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_api_endpoints_and_bad_input() {
     let Some(lake) = lake() else { return };
-    let app = Server::builder(engine(&lake.dir), ServeConfig::local("127.0.0.1:0".parse().unwrap())).router();
+    let app = Server::builder(
+        engine(&lake.dir),
+        ServeConfig::local("127.0.0.1:0".parse().unwrap()),
+    )
+    .router();
 
     let (s, v) = call_json(&app, "GET", "/healthz", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = call_json(&app, "GET", "/readyz", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert!(v["tables"].as_array().unwrap().contains(&json!("edges")), "{v}");
+    assert!(
+        v["tables"].as_array().unwrap().contains(&json!("edges")),
+        "{v}"
+    );
     let (s, v) = call_json(&app, "GET", "/openapi.json", None).await;
     assert_eq!(s, StatusCode::OK);
-    for path in ["/api/v1/query", "/api/v1/explorer", "/api/v1/map", "/api/v1/workloads"] {
+    for path in [
+        "/api/v1/query",
+        "/api/v1/explorer",
+        "/api/v1/map",
+        "/api/v1/workloads",
+    ] {
         assert!(v["paths"][path].is_object(), "openapi lacks {path}");
     }
     let (s, v) = call_json(&app, "GET", "/api/v1/tables", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(v.as_array().unwrap().iter().any(|t| t["name"] == "flows"), "{v}");
+    assert!(
+        v.as_array().unwrap().iter().any(|t| t["name"] == "flows"),
+        "{v}"
+    );
 
     // Query.
-    let (s, v) = call_json(&app, "POST", "/api/v1/query", Some(json!({"sql": "SELECT count(*) AS n FROM flows"}))).await;
+    let (s, v) = call_json(
+        &app,
+        "POST",
+        "/api/v1/query",
+        Some(json!({"sql": "SELECT count(*) AS n FROM flows"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["columns"], json!([{"name": "n", "type": "Int64"}]));
     assert_eq!(v["rows"], json!([[lake.flows]]));
     assert_eq!(v["truncated"], json!(false));
-    let (s, v) = call_json(&app, "POST", "/api/v1/query", Some(json!({"sql": "SELECT src_ip, src_labels FROM flows", "limit": 5}))).await;
+    let (s, v) = call_json(
+        &app,
+        "POST",
+        "/api/v1/query",
+        Some(json!({"sql": "SELECT src_ip, src_labels FROM flows", "limit": 5})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["rows"].as_array().unwrap().len(), 5);
     assert_eq!(v["truncated"], json!(true));
     // NDJSON streaming.
-    let (s, text) = call(&app, "POST", "/api/v1/query", Some(r#"{"sql": "SELECT dst_port FROM flows", "limit": 3, "stream": true}"#), None).await;
+    let (s, text) = call(
+        &app,
+        "POST",
+        "/api/v1/query",
+        Some(r#"{"sql": "SELECT dst_port FROM flows", "limit": 3, "stream": true}"#),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{text}");
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 5, "{text}");
     assert_eq!(lines[0]["columns"][0]["name"], "dst_port");
     assert!(lines[1].is_array());
@@ -580,32 +677,82 @@ async fn http_api_endpoints_and_bad_input() {
     // Bad queries: 4xx with DataFusion's message.
     let cases: Vec<(Option<&str>, u16, &str)> = vec![
         (Some("{not json"), 400, "request body"),
-        (Some(r#"{"sql": "SELECT 1", "colour": 1}"#), 400, "unknown field `colour`"),
+        (
+            Some(r#"{"sql": "SELECT 1", "colour": 1}"#),
+            400,
+            "unknown field `colour`",
+        ),
         (Some(r#"{"sql": "   "}"#), 400, "empty query"),
         (Some(r#"{"sql": "SELEC 1"}"#), 400, "SELEC"),
-        (Some(r#"{"sql": "SELECT nosuch FROM flows"}"#), 400, "nosuch"),
-        (Some(r#"{"sql": "SELECT * FROM nosuchtable"}"#), 400, "nosuchtable"),
-        (Some(r#"{"sql": "SELECT 1", "limit": 100000000}"#), 400, "over the maximum"),
+        (
+            Some(r#"{"sql": "SELECT nosuch FROM flows"}"#),
+            400,
+            "nosuch",
+        ),
+        (
+            Some(r#"{"sql": "SELECT * FROM nosuchtable"}"#),
+            400,
+            "nosuchtable",
+        ),
+        (
+            Some(r#"{"sql": "SELECT 1", "limit": 100000000}"#),
+            400,
+            "over the maximum",
+        ),
         (Some(r#"{"sql": "DROP TABLE flows"}"#), 403, "read-only"),
-        (Some(r#"{"sql": "COPY (SELECT 1) TO '/tmp/x.csv'"}"#), 403, "read-only"),
-        (Some(r#"{"sql": "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'"}"#), 403, "read-only"),
+        (
+            Some(r#"{"sql": "COPY (SELECT 1) TO '/tmp/x.csv'"}"#),
+            403,
+            "read-only",
+        ),
+        (
+            Some(r#"{"sql": "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'"}"#),
+            403,
+            "read-only",
+        ),
         (None, 400, "JSON body"),
     ];
     for (body, status, needle) in cases {
         let (s, text) = call(&app, "POST", "/api/v1/query", body, None).await;
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{body:?}: {e}: {text}"));
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{body:?}: {e}: {text}"));
         assert_error(s, &v, status, needle, &format!("query {body:?}"));
     }
 
     // Explorer.
-    let (s, v) = call_json(&app, "POST", "/api/v1/explorer", Some(json!({
-        "sources": {"include": [{"label": "role=web"}]},
-        "destinations": {"exclude": [{"cidr": "10.0.0.1/32"}]},
-        "services": ["tcp/8080"], "limit": 1000
-    }))).await;
+    let (s, v) = call_json(
+        &app,
+        "POST",
+        "/api/v1/explorer",
+        Some(json!({
+            "sources": {"include": [{"label": "role=web"}]},
+            "destinations": {"exclude": [{"cidr": "10.0.0.1/32"}]},
+            "services": ["tcp/8080"], "limit": 1000
+        })),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let names: Vec<&str> = v["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["src", "dst", "port", "protocol", "process", "flows", "bytes", "first_seen", "last_seen", "decision"]);
+    let names: Vec<&str> = v["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "src",
+            "dst",
+            "port",
+            "protocol",
+            "process",
+            "flows",
+            "bytes",
+            "first_seen",
+            "last_seen",
+            "decision"
+        ]
+    );
     let rows = v["rows"].as_array().unwrap();
     assert!(!rows.is_empty(), "{v}");
     for r in rows {
@@ -618,10 +765,22 @@ async fn http_api_endpoints_and_bad_input() {
         "SELECT count(*) FROM flows WHERE label(src_labels, 'role') = 'web' AND dst_port = 8080 AND protocol = 6 AND dst_ip <> '10.0.0.1'"}))).await;
     assert_eq!(q["rows"][0][0].as_i64().unwrap(), total, "{q}");
     let explorer_bad: Vec<(Value, &str)> = vec![
-        (json!({"sources": {"include": [{"label": 5}]}}), "request body"),
-        (json!({"sources": {"include": [{"colour": "red"}]}}), "request body"),
-        (json!({"sources": {"include": [{"label": "colour=red"}]}}), "unknown label key \"colour\""),
-        (json!({"destinations": {"include": [{"cidr": "10.0.0.0/40"}]}}), "CIDR"),
+        (
+            json!({"sources": {"include": [{"label": 5}]}}),
+            "request body",
+        ),
+        (
+            json!({"sources": {"include": [{"colour": "red"}]}}),
+            "request body",
+        ),
+        (
+            json!({"sources": {"include": [{"label": "colour=red"}]}}),
+            "unknown label key \"colour\"",
+        ),
+        (
+            json!({"destinations": {"include": [{"cidr": "10.0.0.0/40"}]}}),
+            "CIDR",
+        ),
         (json!({"services": ["tcp/http"]}), "tcp/http"),
         (json!({"decisions": ["maybe"]}), "maybe"),
         (json!({"from": "last tuesday"}), "RFC 3339"),
@@ -636,18 +795,36 @@ async fn http_api_endpoints_and_bad_input() {
     let (s, v) = call_json(&app, "GET", "/api/v1/map?group_by=app,env", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let nodes = v["nodes"].as_array().unwrap();
-    let crm = nodes.iter().find(|n| n["id"] == "app=crm,env=prod").unwrap_or_else(|| panic!("{v}"));
+    let crm = nodes
+        .iter()
+        .find(|n| n["id"] == "app=crm,env=prod")
+        .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(crm["kind"], "group");
     assert_eq!(crm["labels"], json!({"app": "crm", "env": "prod"}));
     assert_eq!(crm["workloads"], json!(5));
-    assert!(nodes.iter().any(|n| n["kind"] == "internet"), "internet clients reach the web tier");
+    assert!(
+        nodes.iter().any(|n| n["kind"] == "internet"),
+        "internet clients reach the web tier"
+    );
     let edges = v["edges"].as_array().unwrap();
     let edge_flows: i64 = edges.iter().map(|e| e["flows"].as_i64().unwrap()).sum();
-    assert_eq!(edge_flows, lake.flows, "every flow is on one edge of the map");
-    let blocked: i64 = edges.iter().map(|e| e["decisions"]["potentially_blocked"].as_i64().unwrap()).sum();
-    assert!(blocked > 0, "the rogue host's scans are potentially blocked");
+    assert_eq!(
+        edge_flows, lake.flows,
+        "every flow is on one edge of the map"
+    );
+    let blocked: i64 = edges
+        .iter()
+        .map(|e| e["decisions"]["potentially_blocked"].as_i64().unwrap())
+        .sum();
+    assert!(
+        blocked > 0,
+        "the rogue host's scans are potentially blocked"
+    );
     for (uri, needle) in [
-        ("/api/v1/map?group_by=colour", "unknown label key \"colour\""),
+        (
+            "/api/v1/map?group_by=colour",
+            "unknown label key \"colour\"",
+        ),
         ("/api/v1/map?group_by=", "at least one label key"),
         ("/api/v1/map?group_by=app&from=yesterday", "RFC 3339"),
         ("/api/v1/map?grop_by=app", "grop_by"),
@@ -655,7 +832,13 @@ async fn http_api_endpoints_and_bad_input() {
         let (s, v) = call_json(&app, "GET", uri, None).await;
         assert_error(s, &v, 400, needle, uri);
     }
-    let (s, v) = call_json(&app, "GET", "/api/v1/map?group_by=app&from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z", None).await;
+    let (s, v) = call_json(
+        &app,
+        "GET",
+        "/api/v1/map?group_by=app&from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z",
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["edges"], json!([]), "nothing in 2000");
 
@@ -664,12 +847,18 @@ async fn http_api_endpoints_and_bad_input() {
     assert_eq!(s, StatusCode::OK, "{v}");
     let list = v.as_array().unwrap();
     assert_eq!(list.len(), HOSTS);
-    let first = list.iter().find(|w| w["id"] == lake.estate.hosts[0].id.as_str()).unwrap();
+    let first = list
+        .iter()
+        .find(|w| w["id"] == lake.estate.hosts[0].id.as_str())
+        .unwrap();
     assert_eq!(first["enforcer"]["applied_version"], json!(3), "{first}");
     assert_eq!(first["labels"]["app"], json!("infra"), "{first}");
     assert_eq!(first["ips"].as_array().unwrap().len(), 2, "{first}");
     assert!(first["enforcer"]["heartbeat_age_s"].as_i64().unwrap() >= 0);
-    let last = list.iter().find(|w| w["id"] == lake.estate.hosts[HOSTS - 1].id.as_str()).unwrap();
+    let last = list
+        .iter()
+        .find(|w| w["id"] == lake.estate.hosts[HOSTS - 1].id.as_str())
+        .unwrap();
     assert_eq!(last["enforcer"], Value::Null, "no heartbeat from this host");
 
     // Metrics count what happened.
@@ -691,7 +880,10 @@ async fn token_guards_api_and_mounted_routers_and_console_is_served() {
     std::fs::write(console.join("assets/app.js"), "console.log(1)").unwrap();
     let mut config = ServeConfig::local("0.0.0.0:0".parse().unwrap());
     assert!(
-        config.validate().unwrap_err().contains("give a bearer token"),
+        config
+            .validate()
+            .unwrap_err()
+            .contains("give a bearer token"),
         "exposed without a token is refused"
     );
     config.token = Some("s3cret".into());
@@ -701,7 +893,9 @@ async fn token_guards_api_and_mounted_routers_and_console_is_served() {
         "/api/v1/recommendations",
         axum::routing::get(|| async { axum::Json(json!([{"id": "r1"}])) }),
     );
-    let app = Server::builder(engine(dir.path()), config).merge(extra).router();
+    let app = Server::builder(engine(dir.path()), config)
+        .merge(extra)
+        .router();
 
     for uri in ["/api/v1/recommendations", "/api/v1/tables", "/metrics"] {
         let (s, text) = call(&app, "GET", uri, None, None).await;
@@ -773,7 +967,9 @@ print(json.dumps(out))
         .args(["-c", script, &format!("grpc://{flight}"), "fl1ght"])
         .output()
         .await
-        .unwrap_or_else(|e| panic!("python3 (with adbc-driver-flightsql, installed by dev/setup): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("python3 (with adbc-driver-flightsql, installed by dev/setup): {e}")
+        });
     let _ = stop_tx.send(());
     running.wait().await.unwrap();
     assert!(
@@ -793,9 +989,15 @@ print(json.dumps(out))
         assert!(v["tables"].as_array().unwrap().contains(&json!(t)), "{v}");
     }
     let write = v["write"].as_str().unwrap();
-    assert!(write.contains("not supported"), "a write must be refused: {write}");
+    assert!(
+        write.contains("not supported"),
+        "a write must be refused: {write}"
+    );
     let bad = v["bad_token"].as_str().unwrap();
-    assert!(bad.to_lowercase().contains("unauthenticated") || bad.contains("token"), "{bad}");
+    assert!(
+        bad.to_lowercase().contains("unauthenticated") || bad.contains("token"),
+        "{bad}"
+    );
 }
 
 #[test]
@@ -813,23 +1015,46 @@ fn sql_command_prints_table_csv_json_parquet_and_errors() {
     };
     let out = run(&["SELECT protocol, count(*) AS n FROM flows GROUP BY 1 ORDER BY 1"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("| protocol | n "), "{text}");
     assert!(text.contains("2 rows"), "{text}");
-    let out = run(&["SELECT protocol, count(*) AS n FROM flows GROUP BY 1 ORDER BY 1", "--format", "csv"]);
+    let out = run(&[
+        "SELECT protocol, count(*) AS n FROM flows GROUP BY 1 ORDER BY 1",
+        "--format",
+        "csv",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("protocol,n\n6,"), "{text}");
-    let out = run(&["SELECT dst_port FROM flows ORDER BY dst_port LIMIT 2", "--format", "json"]);
+    let out = run(&[
+        "SELECT dst_port FROM flows ORDER BY dst_port LIMIT 2",
+        "--format",
+        "json",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.starts_with("{\"dst_port\":"), "{text}");
     let file = lake.dir.with_extension("result.parquet");
-    let out = run(&["SELECT * FROM workloads", "--format", "parquet", "--output", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&file).unwrap(),
-    )
-    .unwrap();
+    let out = run(&[
+        "SELECT * FROM workloads",
+        "--format",
+        "parquet",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap();
     assert_eq!(reader.metadata().file_metadata().num_rows(), HOSTS as i64);
     let out = run(&["SELECT 1", "--format", "parquet"]);
     assert!(!out.status.success());
@@ -837,8 +1062,15 @@ fn sql_command_prints_table_csv_json_parquet_and_errors() {
     let out = run(&["SELECT nosuch FROM flows"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("nosuch") && err.contains("line 1, column 8"), "{err}");
+    assert!(
+        err.contains("nosuch") && err.contains("line 1, column 8"),
+        "{err}"
+    );
     let out = run(&["INSERT INTO flows SELECT * FROM flows"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

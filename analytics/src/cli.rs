@@ -17,10 +17,18 @@ pub struct EngineArgs {
     #[arg(long, env = "BULKHEAD_LAKE", value_name = "DIR|URL")]
     pub lake: String,
     /// Memory for all queries together (MiB).
-    #[arg(long = "memory", env = "BULKHEAD_QUERY_MEMORY_TOTAL_MIB", default_value_t = 2048)]
+    #[arg(
+        long = "memory",
+        env = "BULKHEAD_QUERY_MEMORY_TOTAL_MIB",
+        default_value_t = 2048
+    )]
     pub memory_mib: usize,
     /// Memory for one query (MiB); a query needing more fails with an error.
-    #[arg(long = "query-memory", env = "BULKHEAD_QUERY_MEMORY_MIB", default_value_t = 512)]
+    #[arg(
+        long = "query-memory",
+        env = "BULKHEAD_QUERY_MEMORY_MIB",
+        default_value_t = 512
+    )]
     pub query_memory_mib: usize,
     /// Time limit of one query (seconds).
     #[arg(long, env = "BULKHEAD_QUERY_TIMEOUT_SECS", default_value_t = 300.0)]
@@ -118,9 +126,10 @@ async fn run_one(
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
     let batches = engine.collect_planned(df, sql).await.map_err(sql_error)?;
     let mut out: Box<dyn std::io::Write + Send> = match output_path {
-        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).map_err(
-            |e| anyhow::anyhow!("--output {}: {e}", path.display()),
-        )?)),
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("--output {}: {e}", path.display()))?,
+        )),
         None => Box::new(std::io::stdout()),
     };
     output::write(format, &schema, &batches, &mut out)
@@ -152,7 +161,11 @@ async fn repl(engine: &Engine, format: Format) -> anyhow::Result<()> {
     );
     let mut statement = String::new();
     loop {
-        let prompt = if statement.is_empty() { "sql> " } else { "  -> " };
+        let prompt = if statement.is_empty() {
+            "sql> "
+        } else {
+            "  -> "
+        };
         let line = tokio::task::block_in_place(|| editor.readline(prompt));
         let line = match line {
             Ok(line) => line,

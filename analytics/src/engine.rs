@@ -202,8 +202,7 @@ impl Engine {
     }
 
     fn failed(&self, e: QueryError) -> QueryError {
-        metrics::counter!("bulkhead_analytics_query_errors_total", "code" => e.code())
-            .increment(1);
+        metrics::counter!("bulkhead_analytics_query_errors_total", "code" => e.code()).increment(1);
         e
     }
 
@@ -358,7 +357,11 @@ mod tests {
         while engine.memory_in_use() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(engine.memory_in_use(), 0, "the failed query released its memory");
+        assert_eq!(
+            engine.memory_in_use(),
+            0,
+            "the failed query released its memory"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

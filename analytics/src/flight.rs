@@ -27,7 +27,10 @@ impl SessionStateProvider for LakeSessions {
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                });
             match given {
                 Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => {}
                 Some(_) => {

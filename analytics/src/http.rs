@@ -109,7 +109,10 @@ pub fn api_routes(state: ApiState) -> Router {
 /// Routes open to anyone: probes and the API description.
 pub fn public_routes(state: ApiState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route(
             "/openapi.json",
@@ -126,7 +129,11 @@ pub fn api_not_found() -> Router {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("no API endpoint {} {}", request.method(), request.uri().path()),
+                format!(
+                    "no API endpoint {} {}",
+                    request.method(),
+                    request.uri().path()
+                ),
             )
         }),
     )
@@ -221,7 +228,9 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         .into_response();
     }
     match state.engine.collect("SELECT 1").await {
-        Ok(_) => axum::Json(json!({"status": "ready", "tables": state.engine.tables()})).into_response(),
+        Ok(_) => {
+            axum::Json(json!({"status": "ready", "tables": state.engine.tables()})).into_response()
+        }
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
             .into_response(),
     }
@@ -324,7 +333,11 @@ fn table_response(
     let mut rows = Vec::new();
     for b in &batches.1 {
         rows.extend(output::json_rows(b).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("encoding rows: {e}"))
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("encoding rows: {e}"),
+            )
         })?);
     }
     Ok(axum::Json(json!({
@@ -344,7 +357,10 @@ fn ndjson(
     started: Instant,
     sql: String,
 ) -> Response {
-    let header_line = format!("{}\n", json!({"columns": output::columns(&stream.schema())}));
+    let header_line = format!(
+        "{}\n",
+        json!({"columns": output::columns(&stream.schema())})
+    );
     struct S {
         stream: Option<datafusion::execution::SendableRecordBatchStream>,
         rows: usize,
@@ -465,7 +481,11 @@ fn rows_of(batches: &[RecordBatch]) -> Result<Vec<Vec<Value>>, ApiError> {
     let mut out = Vec::new();
     for b in batches {
         for row in output::json_rows(b).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("encoding rows: {e}"))
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("encoding rows: {e}"),
+            )
         })? {
             if let Value::Array(cells) = row {
                 out.push(cells);
@@ -475,19 +495,31 @@ fn rows_of(batches: &[RecordBatch]) -> Result<Vec<Vec<Value>>, ApiError> {
     Ok(out)
 }
 
-async fn map(State(state): State<ApiState>, params: Result<Query<queries::MapRequest>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn map(
+    State(state): State<ApiState>,
+    params: Result<Query<queries::MapRequest>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let run = async {
         let Query(request) = params.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("query string: {}", e.body_text()))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("query string: {}", e.body_text()),
+            )
         })?;
         let keys = known_label_keys(&state.engine).await?;
         let group = queries::group_keys(&request, &keys)?;
         let range = queries::TimeRange::parse(request.from.as_deref(), request.to.as_deref())?;
         if !state.engine.lake().location().has_table("edges") {
-            return Ok::<_, ApiError>(axum::Json(json!({"nodes": [], "edges": [], "group_by": group})));
+            return Ok::<_, ApiError>(axum::Json(
+                json!({"nodes": [], "edges": [], "group_by": group}),
+            ));
         }
         let (edges_sql, nodes_sql) = queries::map_sql(&group, &range);
-        let (edges, nodes) = tokio::try_join!(state.engine.collect(&edges_sql), state.engine.collect(&nodes_sql))?;
+        let (edges, nodes) = tokio::try_join!(
+            state.engine.collect(&edges_sql),
+            state.engine.collect(&nodes_sql)
+        )?;
         let edges: Vec<Value> = rows_of(&edges)?
             .into_iter()
             .map(|r| {
@@ -508,7 +540,9 @@ async fn map(State(state): State<ApiState>, params: Result<Query<queries::MapReq
                 })
             })
             .collect();
-        Ok(axum::Json(json!({"nodes": nodes, "edges": edges, "group_by": group})))
+        Ok(axum::Json(
+            json!({"nodes": nodes, "edges": edges, "group_by": group}),
+        ))
     };
     match run.await {
         Ok(r) => r.into_response(),

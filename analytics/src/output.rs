@@ -99,7 +99,12 @@ pub fn json_rows(batch: &RecordBatch) -> Result<Vec<serde_json::Value>, ArrowErr
     }
     let objects: Vec<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(&buf).map_err(|e| ArrowError::JsonError(e.to_string()))?;
-    let names: Vec<&String> = batch.schema_ref().fields().iter().map(|f| f.name()).collect();
+    let names: Vec<&String> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .collect();
     Ok(objects
         .into_iter()
         .map(|mut o| {

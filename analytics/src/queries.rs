@@ -196,7 +196,10 @@ pub fn service_sql(text: &str) -> Result<String, BadRequest> {
         ))
     };
     let (proto, ports) = match text.trim().split_once('/') {
-        Some((proto, ports)) => (Some(protocol_number(proto.trim()).ok_or_else(problem)?), ports),
+        Some((proto, ports)) => (
+            Some(protocol_number(proto.trim()).ok_or_else(problem)?),
+            ports,
+        ),
         None => (None, text.trim()),
     };
     let port = |p: &str| -> Result<u16, BadRequest> { p.trim().parse().map_err(|_| problem()) };
@@ -254,11 +257,17 @@ impl TimeRange {
     pub fn conditions(&self, start: &str, end: &str, out: &mut Vec<String>) {
         let ts = |t: &DateTime<Utc>| quote(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
         if let Some(from) = &self.from {
-            out.push(format!("date >= DATE {}", quote(&from.date_naive().to_string())));
+            out.push(format!(
+                "date >= DATE {}",
+                quote(&from.date_naive().to_string())
+            ));
             out.push(format!("{end} >= TIMESTAMP {}", ts(from)));
         }
         if let Some(to) = &self.to {
-            out.push(format!("date <= DATE {}", quote(&to.date_naive().to_string())));
+            out.push(format!(
+                "date <= DATE {}",
+                quote(&to.date_naive().to_string())
+            ));
             out.push(format!("{start} < TIMESTAMP {}", ts(to)));
         }
     }
@@ -285,7 +294,12 @@ pub fn explorer_sql(
 ) -> Result<String, BadRequest> {
     let mut conditions = Vec::new();
     side_sql("sources", &request.sources, known_keys, &mut conditions)?;
-    side_sql("destinations", &request.destinations, known_keys, &mut conditions)?;
+    side_sql(
+        "destinations",
+        &request.destinations,
+        known_keys,
+        &mut conditions,
+    )?;
     if !request.services.is_empty() {
         let services = request
             .services
@@ -501,8 +515,14 @@ mod tests {
         }))
         .unwrap();
         let sql = explorer_sql(&request, &keys(), 10).unwrap();
-        assert!(sql.contains("label(src_labels, 'app') = 'o''brien'"), "{sql}");
-        assert!(sql.contains("NOT (coalesce(ip_in_cidr(src_ip, '10.9.0.0/16'), false))"), "{sql}");
+        assert!(
+            sql.contains("label(src_labels, 'app') = 'o''brien'"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("NOT (coalesce(ip_in_cidr(src_ip, '10.9.0.0/16'), false))"),
+            "{sql}"
+        );
         assert!(sql.contains("date >= DATE '2026-11-26'"), "{sql}");
         assert!(sql.contains("LIMIT 11"), "{sql}");
 
@@ -510,27 +530,67 @@ mod tests {
             let r: ExplorerRequest = serde_json::from_value(v).unwrap();
             explorer_sql(&r, &keys(), 10).unwrap_err().0
         };
-        assert!(bad(serde_json::json!({"sources": {"include": [{"label": "nosuch=x"}]}})).contains("unknown label key \"nosuch\""));
-        assert!(bad(serde_json::json!({"sources": {"include": [{"label": "app"}]}})).contains("not key=value"));
-        assert!(bad(serde_json::json!({"destinations": {"include": [{"ip": "10.0.0.256"}]}})).contains("not an IP address"));
-        assert!(bad(serde_json::json!({"destinations": {"include": [{"cidr": "10.0.0.0/33"}]}})).contains("CIDR"));
-        assert!(bad(serde_json::json!({"decisions": ["maybe"]})).contains("\"maybe\" is not one of"));
+        assert!(
+            bad(serde_json::json!({"sources": {"include": [{"label": "nosuch=x"}]}}))
+                .contains("unknown label key \"nosuch\"")
+        );
+        assert!(
+            bad(serde_json::json!({"sources": {"include": [{"label": "app"}]}}))
+                .contains("not key=value")
+        );
+        assert!(
+            bad(serde_json::json!({"destinations": {"include": [{"ip": "10.0.0.256"}]}}))
+                .contains("not an IP address")
+        );
+        assert!(
+            bad(serde_json::json!({"destinations": {"include": [{"cidr": "10.0.0.0/33"}]}}))
+                .contains("CIDR")
+        );
+        assert!(
+            bad(serde_json::json!({"decisions": ["maybe"]})).contains("\"maybe\" is not one of")
+        );
         assert!(bad(serde_json::json!({"from": "yesterday"})).contains("RFC 3339"));
-        assert!(bad(serde_json::json!({"from": "2026-11-27T00:00:00Z", "to": "2026-11-26T00:00:00Z"})).contains("after"));
+        assert!(
+            bad(serde_json::json!({"from": "2026-11-27T00:00:00Z", "to": "2026-11-26T00:00:00Z"}))
+                .contains("after")
+        );
     }
 
     #[test]
     fn limits_and_group_keys() {
-        let limits = RowLimits { default: 1000, max: 100_000 };
+        let limits = RowLimits {
+            default: 1000,
+            max: 100_000,
+        };
         assert_eq!(limits.check(None).unwrap(), 1000);
-        assert!(limits.check(Some(10_000_000)).unwrap_err().0.contains("over the maximum"));
+        assert!(
+            limits
+                .check(Some(10_000_000))
+                .unwrap_err()
+                .0
+                .contains("over the maximum")
+        );
         assert!(limits.check(Some(0)).is_err());
-        let req = |g: &str| MapRequest { group_by: Some(g.into()), ..Default::default() };
-        assert_eq!(group_keys(&req("app, env,app"), &keys()).unwrap(), ["app", "env"]);
-        assert!(group_keys(&req("colour"), &keys()).unwrap_err().0.contains("unknown label key"));
+        let req = |g: &str| MapRequest {
+            group_by: Some(g.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            group_keys(&req("app, env,app"), &keys()).unwrap(),
+            ["app", "env"]
+        );
+        assert!(
+            group_keys(&req("colour"), &keys())
+                .unwrap_err()
+                .0
+                .contains("unknown label key")
+        );
         assert!(group_keys(&req(""), &keys()).is_err());
         assert_eq!(node_kind("app=crm,env=-"), "group");
-        assert_eq!(node_labels("app=crm,env=-"), BTreeMap::from([("app".into(), "crm".into())]));
+        assert_eq!(
+            node_labels("app=crm,env=-"),
+            BTreeMap::from([("app".into(), "crm".into())])
+        );
         assert_eq!(node_kind("10.0.0.1"), "ip");
         assert_eq!(node_kind("internet"), "internet");
     }

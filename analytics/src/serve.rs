@@ -41,7 +41,11 @@ pub struct ServeArgs {
     #[arg(long, env = "BULKHEAD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Arrow Flight SQL listen address (empty: no Flight SQL).
-    #[arg(long, env = "BULKHEAD_FLIGHT_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "BULKHEAD_FLIGHT_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub flight_listen: String,
     /// Bearer token clients must send (required unless every listener is on loopback).
     #[arg(long, env = "BULKHEAD_API_TOKEN", hide_env_values = true)]
@@ -317,7 +321,8 @@ impl ServerBuilder {
                             )
                         })?;
                 let handle = axum_server::Handle::new();
-                let server = axum_server::from_tcp_rustls(http_listener, config)?.handle(handle.clone());
+                let server =
+                    axum_server::from_tcp_rustls(http_listener, config)?.handle(handle.clone());
                 let stop = stopped();
                 tokio::spawn(async move {
                     stop.await;
@@ -352,12 +357,14 @@ impl ServerBuilder {
                     let key = std::fs::read(&files.key)
                         .with_context(|| format!("--tls-key {}", files.key.display()))?;
                     builder = builder
-                        .tls_config(tonic::transport::ServerTlsConfig::new().identity(
-                            tonic::transport::Identity::from_pem(cert, key),
-                        ))
+                        .tls_config(
+                            tonic::transport::ServerTlsConfig::new()
+                                .identity(tonic::transport::Identity::from_pem(cert, key)),
+                        )
                         .context("Flight SQL TLS configuration")?;
                 }
-                let service = crate::flight::service(self.engine.clone(), self.config.token.clone());
+                let service =
+                    crate::flight::service(self.engine.clone(), self.config.token.clone());
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 let stop = stopped();
                 tracing::info!(addr = ?flight_addr, "Flight SQL listening");

@@ -101,7 +101,8 @@ fn doc(
     example: &str,
     arguments: &[(&str, &str)],
 ) -> Documentation {
-    let mut builder = Documentation::builder(section(), description, syntax).with_sql_example(example);
+    let mut builder =
+        Documentation::builder(section(), description, syntax).with_sql_example(example);
     for (name, text) in arguments {
         builder = builder.with_argument(*name, *text);
     }
@@ -140,7 +141,10 @@ pub fn all() -> Vec<ScalarUDF> {
                 "ip_in_cidr(ip, cidr)",
                 "SELECT count(*) FROM flows WHERE ip_in_cidr(dst_ip, '10.0.0.0/8')",
                 &[
-                    ("ip", "IPv4 or IPv6 address as text, e.g. a `src_ip` column."),
+                    (
+                        "ip",
+                        "IPv4 or IPv6 address as text, e.g. a `src_ip` column.",
+                    ),
                     ("cidr", "Network such as `10.0.0.0/8` or `fd00::/8`."),
                 ],
             ),
@@ -201,7 +205,10 @@ pub fn all() -> Vec<ScalarUDF> {
                 "SELECT service_name(dst_port, protocol), count(*) FROM flows GROUP BY 1",
                 &[
                     ("port", "Destination port."),
-                    ("proto", "Protocol: IANA number (6 = tcp, 17 = udp) or name."),
+                    (
+                        "proto",
+                        "Protocol: IANA number (6 = tcp, 17 = udp) or name.",
+                    ),
                 ],
             ),
         ),
@@ -486,7 +493,11 @@ mod tests {
         let ctx = SessionContext::new();
         let mut seen = std::collections::HashSet::new();
         for f in all() {
-            assert!(seen.insert(f.name().to_string()), "duplicate function {}", f.name());
+            assert!(
+                seen.insert(f.name().to_string()),
+                "duplicate function {}",
+                f.name()
+            );
             assert!(
                 ctx.udf(f.name()).is_err(),
                 "{} would shadow a DataFusion built-in",
@@ -530,7 +541,10 @@ mod tests {
             "true,false,true,false,true,true"
         );
         assert_eq!(
-            one("SELECT ip_version('10.0.0.1'), ip_version('2001:db8::1'), ip_version('x') IS NULL").await,
+            one(
+                "SELECT ip_version('10.0.0.1'), ip_version('2001:db8::1'), ip_version('x') IS NULL"
+            )
+            .await,
             "4,6,true"
         );
         assert_eq!(
@@ -553,7 +567,10 @@ mod tests {
             .collect()
             .await
             .expect_err("a malformed network must fail");
-        assert!(err.to_string().contains("\"10.0.0/8\" is not a network"), "{err}");
+        assert!(
+            err.to_string().contains("\"10.0.0/8\" is not a network"),
+            "{err}"
+        );
         let err = ctx
             .sql("SELECT ip_in_cidr(1, 2)")
             .await
@@ -570,8 +587,10 @@ mod tests {
             "prod,true"
         );
         assert_eq!(
-            one("SELECT service_name(443, 6), service_name(53, 'udp'), service_name(443, 'TCP'), \
-                 service_name(CAST(5432 AS INT), CAST(6 AS INT)), service_name(4444, 6) IS NULL")
+            one(
+                "SELECT service_name(443, 6), service_name(53, 'udp'), service_name(443, 'TCP'), \
+                 service_name(CAST(5432 AS INT), CAST(6 AS INT)), service_name(4444, 6) IS NULL"
+            )
             .await,
             "https,dns,https,postgresql,true"
         );

@@ -12,7 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::{Int32Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMicrosecondBuilder, Date32Builder};
+use arrow_array::builder::{
+    Date32Builder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use bulkhead_analytics::serve::{ServeConfig, Server};
 use bulkhead_analytics::{Engine, LakeLocation, Limits};
@@ -150,7 +153,10 @@ async fn count_flows(engine: &Engine) -> i64 {
     if !engine.tables().contains(&"flows") {
         return 0;
     }
-    let batches = engine.collect("SELECT count(*) FROM flows").await.expect("count");
+    let batches = engine
+        .collect("SELECT count(*) FROM flows")
+        .await
+        .expect("count");
     bulkhead_analytics::output::json_rows(&batches[0]).expect("rows")[0][0]
         .as_i64()
         .unwrap_or(0)
@@ -161,7 +167,10 @@ pub async fn build_flows(bulkhead: &str, kafka: &KafkaConfig, lake: &Path, recor
     admin::ensure_topics(
         kafka,
         &[Topic::Flows, Topic::Inventory, Topic::FlowsDeadLetter],
-        &TopicOptions { replication: 1, partitions: Some(2) },
+        &TopicOptions {
+            replication: 1,
+            partitions: Some(2),
+        },
     )
     .await
     .expect("creating the benchmark's topics");
@@ -170,7 +179,11 @@ pub async fn build_flows(bulkhead: &str, kafka: &KafkaConfig, lake: &Path, recor
     let now = bulkhead_schemas::now_unix_ns();
     for inventory in estate.inventories(now - 25 * 3_600_000_000_000) {
         producer
-            .send(&kafka.topic(Topic::Inventory), inventory.host_id.as_bytes(), &inventory.encode_to_vec())
+            .send(
+                &kafka.topic(Topic::Inventory),
+                inventory.host_id.as_bytes(),
+                &inventory.encode_to_vec(),
+            )
             .await
             .expect("inventory");
     }
@@ -185,7 +198,11 @@ pub async fn build_flows(bulkhead: &str, kafka: &KafkaConfig, lake: &Path, recor
     for batch in estate.flows(&spec) {
         sent += batch.records.len() as i64;
         producer
-            .send(&kafka.topic(Topic::Flows), batch.host_id.as_bytes(), &batch.encode_to_vec())
+            .send(
+                &kafka.topic(Topic::Flows),
+                batch.host_id.as_bytes(),
+                &batch.encode_to_vec(),
+            )
             .await
             .expect("flows");
     }
@@ -225,12 +242,21 @@ pub async fn write_edges(lake: &Path, workloads: usize, rows: usize) {
     let mut date = Date32Builder::new();
     let mut ws = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let mut we = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let (mut sw, mut sip, mut dw, mut dip) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut sw, mut sip, mut dw, mut dip) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut sl = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
     let mut dl = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
     let (mut port, mut proto) = (Int32Builder::new(), Int32Builder::new());
     let mut process = StringBuilder::new();
-    let (mut flows, mut packets, mut bytes) = (Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
+    let (mut flows, mut packets, mut bytes) = (
+        Int64Builder::new(),
+        Int64Builder::new(),
+        Int64Builder::new(),
+    );
     let mut fs = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let mut ls = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let mut decision = StringBuilder::new();
@@ -238,7 +264,8 @@ pub async fn write_edges(lake: &Path, workloads: usize, rows: usize) {
         b.keys().append_value("app");
         b.values().append_value(format!("app{}", w / 10));
         b.keys().append_value("env");
-        b.values().append_value(if w % 2 == 0 { "prod" } else { "staging" });
+        b.values()
+            .append_value(if w % 2 == 0 { "prod" } else { "staging" });
         b.keys().append_value("role");
         b.values().append_value(["web", "api", "db"][w % 3]);
         b.append(true).expect("aligned");
@@ -246,7 +273,10 @@ pub async fn write_edges(lake: &Path, workloads: usize, rows: usize) {
     for _ in 0..rows {
         let hour = rng.random_range(0..24i64);
         let start = (day as i64 * 86_400 + hour * 3_600) * 1_000_000;
-        let (s, d) = (rng.random_range(0..workloads), rng.random_range(0..workloads));
+        let (s, d) = (
+            rng.random_range(0..workloads),
+            rng.random_range(0..workloads),
+        );
         date.append_value(day);
         ws.append_value(start);
         we.append_value(start + 3_600_000_000);
@@ -265,21 +295,40 @@ pub async fn write_edges(lake: &Path, workloads: usize, rows: usize) {
         bytes.append_value(n * 1_000);
         fs.append_value(start);
         ls.append_value(start + 1_000_000);
-        decision.append_value(if rng.random_bool(0.1) { "potentially_blocked" } else { "allowed" });
+        decision.append_value(if rng.random_bool(0.1) {
+            "potentially_blocked"
+        } else {
+            "allowed"
+        });
     }
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(date.finish()), Arc::new(ws.finish()), Arc::new(we.finish()),
-        Arc::new(sw.finish()), Arc::new(sip.finish()), Arc::new(dw.finish()), Arc::new(dip.finish()),
-        Arc::new(sl.finish()), Arc::new(dl.finish()), Arc::new(port.finish()), Arc::new(proto.finish()),
-        Arc::new(process.finish()), Arc::new(flows.finish()), Arc::new(packets.finish()), Arc::new(bytes.finish()),
-        Arc::new(fs.finish()), Arc::new(ls.finish()), Arc::new(decision.finish()),
+        Arc::new(date.finish()),
+        Arc::new(ws.finish()),
+        Arc::new(we.finish()),
+        Arc::new(sw.finish()),
+        Arc::new(sip.finish()),
+        Arc::new(dw.finish()),
+        Arc::new(dip.finish()),
+        Arc::new(sl.finish()),
+        Arc::new(dl.finish()),
+        Arc::new(port.finish()),
+        Arc::new(proto.finish()),
+        Arc::new(process.finish()),
+        Arc::new(flows.finish()),
+        Arc::new(packets.finish()),
+        Arc::new(bytes.finish()),
+        Arc::new(fs.finish()),
+        Arc::new(ls.finish()),
+        Arc::new(decision.finish()),
     ];
     let batch = RecordBatch::try_new(schema, columns).expect("edges batch");
     let path = lake.join("edges");
     std::fs::create_dir_all(&path).expect("edges dir");
-    let table = deltalake::DeltaTable::try_from_url(url::Url::from_directory_path(&path).expect("absolute"))
-        .await
-        .expect("edges table");
+    let table = deltalake::DeltaTable::try_from_url(
+        url::Url::from_directory_path(&path).expect("absolute"),
+    )
+    .await
+    .expect("edges table");
     table
         .write(vec![batch])
         .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
@@ -293,7 +342,13 @@ async fn delta_files(lake: &Path, table: &str) -> Vec<String> {
     let t = deltalake::open_table(url).await.expect("open");
     t.get_file_uris()
         .expect("files")
-        .map(|u| url::Url::parse(&u).ok().and_then(|u| u.to_file_path().ok()).map(|p| p.display().to_string()).unwrap_or(u))
+        .map(|u| {
+            url::Url::parse(&u)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .map(|p| p.display().to_string())
+                .unwrap_or(u)
+        })
         .collect()
 }
 
@@ -309,8 +364,15 @@ pub async fn run(
 ) -> Report {
     std::fs::create_dir_all(&lake).expect("lake dir");
     let lake = std::path::absolute(&lake).expect("absolute lake path");
-    let engine = Engine::new(LakeLocation::new(&lake), Limits { memory_bytes: 8 << 30, query_memory_bytes: 4 << 30, query_timeout: Duration::from_secs(600) })
-        .expect("engine");
+    let engine = Engine::new(
+        LakeLocation::new(&lake),
+        Limits {
+            memory_bytes: 8 << 30,
+            query_memory_bytes: 4 << 30,
+            query_timeout: Duration::from_secs(600),
+        },
+    )
+    .expect("engine");
     let mut flows = count_flows(&engine).await;
     if flows == 0 {
         flows = build_flows(bulkhead, kafka, &lake, records).await;
@@ -324,7 +386,10 @@ pub async fn run(
         let mut rows_equal = true;
         for round in 0..rounds + 1 {
             let t = Instant::now();
-            let batches = engine.collect(sql).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let batches = engine
+                .collect(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             let ms = t.elapsed().as_secs_f64() * 1e3;
             let (duck_ms, duck_rows) = duck.run(sql);
             if round == 0 {
@@ -347,12 +412,22 @@ pub async fn run(
             b.median,
             if rows_equal { "" } else { "  (ANSWERS DIFFER)" }
         );
-        queries.push(QueryRow { name, datafusion_ms: a, duckdb_ms: b, ratio, rows_equal });
+        queries.push(QueryRow {
+            name,
+            datafusion_ms: a,
+            duckdb_ms: b,
+            ratio,
+            rows_equal,
+        });
     }
     drop(duck);
 
     write_edges(&lake, map_workloads, map_rows).await;
-    let app = Server::builder(engine, ServeConfig::local("127.0.0.1:0".parse().expect("addr"))).router();
+    let app = Server::builder(
+        engine,
+        ServeConfig::local("127.0.0.1:0".parse().expect("addr")),
+    )
+    .router();
     let mut times = Vec::new();
     let (mut nodes, mut edges) = (0, 0);
     for round in 0..rounds + 1 {
@@ -361,7 +436,9 @@ pub async fn run(
             .expect("request");
         let t = Instant::now();
         let response = app.clone().oneshot(request).await.expect("map");
-        let body = axum::body::to_bytes(response.into_body(), 1 << 30).await.expect("body");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 30)
+            .await
+            .expect("body");
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let v: serde_json::Value = serde_json::from_slice(&body).expect("map json");
         nodes = v["nodes"].as_array().map_or(0, |a| a.len());
@@ -370,10 +447,21 @@ pub async fn run(
             times.push(ms);
         }
     }
-    let map = MapRow { workloads: map_workloads, edge_rows: map_rows, nodes, edges, ms: Summary::of(times) };
+    let map = MapRow {
+        workloads: map_workloads,
+        edge_rows: map_rows,
+        nodes,
+        edges,
+        ms: Summary::of(times),
+    };
     println!(
         "  map ({} workloads, {} edge rows → {} nodes, {} edges): median {:.1} ms (target < 1000 ms)",
         map.workloads, map.edge_rows, map.nodes, map.edges, map.ms.median
     );
-    Report { flows, files: files.len(), queries, map }
+    Report {
+        flows,
+        files: files.len(),
+        queries,
+        map,
+    }
 }
