@@ -11,7 +11,6 @@
 
 pub mod enforcer;
 pub mod lab;
-pub mod query;
 pub mod schemas;
 pub mod stats;
 pub mod workload;

@@ -3,11 +3,10 @@
 //!
 //!   cargo run --release -p bulkhead-bench --bin bench -- enforcer          # full sizes
 //!   cargo run -p bulkhead-bench --bin bench -- enforcer --quick            # smoke test
-//!   cargo run --release -p bulkhead-bench --bin bench -- query --lake /var/tmp/bench-lake
 
 use std::time::Duration;
 
-use bulkhead_bench::{enforcer, lab, query, schemas};
+use bulkhead_bench::{enforcer, lab, schemas};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -38,25 +37,6 @@ enum Bench {
         /// The broker's lab listener, as hosts in namespaces reach it.
         #[arg(long, default_value = lab::LAB_KAFKA)]
         lab_kafka: String,
-    },
-    /// Analyst queries: DataFusion over Delta vs. DuckDB on the same Parquet files
-    /// (alternating; median and ratio), and the dependency map for many workloads.
-    Query {
-        /// The lake; when it has no flows table, one is built through Kafka and ingest.
-        #[arg(long, default_value = "/var/tmp/bulkhead-bench-lake")]
-        lake: std::path::PathBuf,
-        /// Flows to generate when building the lake [default: 50M, --quick 200k].
-        #[arg(long)]
-        flows: Option<u64>,
-        /// The bulkhead binary that ingests [default: next to this binary].
-        #[arg(long)]
-        bulkhead: Option<String>,
-        /// Kafka bootstrap for the benchmark's own topics.
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        kafka: String,
-        /// Workloads in the dependency map.
-        #[arg(long, default_value_t = 10_000)]
-        map_workloads: usize,
     },
 }
 
@@ -130,39 +110,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await;
             let report = serde_json::json!({ "quick": args.quick, "apply": apply, "packet_cost": packet_cost, "provision": provision });
             let path = args.out.join("enforcer.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-            println!("results: {}", path.display());
-        }
-        Bench::Query {
-            lake,
-            flows,
-            bulkhead,
-            kafka,
-            map_workloads,
-        } => {
-            let bulkhead = match bulkhead {
-                Some(path) => path,
-                None => std::env::current_exe()?
-                    .with_file_name("bulkhead")
-                    .to_string_lossy()
-                    .into_owned(),
-            };
-            let records = flows.unwrap_or(if args.quick { 200_000 } else { 50_000_000 });
-            let rounds = if args.quick { 3 } else { 7 };
-            let mut config = bulkhead_kafka::KafkaConfig::with_brokers(&kafka);
-            config.topic_prefix = format!("bench.{}.", std::process::id());
-            let report = query::run(
-                lake,
-                &bulkhead,
-                &config,
-                records,
-                rounds,
-                map_workloads,
-                map_workloads * 20,
-            )
-            .await;
-            let report = serde_json::json!({ "quick": args.quick, "report": report });
-            let path = args.out.join("query.json");
             std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             println!("results: {}", path.display());
         }
