@@ -212,3 +212,55 @@ async fn repl(engine: &Engine, format: Format) -> anyhow::Result<()> {
     let _ = editor.save_history(&history);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser};
+
+    #[derive(Parser)]
+    enum Cli {
+        Sql(super::SqlArgs),
+        Serve(crate::serve::ServeArgs),
+    }
+
+    #[test]
+    fn flags_are_consistent_and_parse() {
+        Cli::command().debug_assert();
+        let Cli::Sql(args) =
+            Cli::try_parse_from(["x", "sql", "SELECT 1", "--lake", "/tmp/l", "-f", "csv"]).unwrap()
+        else {
+            panic!("sql")
+        };
+        assert_eq!(args.query.as_deref(), Some("SELECT 1"));
+        assert_eq!(args.format, crate::output::Format::Csv);
+        assert!(args.engine.limits().is_ok());
+        let Cli::Serve(args) = Cli::try_parse_from([
+            "x",
+            "serve",
+            "--lake",
+            "/tmp/l",
+            "--listen",
+            "0.0.0.0:8080",
+            "--token",
+            "t",
+        ])
+        .unwrap() else {
+            panic!("serve")
+        };
+        let config = crate::serve::ServeConfig::from_args(&args).unwrap();
+        assert_eq!(config.token.as_deref(), Some("t"));
+        let Cli::Serve(args) =
+            Cli::try_parse_from(["x", "serve", "--lake", "/tmp/l", "--listen", "0.0.0.0:8080"])
+                .unwrap()
+        else {
+            panic!("serve")
+        };
+        let err = crate::serve::ServeConfig::from_args(&args).unwrap_err();
+        assert!(err.to_string().contains("bearer token"), "{err}");
+        assert!(
+            Cli::try_parse_from(["x", "serve", "--lake", "l", "--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+        assert!(crate::cli::parse_lake("s3://bucket/lake").is_err());
+    }
+}
