@@ -1,7 +1,7 @@
 # The bulkhead binary in a small image. Build: docker build -t bulkhead:dev .
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      cmake pkg-config zlib1g-dev libssl-dev libzstd-dev python3 \
+      cmake pkg-config zlib1g-dev libssl-dev libzstd-dev python3 protobuf-compiler \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -58,6 +58,11 @@ enum Command {
     /// A lab estate in network namespaces with real traffic and an agent on every host
     /// (up, traffic, status, down).
     Lab(commands::lab::LabArgs),
+    /// Query the lake with SQL (embedded DataFusion): a table, CSV, JSON or Parquet; no
+    /// query opens an interactive prompt.
+    Sql(bulkhead_analytics::cli::SqlArgs),
+    /// Serve the HTTP API, the console and Arrow Flight SQL over the lake.
+    Serve(bulkhead_analytics::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +99,8 @@ fn main() -> ExitCode {
             Command::Lab(args) => {
                 tokio::task::block_in_place(|| commands::lab::run(&settings, args))
             }
+            Command::Sql(args) => commands::sql::run(args).await,
+            Command::Serve(args) => commands::serve::run(args).await,
         }
     });
     match result {

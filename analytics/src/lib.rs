@@ -1,7 +1,35 @@
 //! # bulkhead-analytics — SQL over the lake
 //!
 //! Role: answer data teams' and the console's questions over the lake tables.
-//! Consumes: the lake tables (`bulkhead_schemas::lake::TABLES`) and the control topic.
-//! Produces: query results (CLI, Arrow Flight SQL, HTTP JSON) and control events.
+//! Consumes: the lake's Delta tables (`bulkhead_schemas::lake::TABLES`: `flows`, `edges`,
+//! `workloads`, `policy`, `recommendations`, `status` — whichever exist).
+//! Produces: query results for the CLI (`bulkhead sql`), Arrow Flight SQL clients and the
+//! HTTP JSON API (`bulkhead serve`), which also hosts the console and the routers of other
+//! components (the policy workflow).
 //!
-//! This crate is empty until the analytics issue lands.
+//! Entry points:
+//! - [`Engine`]: DataFusion over the lake ([`catalog`]), read-only, with the flow
+//!   functions of [`udf`] and the memory and time limits of [`limits`].
+//! - [`cli::run_sql`]: `bulkhead sql`.
+//! - [`serve::Server`]: `bulkhead serve` — HTTP ([`http`]) and Flight SQL ([`flight`]).
+//!   Other components mount their axum `Router` with
+//!   `Server::builder(engine, config).merge(router)`; the bearer token guards them too.
+//!
+//! Extending: a new SQL function goes into the list in [`udf::all`]; a new HTTP endpoint
+//! into [`http::api_routes`] and the OpenAPI document in [`openapi`].
+
+pub mod catalog;
+pub mod cli;
+pub mod engine;
+pub mod flight;
+pub mod http;
+pub mod limits;
+pub mod openapi;
+pub mod output;
+pub mod queries;
+pub mod serve;
+pub mod udf;
+
+pub use catalog::LakeLocation;
+pub use engine::{Engine, QueryError};
+pub use limits::Limits;

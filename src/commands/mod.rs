@@ -9,6 +9,8 @@ pub mod ingest;
 pub mod lab;
 pub mod lake;
 pub mod policy;
+pub mod serve;
+pub mod sql;
 pub mod topics;
 
 /// A progress bar on stderr for `total` items (hidden when stderr is not a terminal).

@@ -1,0 +1,380 @@
+//! The query engine: one DataFusion context over the lake (catalog `bulkhead`, schema
+//! `lake`, the Bulkhead functions), read-only, and a fresh session per query that carries
+//! the query's memory cap; results collected or streamed under the query's time limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt as _;
+
+use crate::catalog::{LakeLocation, LakeSchema};
+use crate::limits::{Limits, QueryPool};
+
+/// The catalog and schema the lake's tables are registered under.
+pub const CATALOG: &str = "bulkhead";
+pub const SCHEMA: &str = "lake";
+
+/// Why a query failed, and so who must act: the author of the query (`Invalid`,
+/// `ReadOnly`, `Memory`, `Timeout`) or the operator (`Internal`).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The SQL does not parse, names something that does not exist, or fails on the data.
+    #[error("{0}")]
+    Invalid(String),
+    /// A statement that would change something (DDL, DML, COPY, SET).
+    #[error(
+        "the lake is read-only here: {0}. Only SELECT, EXPLAIN, SHOW and DESCRIBE run; ingest writes the tables"
+    )]
+    ReadOnly(String),
+    /// The query hit its memory cap or the shared pool.
+    #[error("out of memory: {0}")]
+    Memory(String),
+    /// The query ran past its time limit.
+    #[error(
+        "the query was stopped after its time limit of {0:?} (--query-timeout); narrow it or raise the limit"
+    )]
+    Timeout(Duration),
+    /// Not the query's fault (a lake file unreadable, a bug).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    /// A short, stable code for metrics and API clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid_query",
+            Self::ReadOnly(_) => "read_only",
+            Self::Memory(_) => "memory_limit",
+            Self::Timeout(_) => "timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Classifies a DataFusion error; `sql` lets a position be shown under the query.
+    pub fn from_datafusion(e: DataFusionError, sql: &str) -> Self {
+        let position = e.diagnostic().and_then(|d| d.span).map(|span| {
+            let line = sql
+                .lines()
+                .nth(span.start.line.saturating_sub(1) as usize)
+                .unwrap_or("");
+            let width = if span.end.line == span.start.line {
+                span.end.column.saturating_sub(span.start.column).max(1)
+            } else {
+                1
+            } as usize;
+            format!(
+                "\n  at line {}, column {}:\n  {line}\n  {}{}",
+                span.start.line,
+                span.start.column,
+                " ".repeat(span.start.column.saturating_sub(1) as usize),
+                "^".repeat(width)
+            )
+        });
+        let root = e.find_root();
+        let message = format!("{}{}", root.strip_backtrace(), position.unwrap_or_default());
+        match root {
+            DataFusionError::Plan(m)
+                if m.starts_with("DDL not supported")
+                    || m.starts_with("DML not supported")
+                    || m.starts_with("Statement not supported") =>
+            {
+                Self::ReadOnly(m.clone())
+            }
+            DataFusionError::ResourcesExhausted(_) => Self::Memory(message),
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Execution(_)
+            | DataFusionError::ArrowError(..)
+            | DataFusionError::Configuration(_) => Self::Invalid(message),
+            _ => Self::Internal(message),
+        }
+    }
+}
+
+/// The query engine over one lake.
+#[derive(Clone)]
+pub struct Engine {
+    base: SessionContext,
+    lake: Arc<LakeSchema>,
+    pool: Arc<dyn MemoryPool>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("lake", &self.lake.location().root())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// What a read-only session may run.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+impl Engine {
+    /// An engine over the lake at `location` (tables appear as ingest creates them).
+    pub fn new(location: LakeLocation, limits: Limits) -> Result<Self, String> {
+        limits.validate()?;
+        let pool = limits.shared_pool();
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .build_arc()
+            .map_err(|e| format!("cannot start the query runtime: {e}"))?;
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_create_default_catalog_and_schema(true);
+        config.options_mut().sql_parser.collect_spans = true;
+        let base = SessionContext::new_with_config_rt(config, runtime);
+        crate::udf::register(&base);
+        let lake = Arc::new(LakeSchema::new(location));
+        lake.attach(base.state());
+        base.catalog(CATALOG)
+            .ok_or("the default catalog is missing")?
+            .register_schema(SCHEMA, lake.clone())
+            .map_err(|e| format!("cannot register the lake schema: {e}"))?;
+        Ok(Self {
+            base,
+            lake,
+            pool,
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn lake(&self) -> &LakeSchema {
+        &self.lake
+    }
+
+    /// The lake tables that exist now.
+    pub fn tables(&self) -> Vec<&'static str> {
+        self.lake.location().existing_tables()
+    }
+
+    /// Bytes held by all running queries.
+    pub fn memory_in_use(&self) -> usize {
+        self.pool.reserved()
+    }
+
+    /// A session for one query: shares the catalog, functions and object stores, with its
+    /// own memory cap inside the shared pool.
+    pub fn session(&self) -> SessionContext {
+        let mut runtime = (*self.base.runtime_env()).clone();
+        runtime.memory_pool = Arc::new(QueryPool::new(
+            self.pool.clone(),
+            self.limits.query_memory_bytes,
+        ));
+        let state = SessionStateBuilder::new_from_existing(self.base.state())
+            .with_runtime_env(Arc::new(runtime))
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// Plans `sql` read-only in a fresh session.
+    pub async fn plan(&self, sql: &str) -> Result<DataFrame, QueryError> {
+        let session = self.session();
+        let deadline = self.limits.query_timeout;
+        match tokio::time::timeout(deadline, session.sql_with_options(sql, read_only())).await {
+            Ok(Ok(df)) => Ok(df),
+            Ok(Err(e)) => Err(self.failed(QueryError::from_datafusion(e, sql))),
+            Err(_) => Err(self.failed(QueryError::Timeout(deadline))),
+        }
+    }
+
+    fn failed(&self, e: QueryError) -> QueryError {
+        metrics::counter!("bulkhead_analytics_query_errors_total", "code" => e.code()).increment(1);
+        e
+    }
+
+    /// Runs `sql` to completion under the limits.
+    pub async fn collect(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let df = self.plan(sql).await?;
+        self.collect_planned(df, sql).await
+    }
+
+    /// Runs a query planned by [`plan`](Self::plan) to completion under the limits.
+    pub async fn collect_planned(
+        &self,
+        df: DataFrame,
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        let started = Instant::now();
+        let limit = self.limits.query_timeout;
+        let result = match tokio::time::timeout(limit, df.collect()).await {
+            Ok(Ok(batches)) => Ok(batches),
+            Ok(Err(e)) => Err(self.failed(QueryError::from_datafusion(e, sql))),
+            Err(_) => Err(self.failed(QueryError::Timeout(limit))),
+        };
+        self.record(started, result.is_ok());
+        result
+    }
+
+    fn record(&self, started: Instant, ok: bool) {
+        metrics::counter!("bulkhead_analytics_queries_total", "outcome" => if ok { "ok" } else { "error" })
+            .increment(1);
+        metrics::histogram!("bulkhead_analytics_query_seconds").record(started.elapsed());
+    }
+
+    /// Runs `sql` as a stream of batches; the stream ends with an error once the time
+    /// limit passes.
+    pub async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
+        let started = Instant::now();
+        let df = self.plan(sql).await?;
+        let stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| self.failed(QueryError::from_datafusion(e, sql)))?;
+        Ok(self.with_deadline(stream, started))
+    }
+
+    /// Ends `stream` with a timeout error when the query's time runs out.
+    pub fn with_deadline(
+        &self,
+        stream: SendableRecordBatchStream,
+        started: Instant,
+    ) -> SendableRecordBatchStream {
+        let schema = stream.schema();
+        let limit = self.limits.query_timeout;
+        let deadline = tokio::time::Instant::from_std(started + limit);
+        let engine = self.clone();
+        let guarded = futures::stream::unfold(Some(stream), move |state| {
+            let engine = engine.clone();
+            async move {
+                let mut stream = state?;
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(item)) => Some((item, Some(stream))),
+                    Ok(None) => {
+                        engine.record(started, true);
+                        None
+                    }
+                    Err(_) => {
+                        engine.record(started, false);
+                        let e = engine.failed(QueryError::Timeout(limit));
+                        Some((Err(DataFusionError::External(Box::new(e))), None))
+                    }
+                }
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, guarded))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(limits: Limits) -> Engine {
+        let dir = tempfile::tempdir().unwrap();
+        Engine::new(LakeLocation::new(dir.keep()), limits).unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_are_refused_with_a_clear_error() {
+        let engine = engine(Limits::default());
+        for sql in [
+            "CREATE TABLE t AS SELECT 1",
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/tmp/x'",
+            "CREATE VIEW v AS SELECT 1",
+            "COPY (SELECT 1) TO '/tmp/bulkhead-copy-test.parquet'",
+            "INSERT INTO information_schema.tables VALUES (1)",
+            "SET datafusion.execution.batch_size = 1",
+            "DROP TABLE flows",
+        ] {
+            let err = engine.collect(sql).await.expect_err(sql);
+            assert!(
+                matches!(err, QueryError::ReadOnly(_) | QueryError::Invalid(_)),
+                "{sql}: {err:?}"
+            );
+            if !sql.starts_with("INSERT") && !sql.starts_with("DROP") {
+                assert!(matches!(err, QueryError::ReadOnly(_)), "{sql}: {err:?}");
+                assert!(err.to_string().contains("read-only"), "{sql}: {err}");
+            }
+        }
+        assert!(!std::path::Path::new("/tmp/bulkhead-copy-test.parquet").exists());
+        engine.collect("SELECT 1").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn errors_show_the_position() {
+        let engine = engine(Limits::default());
+        let err = engine
+            .collect("SELECT nosuchcolumn FROM (SELECT 1 AS a)")
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, QueryError::Invalid(_)), "{err:?}");
+        assert!(text.contains("nosuchcolumn"), "{text}");
+        assert!(text.contains("line 1, column 8"), "{text}");
+        let err = engine.collect("SELEC 1").await.unwrap_err();
+        assert!(err.to_string().contains("SELEC"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_memory_hungry_query_fails_alone() {
+        let engine = engine(Limits {
+            memory_bytes: 64 << 20,
+            query_memory_bytes: 16 << 20,
+            query_timeout: Duration::from_secs(60),
+        });
+        let hungry = "SELECT array_length(array_agg(value), 1) FROM range(100000000)";
+        let small = "SELECT sum(value) FROM range(1000000)";
+        let (h, s) = tokio::join!(engine.collect(hungry), async {
+            // A few small queries while the hungry one grows.
+            let mut results = Vec::new();
+            for _ in 0..3 {
+                results.push(engine.collect(small).await);
+            }
+            results
+        });
+        let err = h.expect_err("the hungry query must hit its memory cap");
+        assert!(matches!(err, QueryError::Memory(_)), "{err:?}");
+        assert!(err.to_string().contains("memory limit of 16 MiB"), "{err}");
+        for r in s {
+            r.expect("small queries keep running");
+        }
+        // Its aborted tasks release their reservations as they are dropped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while engine.memory_in_use() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            engine.memory_in_use(),
+            0,
+            "the failed query released its memory"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_query_times_out() {
+        let engine = engine(Limits {
+            query_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let err = engine
+            .collect("SELECT count(DISTINCT a.value + b.value) FROM range(100000) a CROSS JOIN range(100000) b")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueryError::Timeout(_)), "{err:?}");
+        engine.collect("SELECT 1").await.unwrap();
+    }
+}
