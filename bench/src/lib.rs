@@ -9,8 +9,10 @@
 //! [`lab`] builds test hosts (network namespaces on a bridge) for end-to-end tests and
 //! benchmarks. `bulkhead gen` is the command-line face of [`workload`].
 
+pub mod datacenter;
 pub mod enforcer;
 pub mod lab;
+pub mod recommend;
 pub mod schemas;
 pub mod stats;
 pub mod workload;
