@@ -1,0 +1,583 @@
+//! What a policy says of one flow: `allowed`, `potentially_blocked` or `blocked`.
+//!
+//! The same semantics as the enforcer's nftables rules (`enforcer::compile` and
+//! `render`), evaluated for one connection instead of compiled for one host, so that
+//! ingest can label every flow, and simulation can replay flows against a draft.
+//!
+//! A flow is judged at both ends: inbound at the destination (the provider), outbound at
+//! the source (the consumer). At each end, by the workload's state:
+//! - quarantined: blocked (only the control plane may reach it, and flows to and from the
+//!   control plane are not evaluated here);
+//! - `idle`: nothing is enforced, the end lets it pass;
+//! - a matching deny boundary: blocked in `full` and `selective`, potentially blocked in
+//!   `visibility_only`;
+//! - a matching allow rule: allowed;
+//! - otherwise, inbound: blocked in `full`, potentially blocked in `visibility_only`,
+//!   passes in `selective`. Outbound default-deny applies only to workloads with
+//!   `enforce_outbound` (deny boundaries apply outbound to everyone).
+//!
+//! The flow's decision is the worse of the two ends. An address that is no workload
+//! (the internet, an unmanaged server) enforces nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use super::{
+    Actor, EnforcementMode, IpList, Label, PolicyDocument, PortRange, ServiceRef, label_set_matches,
+};
+use crate::proto::PolicyDecision;
+
+/// The verdict on one flow. Ordered from least to most restrictive (`Unknown` first:
+/// no policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Decision {
+    /// No policy was active.
+    Unknown,
+    Allowed,
+    /// Not allowed, but the host only watches (`visibility_only`).
+    PotentiallyBlocked,
+    Blocked,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 4] = [
+        Decision::Unknown,
+        Decision::Allowed,
+        Decision::PotentiallyBlocked,
+        Decision::Blocked,
+    ];
+
+    /// The text the lake stores (`flows.policy_decision`, `edges.decision`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Unknown => "unknown",
+            Decision::Allowed => "allowed",
+            Decision::PotentiallyBlocked => "potentially_blocked",
+            Decision::Blocked => "blocked",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Decision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown policy decision {s:?} (expected allowed, potentially_blocked, blocked or unknown)"
+                )
+            })
+    }
+}
+
+impl From<Decision> for PolicyDecision {
+    fn from(d: Decision) -> Self {
+        match d {
+            Decision::Unknown => PolicyDecision::Unknown,
+            Decision::Allowed => PolicyDecision::Allowed,
+            Decision::PotentiallyBlocked => PolicyDecision::PotentiallyBlocked,
+            Decision::Blocked => PolicyDecision::Blocked,
+        }
+    }
+}
+
+impl From<PolicyDecision> for Decision {
+    fn from(d: PolicyDecision) -> Self {
+        match d {
+            PolicyDecision::Unknown => Decision::Unknown,
+            PolicyDecision::Allowed => Decision::Allowed,
+            PolicyDecision::PotentiallyBlocked => Decision::PotentiallyBlocked,
+            PolicyDecision::Blocked => Decision::Blocked,
+        }
+    }
+}
+
+/// One end of a flow: its address, and the workload (host id) it belongs to if known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint<'a> {
+    pub ip: IpAddr,
+    pub workload: Option<&'a str>,
+}
+
+impl<'a> Endpoint<'a> {
+    pub fn workload(ip: IpAddr, workload_id: &'a str) -> Self {
+        Self {
+            ip,
+            workload: Some(workload_id),
+        }
+    }
+    pub fn address(ip: IpAddr) -> Self {
+        Self { ip, workload: None }
+    }
+}
+
+/// The decision and the rule that made it (`None`: the mode's default, or nothing
+/// enforced).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict<'p> {
+    pub decision: Decision,
+    pub rule_id: Option<&'p str>,
+}
+
+#[derive(Clone, Copy)]
+struct WorkloadState<'p> {
+    labels: &'p BTreeMap<String, String>,
+    mode: EnforcementMode,
+    quarantined: bool,
+    enforce_outbound: bool,
+}
+
+/// A rule with its services resolved to port ranges.
+struct ResolvedRule<'p> {
+    id: &'p str,
+    /// `None` for deny rules (global).
+    scope: Option<&'p [Label]>,
+    consumers_extra_scope: bool,
+    consumers: &'p [Actor],
+    providers: &'p [Actor],
+    ports: Vec<PortRange>,
+}
+
+/// A policy document prepared for judging many flows (workloads indexed, services
+/// resolved). Build once per policy version.
+pub struct Decider<'p> {
+    doc: &'p PolicyDocument,
+    workloads: HashMap<&'p str, WorkloadState<'p>>,
+    allows: Vec<ResolvedRule<'p>>,
+    denies: Vec<ResolvedRule<'p>>,
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Inbound,
+    Outbound,
+}
+
+impl<'p> Decider<'p> {
+    pub fn new(doc: &'p PolicyDocument) -> Self {
+        let workloads = doc
+            .workloads
+            .iter()
+            .map(|w| {
+                (
+                    w.workload_id.as_str(),
+                    WorkloadState {
+                        labels: &w.labels,
+                        mode: w.mode.unwrap_or(doc.default_mode),
+                        quarantined: w.quarantined,
+                        enforce_outbound: w.enforce_outbound,
+                    },
+                )
+            })
+            .collect();
+        let ports = |services: &[ServiceRef]| -> Vec<PortRange> {
+            services
+                .iter()
+                .flat_map(|s| match s {
+                    ServiceRef::Ports(range) => vec![*range],
+                    ServiceRef::Named(name) => doc
+                        .services
+                        .iter()
+                        .find(|svc| &svc.name == name)
+                        .map(|svc| svc.ports.clone())
+                        .unwrap_or_default(),
+                })
+                .collect()
+        };
+        let allows = doc
+            .rules()
+            .filter(|(_, r)| !r.disabled)
+            .map(|(rs, r)| ResolvedRule {
+                id: &r.id,
+                scope: Some(&rs.scope),
+                consumers_extra_scope: r.extra_scope,
+                consumers: &r.consumers,
+                providers: &r.providers,
+                ports: ports(&r.services),
+            })
+            .collect();
+        let denies = doc
+            .deny_rules
+            .iter()
+            .filter(|r| !r.disabled)
+            .map(|r| ResolvedRule {
+                id: &r.id,
+                scope: None,
+                consumers_extra_scope: true,
+                consumers: &r.consumers,
+                providers: &r.providers,
+                ports: ports(&r.services),
+            })
+            .collect();
+        Self {
+            doc,
+            workloads,
+            allows,
+            denies,
+        }
+    }
+
+    /// The decision on a connection from `src` (the consumer, who opened it) to `dst`
+    /// (the provider) on `protocol`/`port` (port 0 for protocols without ports).
+    pub fn decide(
+        &self,
+        src: Endpoint<'_>,
+        dst: Endpoint<'_>,
+        protocol: u32,
+        port: u32,
+    ) -> Decision {
+        self.explain(src, dst, protocol, port).decision
+    }
+
+    /// [`Decider::decide`] with the rule that made the decision.
+    pub fn explain(
+        &self,
+        src: Endpoint<'_>,
+        dst: Endpoint<'_>,
+        protocol: u32,
+        port: u32,
+    ) -> Verdict<'p> {
+        let inbound = self.judge(Side::Inbound, dst, src, protocol, port);
+        let outbound = self.judge(Side::Outbound, src, dst, protocol, port);
+        // The worse end decides; on a tie, the end that names a rule (inbound first).
+        let outbound_names_rule = outbound.rule_id.is_some() && inbound.rule_id.is_none();
+        if outbound.decision > inbound.decision
+            || (outbound.decision == inbound.decision && outbound_names_rule)
+        {
+            outbound
+        } else {
+            inbound
+        }
+    }
+
+    fn state(&self, workload: Option<&str>) -> Option<WorkloadState<'p>> {
+        let id = workload?;
+        Some(match self.workloads.get(id) {
+            Some(state) => *state,
+            // A workload with an agent that the policy does not list: default mode.
+            None => WorkloadState {
+                labels: &NO_LABELS,
+                mode: self.doc.default_mode,
+                quarantined: false,
+                enforce_outbound: false,
+            },
+        })
+    }
+
+    /// The verdict of `host`'s enforcer on the flow between it and `peer`.
+    fn judge(
+        &self,
+        side: Side,
+        host: Endpoint<'_>,
+        peer: Endpoint<'_>,
+        protocol: u32,
+        port: u32,
+    ) -> Verdict<'p> {
+        let allowed = |rule_id| Verdict {
+            decision: Decision::Allowed,
+            rule_id,
+        };
+        let Some(state) = self.state(host.workload) else {
+            return allowed(None);
+        };
+        if state.quarantined {
+            return Verdict {
+                decision: Decision::Blocked,
+                rule_id: None,
+            };
+        }
+        let not_allowed = match state.mode {
+            EnforcementMode::Idle => return allowed(None),
+            EnforcementMode::VisibilityOnly => Decision::PotentiallyBlocked,
+            EnforcementMode::Selective | EnforcementMode::Full => Decision::Blocked,
+        };
+        let host_labels = state.labels;
+        let concerns = |rule: &ResolvedRule<'p>| {
+            rule.ports.iter().any(|r| r.contains(protocol, port))
+                && match side {
+                    Side::Inbound => {
+                        self.is(host, host_labels, rule.providers, rule.scope)
+                            && self.is_peer(peer, rule.consumers, rule.consumer_scope())
+                    }
+                    Side::Outbound => {
+                        self.is(host, host_labels, rule.consumers, rule.consumer_scope())
+                            && self.is_peer(peer, rule.providers, rule.scope)
+                    }
+                }
+        };
+        if let Some(deny) = self.denies.iter().find(|r| concerns(r)) {
+            return Verdict {
+                decision: not_allowed,
+                rule_id: Some(deny.id),
+            };
+        }
+        let default_deny = match side {
+            Side::Inbound => {
+                state.mode == EnforcementMode::Full || state.mode == EnforcementMode::VisibilityOnly
+            }
+            Side::Outbound => state.enforce_outbound && state.mode != EnforcementMode::Selective,
+        };
+        if !default_deny {
+            return allowed(None);
+        }
+        match self.allows.iter().find(|r| concerns(r)) {
+            Some(rule) => allowed(Some(rule.id)),
+            None => Verdict {
+                decision: not_allowed,
+                rule_id: None,
+            },
+        }
+    }
+
+    /// Whether the endpoint (with its labels) is one of `actors`, within `scope`.
+    fn is(
+        &self,
+        endpoint: Endpoint<'_>,
+        labels: &BTreeMap<String, String>,
+        actors: &[Actor],
+        scope: Option<&[Label]>,
+    ) -> bool {
+        let in_scope = scope
+            .is_none_or(|scope| endpoint.workload.is_some() && label_set_matches(scope, labels));
+        in_scope
+            && actors.iter().any(|actor| match actor {
+                Actor::Any => true,
+                Actor::Labels(set) => endpoint.workload.is_some() && label_set_matches(set, labels),
+                Actor::Workload(id) => endpoint.workload == Some(id.as_str()),
+                Actor::IpList(name) => self.ip_list(name).is_some_and(|l| l.contains(endpoint.ip)),
+            })
+    }
+
+    /// [`Decider::is`] for the other end, whose labels come from the policy.
+    fn is_peer(&self, peer: Endpoint<'_>, actors: &[Actor], scope: Option<&[Label]>) -> bool {
+        let labels = self
+            .state(peer.workload)
+            .map(|s| s.labels)
+            .unwrap_or(&NO_LABELS);
+        self.is(peer, labels, actors, scope)
+    }
+
+    fn ip_list(&self, name: &str) -> Option<&'p IpList> {
+        self.doc.ip_lists.iter().find(|l| l.name == name)
+    }
+}
+
+impl ResolvedRule<'_> {
+    /// Consumers are limited to the scope unless the rule is extra-scope.
+    fn consumer_scope(&self) -> Option<&[Label]> {
+        if self.consumers_extra_scope {
+            None
+        } else {
+            self.scope
+        }
+    }
+}
+
+/// The names of the IP lists of `doc` that contain `ip` (for enriching addresses that
+/// are no workload).
+pub fn ip_lists_containing(doc: &PolicyDocument, ip: IpAddr) -> Vec<&str> {
+    doc.ip_lists
+        .iter()
+        .filter(|l| l.contains(ip))
+        .map(|l| l.name.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+ip_lists:
+  - name: internet
+    cidrs: [0.0.0.0/0]
+    exclusions: [10.0.0.0/8]
+services:
+  - name: api
+    ports: [tcp/8000-8100]
+rulesets:
+  - name: crm
+    scope: [app=crm]
+    rules:
+      - id: web-to-api
+        consumers: [{labels: [role=web]}]
+        providers: [{labels: [role=api]}]
+        services: [api]
+      - id: internet-to-web
+        consumers: [{ip_list: internet}]
+        providers: [{labels: [role=web]}]
+        services: [tcp/443]
+        extra_scope: true
+      - id: api-to-dns
+        consumers: [{labels: [role=api]}]
+        providers: [{workload: dns1}]
+        services: [udp/53]
+        extra_scope: true
+deny_rules:
+  - id: no-telnet
+    consumers: [{any: true}]
+    providers: [{any: true}]
+    services: [tcp/23]
+workloads:
+  - {workload_id: web1, labels: {app: crm, role: web}}
+  - {workload_id: api1, labels: {app: crm, role: api}, mode: full, enforce_outbound: true}
+  - {workload_id: web2, labels: {app: shop, role: web}, mode: full}
+  - {workload_id: dns1, labels: {app: crm, role: dns}, mode: selective}
+  - {workload_id: lab1, labels: {app: lab}, mode: idle}
+default_mode: visibility_only
+"#;
+
+    fn doc() -> PolicyDocument {
+        PolicyDocument::load(POLICY, "test").unwrap()
+    }
+
+    fn w<'a>(id: &'a str, ip: &str) -> Endpoint<'a> {
+        Endpoint::workload(ip.parse().unwrap(), id)
+    }
+
+    fn ip(ip: &str) -> Endpoint<'static> {
+        Endpoint::address(ip.parse().unwrap())
+    }
+
+    const TCP: u32 = 6;
+    const UDP: u32 = 17;
+
+    #[test]
+    fn allow_rules_scopes_and_modes() {
+        let doc = doc();
+        let d = Decider::new(&doc);
+        let (web1, api1, web2) = (
+            w("web1", "10.0.0.1"),
+            w("api1", "10.0.0.2"),
+            w("web2", "10.0.0.3"),
+        );
+        let v = d.explain(web1, api1, TCP, 8080);
+        assert_eq!(
+            (v.decision, v.rule_id),
+            (Decision::Allowed, Some("web-to-api"))
+        );
+        // The port is outside the service; api1 is in full mode.
+        assert_eq!(d.decide(web1, api1, TCP, 9000), Decision::Blocked);
+        // web2 is a web, but of another app: the intra-scope rule does not cover it.
+        assert_eq!(d.decide(web2, api1, TCP, 8080), Decision::Blocked);
+        // Extra-scope IP list consumer.
+        assert_eq!(d.decide(ip("8.8.8.8"), web1, TCP, 443), Decision::Allowed);
+        // 10/8 is excluded from `internet`; web1 only watches.
+        assert_eq!(
+            d.decide(ip("10.9.9.9"), web1, TCP, 443),
+            Decision::PotentiallyBlocked
+        );
+        assert_eq!(
+            d.decide(ip("8.8.8.8"), web1, TCP, 22),
+            Decision::PotentiallyBlocked
+        );
+        // Selective: only deny boundaries; idle: nothing.
+        assert_eq!(
+            d.decide(web2, w("dns1", "10.0.0.4"), TCP, 22),
+            Decision::Allowed
+        );
+        assert_eq!(
+            d.decide(ip("10.1.1.1"), w("lab1", "10.0.0.5"), TCP, 23),
+            Decision::Allowed
+        );
+        // ...but the source's outbound deny boundary still holds.
+        assert_eq!(
+            d.decide(web2, w("lab1", "10.0.0.5"), TCP, 23),
+            Decision::Blocked
+        );
+        // Unmanaged on both ends: nothing enforces.
+        assert_eq!(
+            d.decide(ip("10.1.1.1"), ip("10.1.1.2"), TCP, 22),
+            Decision::Allowed
+        );
+        // A workload the policy does not list gets the default mode.
+        assert_eq!(
+            d.decide(ip("8.8.8.8"), w("new", "10.0.0.9"), TCP, 22),
+            Decision::PotentiallyBlocked
+        );
+    }
+
+    #[test]
+    fn deny_boundaries_override_allows_by_mode() {
+        let doc = doc();
+        let d = Decider::new(&doc);
+        let v = d.explain(ip("8.8.8.8"), w("api1", "10.0.0.2"), TCP, 23);
+        assert_eq!(
+            (v.decision, v.rule_id),
+            (Decision::Blocked, Some("no-telnet"))
+        );
+        assert_eq!(
+            d.decide(ip("8.8.8.8"), w("web1", "10.0.0.1"), TCP, 23),
+            Decision::PotentiallyBlocked
+        );
+        assert_eq!(
+            d.decide(ip("8.8.8.8"), w("dns1", "10.0.0.4"), TCP, 23),
+            Decision::Blocked
+        );
+        // Outbound deny applies to a source without enforce_outbound too.
+        assert_eq!(
+            d.decide(w("web2", "10.0.0.3"), ip("8.8.8.8"), TCP, 23),
+            Decision::Blocked
+        );
+    }
+
+    #[test]
+    fn outbound_default_deny_only_with_enforce_outbound() {
+        let doc = doc();
+        let d = Decider::new(&doc);
+        let api1 = w("api1", "10.0.0.2");
+        assert_eq!(d.decide(api1, ip("8.8.8.8"), UDP, 53), Decision::Blocked);
+        let v = d.explain(api1, w("dns1", "10.0.0.4"), UDP, 53);
+        assert_eq!(
+            (v.decision, v.rule_id),
+            (Decision::Allowed, Some("api-to-dns"))
+        );
+        assert_eq!(
+            d.decide(w("web1", "10.0.0.1"), ip("8.8.8.8"), UDP, 53),
+            Decision::Allowed
+        );
+    }
+
+    #[test]
+    fn quarantine_blocks_both_ways_whatever_the_mode() {
+        let mut doc = doc();
+        doc.workloads[0].quarantined = true; // web1, visibility_only
+        let d = Decider::new(&doc);
+        let (web1, api1) = (w("web1", "10.0.0.1"), w("api1", "10.0.0.2"));
+        assert_eq!(d.decide(web1, api1, TCP, 8080), Decision::Blocked);
+        assert_eq!(d.decide(ip("8.8.8.8"), web1, TCP, 443), Decision::Blocked);
+    }
+
+    #[test]
+    fn decision_text_round_trips_and_matches_the_proto() {
+        for d in Decision::ALL {
+            assert_eq!(d.as_str().parse::<Decision>().unwrap(), d);
+            let proto: PolicyDecision = d.into();
+            assert_eq!(crate::lake::decision_text(proto as i32), d.as_str());
+            assert_eq!(Decision::from(proto), d);
+        }
+        assert!("maybe".parse::<Decision>().unwrap_err().contains("maybe"));
+    }
+
+    #[test]
+    fn ip_list_membership() {
+        let doc = doc();
+        assert_eq!(
+            ip_lists_containing(&doc, "1.1.1.1".parse().unwrap()),
+            vec!["internet"]
+        );
+        assert!(ip_lists_containing(&doc, "10.0.0.1".parse().unwrap()).is_empty());
+    }
+}
