@@ -179,7 +179,7 @@ impl Engine {
         };
         let mut items = Vec::new();
         for file in files {
-            use polars::prelude::*;
+            use polars::prelude::{LazyFrame, PlRefPath, ScanArgsParquet, col};
             let df = LazyFrame::scan_parquet(PlRefPath::new(file.as_str()), ScanArgsParquet::default())?
                 .select([col("rule_json")])
                 .collect()?;

@@ -47,6 +47,12 @@ fn selector(labels: &[Label]) -> Value {
     Value::Object(out)
 }
 
+fn workload_selector(id: &str) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert(WORKLOAD_LABEL.to_string(), json!(id));
+    json!({"matchLabels": Value::Object(labels)})
+}
+
 fn dns_name(text: &str) -> String {
     let mut name: String = text
         .to_ascii_lowercase()
@@ -108,7 +114,7 @@ pub fn network_policies(doc: &PolicyDocument, namespace: &str) -> (Vec<Value>, V
                     provider_selectors.push(selector(&labels));
                 }
                 Actor::Any => provider_selectors.push(selector(&ruleset.scope)),
-                Actor::Workload(id) => provider_selectors.push(json!({"matchLabels": {WORKLOAD_LABEL: id}})),
+                Actor::Workload(id) => provider_selectors.push(workload_selector(id)),
                 Actor::IpList(name) => warnings.push(format!(
                     "rule {}: provider IP list {name} (egress) left out: exported policies are ingress only",
                     rule.id
@@ -129,14 +135,14 @@ pub fn network_policies(doc: &PolicyDocument, namespace: &str) -> (Vec<Value>, V
                     labels.extend(set.iter().cloned());
                     from.push(json!({"podSelector": selector(&labels)}));
                 }
-                Actor::Workload(id) => from.push(json!({"namespaceSelector": {}, "podSelector": {"matchLabels": {WORKLOAD_LABEL: id}}})),
+                Actor::Workload(id) => from.push(json!({"namespaceSelector": {}, "podSelector": workload_selector(id)})),
                 Actor::IpList(name) => match doc.ip_lists.iter().find(|l| &l.name == name) {
                     Some(list) => {
                         for cidr in &list.cidrs {
                             let except: Vec<String> = list
                                 .exclusions
                                 .iter()
-                                .filter(|x| cidr.contains(*x) && *x != cidr)
+                                .filter(|x| cidr.contains(*x) && x != &cidr)
                                 .map(ToString::to_string)
                                 .collect();
                             let mut block = json!({"cidr": cidr.to_string()});

@@ -1,7 +1,13 @@
 //! Shared by the policy tests: generated datacenters as recommender input and as flows.
 #![allow(dead_code)]
 
-use bulkhead_bench::datacenter::{Datacenter, DcSpec, Peer};
+// The generator of `bench` (bulkhead gen --model datacenter), compiled into the test
+// itself: depending on the bench crate would pull the collector and enforcer into
+// every policy test build.
+#[path = "../../../bench/src/datacenter.rs"]
+mod datacenter;
+
+pub use datacenter::{Datacenter, DcSpec, Peer};
 use bulkhead_policy::simulate::FlowKey;
 use bulkhead_recommender::{EdgeRow, Options, Recommendations, WorkloadLabels, edges_frame, recommend};
 use bulkhead_schemas::policy::PolicySigner;
