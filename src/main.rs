@@ -35,15 +35,9 @@ enum Command {
     /// Create or list Bulkhead's Kafka topics.
     #[command(subcommand)]
     Topics(commands::topics::TopicsCommand),
-    /// Review, provision, simulate and export policy (through the policy engine's HTTP
-    /// API), or work with policy files and signing keys offline.
+    /// Work with policy files and signing keys offline.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
-    /// Label workloads through the policy engine's HTTP API.
-    #[command(subcommand)]
-    Labels(commands::policy_api::LabelsCommand),
-    /// Recommend label-based rules from the lake's edges; publish them for review.
-    Recommend(commands::recommend::RecommendArgs),
     /// Capture this host's flows with eBPF and publish them (or print them).
     ///
     /// Flows carry the owning process and the DNS name of the remote end; the host
@@ -87,9 +81,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Gen(args) => commands::gen_flows::run(&settings, args).await,
             Command::Topics(command) => commands::topics::run(&settings, command).await,
-            Command::Policy(command) => commands::policy::run(&settings, command).await,
-            Command::Labels(command) => commands::policy_api::labels(command).await,
-            Command::Recommend(args) => commands::recommend::run(&settings, args).await,
+            Command::Policy(command) => commands::policy::run(command),
             Command::Demo(args) => commands::demo::run(&settings, args).await,
             Command::Collect(args) => commands::collect::run(&settings, args).await,
             Command::Enforce(args) => commands::enforce::run(&settings, args).await,

@@ -12,7 +12,6 @@
 pub mod datacenter;
 pub mod enforcer;
 pub mod lab;
-pub mod recommend;
 pub mod schemas;
 pub mod stats;
 pub mod workload;

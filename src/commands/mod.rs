@@ -8,8 +8,6 @@ pub mod gen_flows;
 pub mod ingest;
 pub mod lake;
 pub mod policy;
-pub mod policy_api;
-pub mod recommend;
 pub mod topics;
 
 /// A progress bar on stderr for `total` items (hidden when stderr is not a terminal).

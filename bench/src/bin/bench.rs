@@ -26,9 +26,6 @@ struct Args {
 enum Bench {
     /// FlowBatch decode and conversion into Arrow columns, vs. decode alone.
     Schemas,
-    /// Recommender time and peak memory by estate size (up to 10,000 workloads and 1M
-    /// edges), fitted growth exponent; simulation speed.
-    Recommend,
     /// Apply latency by ruleset size, packet cost of 10,000 rules, provision → active.
     Enforcer {
         /// The bulkhead binary to run as the enforcer [default: next to this binary].
@@ -56,17 +53,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let report = schemas::conversion(records, rounds);
             let path = args.out.join("schemas.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-            println!("results: {}", path.display());
-        }
-        Bench::Recommend => {
-            let (sizes, sim): (&[(usize, usize)], usize) = if args.quick {
-                (&[(200, 2), (500, 2), (1_000, 2)], 300)
-            } else {
-                (&[(1_000, 7), (2_500, 7), (5_000, 7), (10_000, 7)], 2_000)
-            };
-            let report = bulkhead_bench::recommend::run(sizes, sim);
-            let path = args.out.join("recommend.json");
             std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             println!("results: {}", path.display());
         }
