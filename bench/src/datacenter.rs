@@ -35,8 +35,26 @@ use rand_chacha::ChaCha8Rng;
 const TCP: u32 = 6;
 const UDP: u32 = 17;
 const APP_NAMES: &[&str] = &[
-    "crm", "billing", "shop", "hr", "erp", "search", "auth", "media", "ledger", "chat", "wiki",
-    "mail", "crm2", "payroll", "cart", "catalog", "orders", "inventory", "shipping", "reports",
+    "crm",
+    "billing",
+    "shop",
+    "hr",
+    "erp",
+    "search",
+    "auth",
+    "media",
+    "ledger",
+    "chat",
+    "wiki",
+    "mail",
+    "portal",
+    "payroll",
+    "cart",
+    "catalog",
+    "orders",
+    "inventory",
+    "shipping",
+    "reports",
 ];
 
 /// A workload (host) of the datacenter.
@@ -173,14 +191,14 @@ impl Datacenter {
     pub fn generate(spec: &DcSpec) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
         let mut workloads: Vec<DcWorkload> = Vec::new();
-        let mut add = |workloads: &mut Vec<DcWorkload>,
-                       role: &str,
-                       app: &str,
-                       env: &str,
-                       n: usize,
-                       ip: Ipv4Addr,
-                       listening: Vec<(u32, u32, &'static str)>,
-                       client_process: &'static str| {
+        let add = |workloads: &mut Vec<DcWorkload>,
+                   role: &str,
+                   app: &str,
+                   env: &str,
+                   n: usize,
+                   ip: Ipv4Addr,
+                   listening: Vec<(u32, u32, &'static str)>,
+                   client_process: &'static str| {
             workloads.push(DcWorkload {
                 id: format!("dc-{:x}-{:05}", spec.seed, workloads.len()),
                 hostname: format!("{app}-{role}-{n}.{env}.dc.example"),
@@ -196,7 +214,10 @@ impl Datacenter {
         for (role, ports, process) in SHARED {
             let count = if *role == "mirror" { 1 } else { 2 };
             for n in 0..count {
-                let listening = ports.iter().map(|(p, port)| (*p, *port, *process)).collect();
+                let listening = ports
+                    .iter()
+                    .map(|(p, port)| (*p, *port, *process))
+                    .collect();
                 let i = add(
                     &mut workloads,
                     role,
@@ -224,7 +245,12 @@ impl Datacenter {
         let mut next_ip = 0u32;
         let mut host_ip = || {
             next_ip += 1;
-            Ipv4Addr::new(10, 1 + (next_ip >> 16) as u8, (next_ip >> 8) as u8, next_ip as u8)
+            Ipv4Addr::new(
+                10,
+                1 + (next_ip >> 16) as u8,
+                (next_ip >> 8) as u8,
+                next_ip as u8,
+            )
         };
         let db_kinds = [(5432, "postgres"), (3306, "mysqld"), (6379, "redis-server")];
         let mut apps = Vec::new();
@@ -244,11 +270,34 @@ impl Datacenter {
                             listening: (u32, u32, &'static str),
                             client: &'static str| {
                 (0..count)
-                    .map(|n| add(workloads, role, &name, env, n, host_ip(), vec![listening], client))
+                    .map(|n| {
+                        add(
+                            workloads,
+                            role,
+                            &name,
+                            env,
+                            n,
+                            host_ip(),
+                            vec![listening],
+                            client,
+                        )
+                    })
                     .collect::<Vec<_>>()
             };
-            let web = tier(&mut workloads, "web", rng.random_range(2..=4) * scale, (TCP, 443, "nginx"), "nginx");
-            let app = tier(&mut workloads, "app", rng.random_range(2..=4) * scale, (TCP, 8080, "java"), "java");
+            let web = tier(
+                &mut workloads,
+                "web",
+                rng.random_range(2..=4) * scale,
+                (TCP, 443, "nginx"),
+                "nginx",
+            );
+            let app = tier(
+                &mut workloads,
+                "app",
+                rng.random_range(2..=4) * scale,
+                (TCP, 8080, "java"),
+                "java",
+            );
             let db = tier(
                 &mut workloads,
                 "db",
@@ -270,12 +319,12 @@ impl Datacenter {
         let span = spec.span_ns.max(1_000_000_000);
         let mut connections = Vec::new();
         // Legitimate traffic: seen since the window's first twentieth until its end.
-        let mut legit = |rng: &mut ChaCha8Rng,
-                         connections: &mut Vec<Connection>,
-                         src: Peer,
-                         dst: Peer,
-                         (protocol, port, process): (u32, u32, &'static str),
-                         kind: TrafficKind| {
+        let legit = |rng: &mut ChaCha8Rng,
+                     connections: &mut Vec<Connection>,
+                     src: Peer,
+                     dst: Peer,
+                     (protocol, port, process): (u32, u32, &'static str),
+                     kind: TrafficKind| {
             let flows = rng.random_range(4..=20);
             connections.push(Connection {
                 src,
@@ -300,18 +349,39 @@ impl Datacenter {
                     } else {
                         Ipv4Addr::new(203, 0, 113, rng.random_range(1..255))
                     };
-                    legit(&mut rng, &mut connections, Peer::External(client.into()), w(web), (TCP, 443, "nginx"), TrafficKind::InternetIngress);
+                    legit(
+                        &mut rng,
+                        &mut connections,
+                        Peer::External(client.into()),
+                        w(web),
+                        (TCP, 443, "nginx"),
+                        TrafficKind::InternetIngress,
+                    );
                 }
             }
             // Every web host calls every app host; every app host calls every db host.
             for &web in &app.web {
                 for &api in &app.app {
-                    legit(&mut rng, &mut connections, w(web), w(api), (TCP, 8080, "java"), TrafficKind::Tier);
+                    legit(
+                        &mut rng,
+                        &mut connections,
+                        w(web),
+                        w(api),
+                        (TCP, 8080, "java"),
+                        TrafficKind::Tier,
+                    );
                 }
             }
             for &api in &app.app {
                 for &db in &app.db {
-                    legit(&mut rng, &mut connections, w(api), w(db), (TCP, app.db_port.0, app.db_port.1), TrafficKind::Tier);
+                    legit(
+                        &mut rng,
+                        &mut connections,
+                        w(api),
+                        w(db),
+                        (TCP, app.db_port.0, app.db_port.1),
+                        TrafficKind::Tier,
+                    );
                 }
             }
         }
@@ -327,7 +397,14 @@ impl Datacenter {
                 cross.push((a, b));
                 for &src in &app.app {
                     for &dst in &apps[b].app {
-                        legit(&mut rng, &mut connections, w(src), w(dst), (TCP, 8080, "java"), TrafficKind::CrossApp);
+                        legit(
+                            &mut rng,
+                            &mut connections,
+                            w(src),
+                            w(dst),
+                            (TCP, 8080, "java"),
+                            TrafficKind::CrossApp,
+                        );
                     }
                 }
             }
@@ -337,7 +414,14 @@ impl Datacenter {
                     .collect();
                 for &src in &app.app {
                     for ip in &partners {
-                        legit(&mut rng, &mut connections, w(src), Peer::External((*ip).into()), (TCP, 443, ""), TrafficKind::InternetEgress);
+                        legit(
+                            &mut rng,
+                            &mut connections,
+                            w(src),
+                            Peer::External((*ip).into()),
+                            (TCP, 443, ""),
+                            TrafficKind::InternetEgress,
+                        );
                     }
                 }
                 egress.push((a, partners));
@@ -348,9 +432,13 @@ impl Datacenter {
         let all_hosts = workloads.len();
         for host in 0..all_hosts {
             for role_start in (0..shared_hosts.len()).filter(|&i| {
-                i == 0 || workloads[shared_hosts[i].0].label("role") != workloads[shared_hosts[i - 1].0].label("role")
+                i == 0
+                    || workloads[shared_hosts[i].0].label("role")
+                        != workloads[shared_hosts[i - 1].0].label("role")
             }) {
-                let role = workloads[shared_hosts[role_start].0].label("role").to_string();
+                let role = workloads[shared_hosts[role_start].0]
+                    .label("role")
+                    .to_string();
                 let servers: Vec<usize> = shared_hosts[role_start..]
                     .iter()
                     .take_while(|(s, _)| workloads[*s].label("role") == role)
@@ -363,17 +451,36 @@ impl Datacenter {
                 let ports = shared_hosts[role_start].1;
                 for &(protocol, port) in ports {
                     let process = workloads[server].listening[0].2;
-                    legit(&mut rng, &mut connections, w(host), w(server), (protocol, port, process), TrafficKind::SharedService);
+                    legit(
+                        &mut rng,
+                        &mut connections,
+                        w(host),
+                        w(server),
+                        (protocol, port, process),
+                        TrafficKind::SharedService,
+                    );
                 }
             }
             if host != monitoring {
-                legit(&mut rng, &mut connections, w(monitoring), w(host), (TCP, 9100, "node_exporter"), TrafficKind::Monitoring);
+                legit(
+                    &mut rng,
+                    &mut connections,
+                    w(monitoring),
+                    w(host),
+                    (TCP, 9100, "node_exporter"),
+                    TrafficKind::Monitoring,
+                );
             }
         }
 
         // Injected: one compromised web host scans; a few hosts move laterally. Recent,
         // few flows, few bytes.
-        let mut injected = |rng: &mut ChaCha8Rng, connections: &mut Vec<Connection>, src: usize, dst: usize, port: u32, kind: TrafficKind| {
+        let injected = |rng: &mut ChaCha8Rng,
+                        connections: &mut Vec<Connection>,
+                        src: usize,
+                        dst: usize,
+                        port: u32,
+                        kind: TrafficKind| {
             let first = start + span - rng.random_range(0..span / 10);
             let flows = rng.random_range(1..=2);
             let listens = workloads[dst].listening.iter().find(|l| l.1 == port);
@@ -399,7 +506,14 @@ impl Datacenter {
         for &target in &targets {
             for _ in 0..8 {
                 let port = rng.random_range(1..10_000);
-                injected(&mut rng, &mut connections, scanner, target, port, TrafficKind::Scan);
+                injected(
+                    &mut rng,
+                    &mut connections,
+                    scanner,
+                    target,
+                    port,
+                    TrafficKind::Scan,
+                );
             }
         }
         for _ in 0..(apps.len() / 5).max(2) {
@@ -410,8 +524,19 @@ impl Datacenter {
             }
             let src = apps[a].web[rng.random_range(0..apps[a].web.len())];
             let db = apps[b].db[0];
-            let port = if rng.random_bool(0.5) { apps[b].db_port.0 } else { 22 };
-            injected(&mut rng, &mut connections, src, db, port, TrafficKind::LateralMovement);
+            let port = if rng.random_bool(0.5) {
+                apps[b].db_port.0
+            } else {
+                22
+            };
+            injected(
+                &mut rng,
+                &mut connections,
+                src,
+                db,
+                port,
+                TrafficKind::LateralMovement,
+            );
         }
 
         let ground_truth = ground_truth(&workloads, &apps, &cross, &egress);
@@ -454,7 +579,14 @@ impl Datacenter {
                 interfaces: vec![proto::Interface {
                     name: "eth0".into(),
                     ifindex: 2,
-                    mac: vec![0x02, 0, 0, w.ip.octets()[1], w.ip.octets()[2], w.ip.octets()[3]],
+                    mac: vec![
+                        0x02,
+                        0,
+                        0,
+                        w.ip.octets()[1],
+                        w.ip.octets()[2],
+                        w.ip.octets()[3],
+                    ],
                     addresses: vec![format!("{}/8", w.ip)],
                     up: true,
                 }],
@@ -492,28 +624,29 @@ impl Datacenter {
                 let bytes = c.bytes / c.flows.max(1);
                 let packets = (bytes / 500).max(1);
                 let sport = rng.random_range(32768..61000);
-                let record = |host: usize, direction: Direction, server: bool, process: &str| FlowRecord {
-                    host_id: self.workloads[host].id.clone(),
-                    interface: "eth0".into(),
-                    ifindex: 2,
-                    direction: direction as i32,
-                    ip_version: 4,
-                    src_ip: bulkhead_schemas::ip::to_bytes(src_ip),
-                    dst_ip: bulkhead_schemas::ip::to_bytes(dst_ip),
-                    src_port: sport,
-                    dst_port: c.port,
-                    protocol: c.protocol,
-                    packets,
-                    bytes,
-                    tcp_flags: if c.protocol == TCP { 0x1b } else { 0 },
-                    first_seen_unix_ns: first,
-                    last_seen_unix_ns: first + 1_000_000,
-                    sampling_rate: 1,
-                    process_name: process.to_string(),
-                    closed: c.protocol == TCP,
-                    local_is_server: server,
-                    ..Default::default()
-                };
+                let record =
+                    |host: usize, direction: Direction, server: bool, process: &str| FlowRecord {
+                        host_id: self.workloads[host].id.clone(),
+                        interface: "eth0".into(),
+                        ifindex: 2,
+                        direction: direction as i32,
+                        ip_version: 4,
+                        src_ip: bulkhead_schemas::ip::to_bytes(src_ip),
+                        dst_ip: bulkhead_schemas::ip::to_bytes(dst_ip),
+                        src_port: sport,
+                        dst_port: c.port,
+                        protocol: c.protocol,
+                        packets,
+                        bytes,
+                        tcp_flags: if c.protocol == TCP { 0x1b } else { 0 },
+                        first_seen_unix_ns: first,
+                        last_seen_unix_ns: first + 1_000_000,
+                        sampling_rate: 1,
+                        process_name: process.to_string(),
+                        closed: c.protocol == TCP,
+                        local_is_server: server,
+                        ..Default::default()
+                    };
                 if let Peer::Workload(d) = c.dst {
                     per_host[d].push(record(d, Direction::Ingress, true, c.process));
                 }
@@ -548,8 +681,18 @@ fn ground_truth(
     egress: &[(usize, Vec<Ipv4Addr>)],
 ) -> PolicyDocument {
     let role = |r: &str| Actor::Labels(label_set(&[("role", r)]));
-    let ports = |ranges: &[PortRange]| ranges.iter().copied().map(ServiceRef::Ports).collect::<Vec<_>>();
-    let rule = |id: String, consumers: Actor, providers: Actor, services: Vec<ServiceRef>, extra_scope: bool| Rule {
+    let ports = |ranges: &[PortRange]| {
+        ranges
+            .iter()
+            .copied()
+            .map(ServiceRef::Ports)
+            .collect::<Vec<_>>()
+    };
+    let rule = |id: String,
+                consumers: Actor,
+                providers: Actor,
+                services: Vec<ServiceRef>,
+                extra_scope: bool| Rule {
         id,
         description: String::new(),
         consumers: vec![consumers],
@@ -577,15 +720,37 @@ fn ground_truth(
     let mut rulesets = Vec::new();
     for (a, app) in apps.iter().enumerate() {
         let mut rules = vec![
-            rule(format!("{}-internet-to-web", app.name), Actor::IpList("internet".into()), role("web"), ports(&[PortRange::tcp(443)]), true),
-            rule(format!("{}-web-to-app", app.name), role("web"), role("app"), ports(&[PortRange::tcp(8080)]), false),
-            rule(format!("{}-app-to-db", app.name), role("app"), role("db"), ports(&[PortRange::tcp(app.db_port.0 as u16)]), false),
+            rule(
+                format!("{}-internet-to-web", app.name),
+                Actor::IpList("internet".into()),
+                role("web"),
+                ports(&[PortRange::tcp(443)]),
+                true,
+            ),
+            rule(
+                format!("{}-web-to-app", app.name),
+                role("web"),
+                role("app"),
+                ports(&[PortRange::tcp(8080)]),
+                false,
+            ),
+            rule(
+                format!("{}-app-to-db", app.name),
+                role("app"),
+                role("db"),
+                ports(&[PortRange::tcp(app.db_port.0 as u16)]),
+                false,
+            ),
         ];
         for (from, _) in cross.iter().filter(|(_, to)| *to == a) {
             let consumer = &apps[*from];
             rules.push(rule(
                 format!("{}-from-{}", app.name, consumer.name),
-                Actor::Labels(label_set(&[("app", &consumer.name), ("env", consumer.env), ("role", "app")])),
+                Actor::Labels(label_set(&[
+                    ("app", &consumer.name),
+                    ("env", consumer.env),
+                    ("role", "app"),
+                ])),
                 role("app"),
                 ports(&[PortRange::tcp(8080)]),
                 true,
@@ -596,10 +761,19 @@ fn ground_truth(
             ip_lists.push(IpList {
                 name: name.clone(),
                 description: String::new(),
-                cidrs: partners.iter().map(|ip| ipnet::IpNet::from(IpAddr::from(*ip))).collect(),
+                cidrs: partners
+                    .iter()
+                    .map(|ip| ipnet::IpNet::from(IpAddr::from(*ip)))
+                    .collect(),
                 exclusions: vec![],
             });
-            rules.push(rule(format!("{}-app-to-partners", app.name), role("app"), Actor::IpList(name), ports(&[PortRange::tcp(443)]), false));
+            rules.push(rule(
+                format!("{}-app-to-partners", app.name),
+                role("app"),
+                Actor::IpList(name),
+                ports(&[PortRange::tcp(443)]),
+                false,
+            ));
         }
         rulesets.push(Ruleset {
             name: format!("{}-{}", app.name, app.env),
@@ -612,9 +786,19 @@ fn ground_truth(
     for (r, ports_of, _) in SHARED {
         let ranges: Vec<PortRange> = ports_of
             .iter()
-            .map(|(p, port)| PortRange { protocol: *p, from: *port, to: *port })
+            .map(|(p, port)| PortRange {
+                protocol: *p,
+                from: *port,
+                to: *port,
+            })
             .collect();
-        shared_rules.push(rule(format!("shared-{r}"), every_env.clone(), role(r), ports(&ranges), true));
+        shared_rules.push(rule(
+            format!("shared-{r}"),
+            every_env.clone(),
+            role(r),
+            ports(&ranges),
+            true,
+        ));
     }
     rulesets.push(Ruleset {
         name: "infra-prod".into(),
@@ -664,10 +848,17 @@ mod tests {
         let a = Datacenter::generate(&spec);
         let b = Datacenter::generate(&spec);
         assert_eq!(a.workloads.len(), b.workloads.len());
-        assert_eq!(format!("{:?}", a.connections), format!("{:?}", b.connections));
+        assert_eq!(
+            format!("{:?}", a.connections),
+            format!("{:?}", b.connections)
+        );
         a.ground_truth.validate().unwrap();
-        let apps: std::collections::BTreeSet<&str> =
-            a.workloads.iter().map(|w| w.label("app")).filter(|a| *a != "infra").collect();
+        let apps: std::collections::BTreeSet<&str> = a
+            .workloads
+            .iter()
+            .map(|w| w.label("app"))
+            .filter(|a| *a != "infra")
+            .collect();
         assert_eq!(apps.len(), 60);
         for kind in [
             TrafficKind::Tier,
@@ -682,7 +873,10 @@ mod tests {
             assert!(a.connections.iter().any(|c| c.kind == kind), "{kind:?}");
         }
         let other = Datacenter::generate(&DcSpec { seed: 6, ..spec });
-        assert_ne!(format!("{:?}", a.connections), format!("{:?}", other.connections));
+        assert_ne!(
+            format!("{:?}", a.connections),
+            format!("{:?}", other.connections)
+        );
     }
 
     #[test]
@@ -691,10 +885,17 @@ mod tests {
         let expected: u64 = dc
             .connections
             .iter()
-            .map(|c| c.flows * (matches!(c.src, Peer::Workload(_)) as u64 + matches!(c.dst, Peer::Workload(_)) as u64))
+            .map(|c| {
+                c.flows
+                    * (matches!(c.src, Peer::Workload(_)) as u64
+                        + matches!(c.dst, Peer::Workload(_)) as u64)
+            })
             .sum();
         let batches = dc.flow_batches(500);
-        assert_eq!(batches.iter().map(|b| b.records.len() as u64).sum::<u64>(), expected);
+        assert_eq!(
+            batches.iter().map(|b| b.records.len() as u64).sum::<u64>(),
+            expected
+        );
         assert!(batches.iter().all(|b| b.records.len() <= 500));
     }
 }

@@ -26,8 +26,12 @@ pub const POLICY_KEY: &[u8] = b"global";
 /// Reads the signing key, or creates one (mode 0600) on first start and says so.
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<PolicySigner> {
     if path.exists() {
-        let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read the policy signing key {}", path.display()))?;
-        return Ok(PolicySigner::from_pkcs8_pem(&pem, &path.display().to_string())?);
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the policy signing key {}", path.display()))?;
+        return Ok(PolicySigner::from_pkcs8_pem(
+            &pem,
+            &path.display().to_string(),
+        )?);
     }
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -96,19 +100,34 @@ pub struct Engine {
 fn new_event_id() -> String {
     let bytes: [u8; 16] = rand::random();
     let h = hex::encode(bytes);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl Engine {
     /// Creates the topics, loads (or creates) the key and replays the control topic.
     pub async fn start(config: EngineConfig) -> anyhow::Result<Self> {
-        admin::ensure_topics(&config.kafka, &[Topic::Control, Topic::Policy, Topic::Recommendations], &TopicOptions::default())
-            .await
-            .context("cannot create the control, policy and recommendations topics")?;
+        admin::ensure_topics(
+            &config.kafka,
+            &[Topic::Control, Topic::Policy, Topic::Recommendations],
+            &TopicOptions::default(),
+        )
+        .await
+        .context("cannot create the control, policy and recommendations topics")?;
         let signer = load_or_create_key(&config.key_file)?;
         let producer = Producer::new(&config.kafka)?;
         let (state, events) = replay(&config.kafka, &signer).await?;
-        tracing::info!(events, versions = state.versions.len(), "policy state rebuilt from the control topic");
+        tracing::info!(
+            events,
+            versions = state.versions.len(),
+            "policy state rebuilt from the control topic"
+        );
         Ok(Self {
             config,
             signer,
@@ -130,9 +149,16 @@ impl Engine {
     /// Checks, publishes and applies `changes` in order, attributed to `actor` with
     /// `reason`. A `PolicyProvisioned` with version 0 is completed with the next version
     /// and the draft's hash. Stops at the first refused change; the ones before it stay applied.
-    pub async fn submit(&self, actor: &str, reason: &str, changes: Vec<Event>) -> Result<Vec<Provisioned>, EngineError> {
+    pub async fn submit(
+        &self,
+        actor: &str,
+        reason: &str,
+        changes: Vec<Event>,
+    ) -> Result<Vec<Provisioned>, EngineError> {
         if actor.trim().is_empty() {
-            return Err(EngineError::BadInput("\"actor\" is required: every change says who made it".into()));
+            return Err(EngineError::BadInput(
+                "\"actor\" is required: every change says who made it".into(),
+            ));
         }
         let _turn = self.writer.lock().await;
         let mut produced = Vec::new();
@@ -152,13 +178,21 @@ impl Engine {
             trial.apply(&event, &self.signer)?;
             let key = event_key(&event);
             self.producer
-                .send(&self.config.kafka.topic(Topic::Control), key.as_bytes(), &event.encode_to_vec())
+                .send(
+                    &self.config.kafka.topic(Topic::Control),
+                    key.as_bytes(),
+                    &event.encode_to_vec(),
+                )
                 .await
                 .map_err(|e| EngineError::Kafka(e.to_string()))?;
             let new = trial.versions[old_versions..].to_vec();
             for p in &new {
                 self.producer
-                    .send(&self.config.kafka.topic(Topic::Policy), POLICY_KEY, &p.signed_bytes())
+                    .send(
+                        &self.config.kafka.topic(Topic::Policy),
+                        POLICY_KEY,
+                        &p.signed_bytes(),
+                    )
                     .await
                     .map_err(|e| EngineError::Kafka(e.to_string()))?;
             }
@@ -171,7 +205,9 @@ impl Engine {
     /// Loads the current recommendations from the lake's `recommendations` table (none
     /// without a lake or before the recommender first wrote it).
     pub async fn load_recommendations(&self) -> anyhow::Result<usize> {
-        let Some(lake) = &self.config.lake else { return Ok(0) };
+        let Some(lake) = &self.config.lake else {
+            return Ok(0);
+        };
         let url = bulkhead_recommender::lake::table_url(lake, "recommendations");
         let Ok(files) = bulkhead_recommender::lake::table_files(&url).await else {
             tracing::info!(%url, "no recommendations table yet");
@@ -180,12 +216,14 @@ impl Engine {
         let mut items = Vec::new();
         for file in files {
             use polars::prelude::{LazyFrame, PlRefPath, ScanArgsParquet, col};
-            let df = LazyFrame::scan_parquet(PlRefPath::new(file.as_str()), ScanArgsParquet::default())?
-                .select([col("rule_json")])
-                .collect()?;
+            let df =
+                LazyFrame::scan_parquet(PlRefPath::new(file.as_str()), ScanArgsParquet::default())?
+                    .select([col("rule_json")])
+                    .collect()?;
             for text in df.column("rule_json")?.str()?.into_iter().flatten() {
-                let item: Recommendation = serde_json::from_str(text)
-                    .with_context(|| format!("{file}: a recommendations row is not a recommendation"))?;
+                let item: Recommendation = serde_json::from_str(text).with_context(|| {
+                    format!("{file}: a recommendations row is not a recommendation")
+                })?;
                 items.push(item);
             }
         }
@@ -229,9 +267,15 @@ fn event_key(event: &proto::ControlEvent) -> String {
 /// Folds the control topic from its start to its current end. Refused events (a forged
 /// or replayed one written by someone else) are logged and skipped, as the live engine
 /// would have refused them.
-pub async fn replay(kafka: &KafkaConfig, signer: &PolicySigner) -> anyhow::Result<(PolicyState, usize)> {
+pub async fn replay(
+    kafka: &KafkaConfig,
+    signer: &PolicySigner,
+) -> anyhow::Result<(PolicyState, usize)> {
     let topic = kafka.topic(Topic::Control);
-    let consumer = Consumer::new(kafka, &ConsumerOptions::group(format!("bulkhead-policy-replay-{}", new_event_id())))?;
+    let consumer = Consumer::new(
+        kafka,
+        &ConsumerOptions::group(format!("bulkhead-policy-replay-{}", new_event_id())),
+    )?;
     let marks = consumer.watermarks(&topic, Duration::from_secs(10))?;
     let mut state = PolicyState::default();
     let mut events = 0;
@@ -248,7 +292,9 @@ pub async fn replay(kafka: &KafkaConfig, signer: &PolicySigner) -> anyhow::Resul
             match message.payload().map(proto::ControlEvent::decode) {
                 Some(Ok(event)) => match state.apply(&event, signer) {
                     Ok(()) => events += 1,
-                    Err(e) => tracing::warn!(offset, error = %e, "control event refused during replay"),
+                    Err(e) => {
+                        tracing::warn!(offset, error = %e, "control event refused during replay")
+                    }
                 },
                 _ => tracing::warn!(offset, "undecodable control event skipped"),
             }

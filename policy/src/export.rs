@@ -57,18 +57,35 @@ fn dns_name(text: &str) -> String {
     let mut name: String = text
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     name.truncate(253);
-    name.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    name.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
 }
 
-fn ports(doc: &PolicyDocument, services: &[ServiceRef], warnings: &mut Vec<String>, rule: &str) -> Vec<Value> {
+fn ports(
+    doc: &PolicyDocument,
+    services: &[ServiceRef],
+    warnings: &mut Vec<String>,
+    rule: &str,
+) -> Vec<Value> {
     let ranges: Vec<PortRange> = services
         .iter()
         .flat_map(|s| match s {
             ServiceRef::Ports(r) => vec![*r],
-            ServiceRef::Named(name) => doc.services.iter().find(|x| &x.name == name).map(|x| x.ports.clone()).unwrap_or_default(),
+            ServiceRef::Named(name) => doc
+                .services
+                .iter()
+                .find(|x| &x.name == name)
+                .map(|x| x.ports.clone())
+                .unwrap_or_default(),
         })
         .collect();
     let mut out = Vec::new();
@@ -78,7 +95,9 @@ fn ports(doc: &PolicyDocument, services: &[ServiceRef], warnings: &mut Vec<Strin
             protocol::UDP => "UDP",
             protocol::SCTP => "SCTP",
             _ => {
-                warnings.push(format!("rule {rule}: {r} cannot be expressed in a NetworkPolicy; left out"));
+                warnings.push(format!(
+                    "rule {rule}: {r} cannot be expressed in a NetworkPolicy; left out"
+                ));
                 continue;
             }
         };
@@ -99,7 +118,10 @@ pub fn network_policies(doc: &PolicyDocument, namespace: &str) -> (Vec<Value>, V
     let mut warnings = Vec::new();
     let mut out = Vec::new();
     if !doc.deny_rules.is_empty() {
-        warnings.push(format!("{} deny rule(s) left out: NetworkPolicy has no deny", doc.deny_rules.len()));
+        warnings.push(format!(
+            "{} deny rule(s) left out: NetworkPolicy has no deny",
+            doc.deny_rules.len()
+        ));
     }
     for (ruleset, rule) in doc.rules() {
         if rule.disabled {
@@ -135,7 +157,8 @@ pub fn network_policies(doc: &PolicyDocument, namespace: &str) -> (Vec<Value>, V
                     labels.extend(set.iter().cloned());
                     from.push(json!({"podSelector": selector(&labels)}));
                 }
-                Actor::Workload(id) => from.push(json!({"namespaceSelector": {}, "podSelector": workload_selector(id)})),
+                Actor::Workload(id) => from
+                    .push(json!({"namespaceSelector": {}, "podSelector": workload_selector(id)})),
                 Actor::IpList(name) => match doc.ip_lists.iter().find(|l| &l.name == name) {
                     Some(list) => {
                         for cidr in &list.cidrs {
@@ -152,12 +175,18 @@ pub fn network_policies(doc: &PolicyDocument, namespace: &str) -> (Vec<Value>, V
                             from.push(json!({"ipBlock": block}));
                         }
                     }
-                    None => warnings.push(format!("rule {}: unknown IP list {name}; left out", rule.id)),
+                    None => warnings.push(format!(
+                        "rule {}: unknown IP list {name}; left out",
+                        rule.id
+                    )),
                 },
             }
         }
         let ports = ports(doc, &rule.services, &mut warnings, &rule.id);
-        let has_all_ports = rule.services.iter().any(|s| matches!(s, ServiceRef::Ports(r) if r.protocol == protocol::ANY));
+        let has_all_ports = rule
+            .services
+            .iter()
+            .any(|s| matches!(s, ServiceRef::Ports(r) if r.protocol == protocol::ANY));
         if ports.is_empty() && !has_all_ports {
             continue;
         }
@@ -172,7 +201,11 @@ pub fn network_policies(doc: &PolicyDocument, namespace: &str) -> (Vec<Value>, V
             if !ports.is_empty() {
                 ingress.insert("ports".into(), Value::Array(ports.clone()));
             }
-            let suffix = if i == 0 { String::new() } else { format!("-{i}") };
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!("-{i}")
+            };
             out.push(json!({
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "NetworkPolicy",
@@ -197,6 +230,11 @@ pub fn network_policies(doc: &PolicyDocument, namespace: &str) -> (Vec<Value>, V
 pub fn to_yaml(policies: &[Value]) -> String {
     policies
         .iter()
-        .map(|p| format!("---\n{}", serde_yaml_ng::to_string(p).expect("JSON values always serialize")))
+        .map(|p| {
+            format!(
+                "---\n{}",
+                serde_yaml_ng::to_string(p).expect("JSON values always serialize")
+            )
+        })
         .collect()
 }

@@ -62,7 +62,10 @@ pub struct Simulation {
 const EXAMPLES: usize = 5;
 
 fn endpoint<'a>(workload: &'a Option<String>, ip: IpAddr) -> Endpoint<'a> {
-    Endpoint { ip, workload: workload.as_deref() }
+    Endpoint {
+        ip,
+        workload: workload.as_deref(),
+    }
 }
 
 fn restricted(d: Decision) -> bool {
@@ -70,21 +73,41 @@ fn restricted(d: Decision) -> bool {
 }
 
 /// Judges every flow under `active` (none: `unknown`) and `draft`.
-pub fn simulate(active: Option<&PolicyDocument>, draft: &PolicyDocument, flows: &[FlowKey]) -> Simulation {
+pub fn simulate(
+    active: Option<&PolicyDocument>,
+    draft: &PolicyDocument,
+    flows: &[FlowKey],
+) -> Simulation {
     let now = active.map(Decider::new);
     let next = Decider::new(draft);
     let app_of = |workload: &Option<String>| -> Option<String> {
         let id = workload.as_deref()?;
-        draft.workloads.iter().find(|w| w.workload_id == id)?.labels.get("app").cloned()
+        draft
+            .workloads
+            .iter()
+            .find(|w| w.workload_id == id)?
+            .labels
+            .get("app")
+            .cloned()
     };
     let mut apps: BTreeMap<String, AppImpact> = BTreeMap::new();
     let mut totals = Totals::default();
     for f in flows {
-        let (src, dst) = (endpoint(&f.src_workload, f.src_ip), endpoint(&f.dst_workload, f.dst_ip));
-        let before = now.as_ref().map_or(Decision::Unknown, |d| d.decide(src, dst, f.protocol, f.port));
+        let (src, dst) = (
+            endpoint(&f.src_workload, f.src_ip),
+            endpoint(&f.dst_workload, f.dst_ip),
+        );
+        let before = now.as_ref().map_or(Decision::Unknown, |d| {
+            d.decide(src, dst, f.protocol, f.port)
+        });
         let after = next.decide(src, dst, f.protocol, f.port);
-        let app = app_of(&f.dst_workload).or_else(|| app_of(&f.src_workload)).unwrap_or_else(|| "(unlabeled)".into());
-        let impact = apps.entry(app.clone()).or_insert_with(|| AppImpact { app, ..Default::default() });
+        let app = app_of(&f.dst_workload)
+            .or_else(|| app_of(&f.src_workload))
+            .unwrap_or_else(|| "(unlabeled)".into());
+        let impact = apps.entry(app.clone()).or_insert_with(|| AppImpact {
+            app,
+            ..Default::default()
+        });
         impact.flows += f.flows;
         totals.flows += f.flows;
         *totals.draft_decisions.entry(after.as_str()).or_default() += f.flows;
@@ -142,7 +165,14 @@ pub fn flow_keys(flows: LazyFrame) -> PolarsResult<Vec<FlowKey>> {
         .otherwise(col("host_id").eq(col("src_workload")).fill_null(lit(true)));
     let df = flows
         .filter(reporter)
-        .group_by([col("src_workload"), col("src_ip"), col("dst_workload"), col("dst_ip"), col("dst_port"), col("protocol")])
+        .group_by([
+            col("src_workload"),
+            col("src_ip"),
+            col("dst_workload"),
+            col("dst_ip"),
+            col("dst_port"),
+            col("protocol"),
+        ])
         .agg([len().alias("flows")])
         .collect()?;
     let sw = df.column("src_workload")?.str()?;
@@ -157,7 +187,10 @@ pub fn flow_keys(flows: LazyFrame) -> PolarsResult<Vec<FlowKey>> {
     let count = count.u64()?;
     let mut out = Vec::with_capacity(df.height());
     for i in 0..df.height() {
-        let (Some(src_ip), Some(dst_ip)) = (si.get(i).and_then(|s| s.parse().ok()), di.get(i).and_then(|s| s.parse().ok())) else {
+        let (Some(src_ip), Some(dst_ip)) = (
+            si.get(i).and_then(|s| s.parse().ok()),
+            di.get(i).and_then(|s| s.parse().ok()),
+        ) else {
             continue;
         };
         out.push(FlowKey {

@@ -78,7 +78,10 @@ pub struct PolicyState {
     applied_ids: BTreeSet<String>,
 }
 
-fn find_ruleset<'a>(doc: &'a mut PolicyDocument, name: &str) -> Result<&'a mut Ruleset, ControlError> {
+fn find_ruleset<'a>(
+    doc: &'a mut PolicyDocument,
+    name: &str,
+) -> Result<&'a mut Ruleset, ControlError> {
     doc.rulesets
         .iter_mut()
         .find(|r| r.name == name)
@@ -96,13 +99,20 @@ fn workload<'a>(doc: &'a mut PolicyDocument, id: &str) -> &'a mut WorkloadPolicy
         quarantined: false,
         enforce_outbound: false,
     });
-    doc.workloads.sort_by(|a, b| a.workload_id.cmp(&b.workload_id));
-    let i = doc.workloads.iter().position(|w| w.workload_id == id).expect("just added");
+    doc.workloads
+        .sort_by(|a, b| a.workload_id.cmp(&b.workload_id));
+    let i = doc
+        .workloads
+        .iter()
+        .position(|w| w.workload_id == id)
+        .expect("just added");
     &mut doc.workloads[i]
 }
 
 fn rule_from(rule: &Option<proto::Rule>) -> Result<Rule, ControlError> {
-    let rule = rule.as_ref().ok_or_else(|| ControlError::Invalid("the event has no rule".into()))?;
+    let rule = rule
+        .as_ref()
+        .ok_or_else(|| ControlError::Invalid("the event has no rule".into()))?;
     Rule::try_from(rule).map_err(|e| ControlError::Invalid(e.to_string()))
 }
 
@@ -117,7 +127,11 @@ impl PolicyState {
 
     /// Applies one event, or refuses it and leaves the state unchanged. `signer` signs the
     /// versions that provisioning, quarantine and rollback produce.
-    pub fn apply(&mut self, event: &proto::ControlEvent, signer: &PolicySigner) -> Result<(), ControlError> {
+    pub fn apply(
+        &mut self,
+        event: &proto::ControlEvent,
+        signer: &PolicySigner,
+    ) -> Result<(), ControlError> {
         if event.event_id.trim().is_empty() {
             return Err(ControlError::Unattributed("event_id"));
         }
@@ -138,19 +152,32 @@ impl PolicyState {
         let mut new_version: Option<PolicyDocument> = None;
         let what = match kind {
             Event::LabelAssigned(e) => {
-                let label = e.label.as_ref().ok_or_else(|| ControlError::Invalid("label_assigned has no label".into()))?;
-                workload(&mut draft, &e.workload_id).labels.insert(label.key.clone(), label.value.clone());
-                format!("label {}={} assigned to {}", label.key, label.value, e.workload_id)
+                let label = e
+                    .label
+                    .as_ref()
+                    .ok_or_else(|| ControlError::Invalid("label_assigned has no label".into()))?;
+                workload(&mut draft, &e.workload_id)
+                    .labels
+                    .insert(label.key.clone(), label.value.clone());
+                format!(
+                    "label {}={} assigned to {}",
+                    label.key, label.value, e.workload_id
+                )
             }
             Event::LabelRemoved(e) => {
                 let w = workload(&mut draft, &e.workload_id);
                 if w.labels.remove(&e.key).is_none() {
-                    return Err(ControlError::NotFound(format!("workload {} has no label {:?}", e.workload_id, e.key)));
+                    return Err(ControlError::NotFound(format!(
+                        "workload {} has no label {:?}",
+                        e.workload_id, e.key
+                    )));
                 }
                 format!("label {} removed from {}", e.key, e.workload_id)
             }
             Event::RulesetDrafted(e) => {
-                let proto_rs = e.ruleset.as_ref().ok_or_else(|| ControlError::Invalid("ruleset_drafted has no ruleset".into()))?;
+                let proto_rs = e.ruleset.as_ref().ok_or_else(|| {
+                    ControlError::Invalid("ruleset_drafted has no ruleset".into())
+                })?;
                 let scope = proto_rs.scope.iter().map(Into::into).collect();
                 match draft.rulesets.iter_mut().find(|r| r.name == proto_rs.name) {
                     Some(existing) => {
@@ -170,7 +197,10 @@ impl PolicyState {
                 let before = draft.rulesets.len();
                 draft.rulesets.retain(|r| r.name != e.ruleset);
                 if draft.rulesets.len() == before {
-                    return Err(ControlError::NotFound(format!("no ruleset {:?} in the draft", e.ruleset)));
+                    return Err(ControlError::NotFound(format!(
+                        "no ruleset {:?} in the draft",
+                        e.ruleset
+                    )));
                 }
                 format!("ruleset {} deleted", e.ruleset)
             }
@@ -189,9 +219,16 @@ impl PolicyState {
             Event::RuleEdited(e) => {
                 let rule = rule_from(&e.rule)?;
                 let rs = find_ruleset(&mut draft, &e.ruleset)?;
-                let slot = rs.rules.iter_mut().find(|r| r.id == rule.id).ok_or_else(|| {
-                    ControlError::NotFound(format!("no rule {:?} in ruleset {:?} to edit (deleted meanwhile?)", rule.id, e.ruleset))
-                })?;
+                let slot = rs
+                    .rules
+                    .iter_mut()
+                    .find(|r| r.id == rule.id)
+                    .ok_or_else(|| {
+                        ControlError::NotFound(format!(
+                            "no rule {:?} in ruleset {:?} to edit (deleted meanwhile?)",
+                            rule.id, e.ruleset
+                        ))
+                    })?;
                 let id = rule.id.clone();
                 *slot = rule;
                 format!("rule {id} edited in {}", e.ruleset)
@@ -201,15 +238,28 @@ impl PolicyState {
                 let before = rs.rules.len();
                 rs.rules.retain(|r| r.id != e.rule_id);
                 if rs.rules.len() == before {
-                    return Err(ControlError::NotFound(format!("no rule {:?} in ruleset {:?} to delete", e.rule_id, e.ruleset)));
+                    return Err(ControlError::NotFound(format!(
+                        "no rule {:?} in ruleset {:?} to delete",
+                        e.rule_id, e.ruleset
+                    )));
                 }
                 format!("rule {} deleted from {}", e.rule_id, e.ruleset)
             }
             Event::IpListDrafted(e) => {
-                let list = e.ip_list.as_ref().ok_or_else(|| ControlError::Invalid("ip_list_drafted has no list".into()))?;
+                let list = e
+                    .ip_list
+                    .as_ref()
+                    .ok_or_else(|| ControlError::Invalid("ip_list_drafted has no list".into()))?;
                 let cidrs = |v: &[String]| {
                     v.iter()
-                        .map(|c| c.parse::<ipnet::IpNet>().map_err(|_| ControlError::Invalid(format!("ip_lists[{}]: {c:?} is not a CIDR", list.name))))
+                        .map(|c| {
+                            c.parse::<ipnet::IpNet>().map_err(|_| {
+                                ControlError::Invalid(format!(
+                                    "ip_lists[{}]: {c:?} is not a CIDR",
+                                    list.name
+                                ))
+                            })
+                        })
                         .collect::<Result<Vec<_>, _>>()
                 };
                 let list = IpList {
@@ -226,7 +276,9 @@ impl PolicyState {
                 format!("IP list {name} drafted")
             }
             Event::ServiceDrafted(e) => {
-                let svc = e.service.as_ref().ok_or_else(|| ControlError::Invalid("service_drafted has no service".into()))?;
+                let svc = e.service.as_ref().ok_or_else(|| {
+                    ControlError::Invalid("service_drafted has no service".into())
+                })?;
                 let service = Service {
                     name: svc.name.clone(),
                     description: svc.description.clone(),
@@ -239,55 +291,87 @@ impl PolicyState {
                 }
                 format!("service {name} drafted")
             }
-            Event::DenyRuleDrafted(_) | Event::DenyRuleDeleted(_) | Event::LabelRuleSet(_) | Event::LabelRuleDeleted(_) => {
-                return Err(ControlError::Refused("deny rules and label rules are not handled by this policy engine yet".into()));
+            Event::DenyRuleDrafted(_)
+            | Event::DenyRuleDeleted(_)
+            | Event::LabelRuleSet(_)
+            | Event::LabelRuleDeleted(_) => {
+                return Err(ControlError::Refused(
+                    "deny rules and label rules are not handled by this policy engine yet".into(),
+                ));
             }
             Event::RecommendationAccepted(e) => {
                 if reviews.contains_key(&e.recommendation_id) {
                     return Err(ControlError::Conflict(format!(
                         "recommendation {} was already {}",
                         e.recommendation_id,
-                        if reviews[&e.recommendation_id] == Review::Accepted { "accepted" } else { "rejected" }
+                        if reviews[&e.recommendation_id] == Review::Accepted {
+                            "accepted"
+                        } else {
+                            "rejected"
+                        }
                     )));
                 }
                 let rule = rule_from(&e.rule)?;
                 if draft.rules().any(|(_, r)| r.id == rule.id) {
-                    return Err(ControlError::Conflict(format!("rule {:?} already exists in the draft", rule.id)));
+                    return Err(ControlError::Conflict(format!(
+                        "rule {:?} already exists in the draft",
+                        rule.id
+                    )));
                 }
                 find_ruleset(&mut draft, &e.ruleset)?.rules.push(rule);
                 reviews.insert(e.recommendation_id.clone(), Review::Accepted);
-                format!("recommendation {} accepted into {}", e.recommendation_id, e.ruleset)
+                format!(
+                    "recommendation {} accepted into {}",
+                    e.recommendation_id, e.ruleset
+                )
             }
             Event::RecommendationRejected(e) => {
                 if reviews.contains_key(&e.recommendation_id) {
-                    return Err(ControlError::Conflict(format!("recommendation {} was already reviewed", e.recommendation_id)));
+                    return Err(ControlError::Conflict(format!(
+                        "recommendation {} was already reviewed",
+                        e.recommendation_id
+                    )));
                 }
                 reviews.insert(e.recommendation_id.clone(), Review::Rejected);
                 format!("recommendation {} rejected", e.recommendation_id)
             }
             Event::EnforcementModeSet(e) => {
-                let mode = proto::EnforcementMode::try_from(e.mode)
-                    .map_err(|_| ControlError::Invalid(format!("unknown enforcement mode {}", e.mode)))?;
+                let mode = proto::EnforcementMode::try_from(e.mode).map_err(|_| {
+                    ControlError::Invalid(format!("unknown enforcement mode {}", e.mode))
+                })?;
                 let mode = match mode {
                     proto::EnforcementMode::Idle => EnforcementMode::Idle,
                     proto::EnforcementMode::VisibilityOnly => EnforcementMode::VisibilityOnly,
                     proto::EnforcementMode::Selective => EnforcementMode::Selective,
                     proto::EnforcementMode::Full => EnforcementMode::Full,
-                    _ => return Err(ControlError::Invalid("enforcement mode is unspecified".into())),
+                    _ => {
+                        return Err(ControlError::Invalid(
+                            "enforcement mode is unspecified".into(),
+                        ));
+                    }
                 };
                 workload(&mut draft, &e.workload_id).mode = Some(mode);
-                format!("mode of {} set to {mode} (takes effect when provisioned)", e.workload_id)
+                format!(
+                    "mode of {} set to {mode} (takes effect when provisioned)",
+                    e.workload_id
+                )
             }
             Event::QuarantineSet(e) => {
                 // Takes effect at once: a new version of the active policy with the flag.
-                let mut doc = self.active().map(|p| p.version.document.clone()).unwrap_or_else(|| draft.clone());
+                let mut doc = self
+                    .active()
+                    .map(|p| p.version.document.clone())
+                    .unwrap_or_else(|| draft.clone());
                 workload(&mut doc, &e.workload_id).quarantined = true;
                 workload(&mut draft, &e.workload_id).quarantined = true;
                 new_version = Some(doc);
                 format!("{} quarantined", e.workload_id)
             }
             Event::QuarantineLifted(e) => {
-                let mut doc = self.active().map(|p| p.version.document.clone()).unwrap_or_else(|| draft.clone());
+                let mut doc = self
+                    .active()
+                    .map(|p| p.version.document.clone())
+                    .unwrap_or_else(|| draft.clone());
                 workload(&mut doc, &e.workload_id).quarantined = false;
                 workload(&mut draft, &e.workload_id).quarantined = false;
                 new_version = Some(doc);
@@ -301,8 +385,11 @@ impl PolicyState {
                         e.version
                     )));
                 }
-                if draft.rulesets.iter().all(|r| r.rules.is_empty()) && draft.deny_rules.is_empty() {
-                    return Err(ControlError::Refused("the draft has no rules: refusing to provision an empty policy".into()));
+                if draft.rulesets.iter().all(|r| r.rules.is_empty()) && draft.deny_rules.is_empty()
+                {
+                    return Err(ControlError::Refused(
+                        "the draft has no rules: refusing to provision an empty policy".into(),
+                    ));
                 }
                 if e.content_sha256 != draft.content_sha256() {
                     return Err(ControlError::Forged(format!(
@@ -316,7 +403,10 @@ impl PolicyState {
             }
             Event::PolicyRolledBack(e) => {
                 let old = self.version(e.to_version).ok_or_else(|| {
-                    ControlError::NotFound(format!("no provisioned version {} to roll back to", e.to_version))
+                    ControlError::NotFound(format!(
+                        "no provisioned version {} to roll back to",
+                        e.to_version
+                    ))
                 })?;
                 let doc = old.version.document.clone();
                 draft = doc.clone();
@@ -324,12 +414,16 @@ impl PolicyState {
                 format!("rolled back to the content of version {}", e.to_version)
             }
         };
-        draft.validate().map_err(|e| ControlError::Invalid(e.to_string()))?;
+        draft
+            .validate()
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
         let provisioned = match new_version {
             Some(doc) => {
-                doc.validate().map_err(|e| ControlError::Invalid(e.to_string()))?;
+                doc.validate()
+                    .map_err(|e| ControlError::Invalid(e.to_string()))?;
                 let parent = self.active().map_or(0, |p| p.version.version);
-                let mut version = PolicyVersion::new(parent + 1, parent, &event.actor, &event.reason, doc);
+                let mut version =
+                    PolicyVersion::new(parent + 1, parent, &event.actor, &event.reason, doc);
                 version.created_unix_ns = event.at_unix_ns;
                 let signed = signer.sign(&version);
                 Some(Provisioned { version, signed })
@@ -356,16 +450,34 @@ impl PolicyState {
         let empty = PolicyDocument::default();
         let active = self.active().map_or(&empty, |p| &p.version.document);
         let index = |doc: &PolicyDocument| -> BTreeMap<String, (String, Rule)> {
-            doc.rules().map(|(rs, r)| (r.id.clone(), (rs.name.clone(), r.clone()))).collect()
+            doc.rules()
+                .map(|(rs, r)| (r.id.clone(), (rs.name.clone(), r.clone())))
+                .collect()
         };
         let (old, new) = (index(active), index(&self.draft));
-        let entry = |(ruleset, rule): &(String, Rule)| DiffRule { ruleset: ruleset.clone(), rule: rule.clone() };
+        let entry = |(ruleset, rule): &(String, Rule)| DiffRule {
+            ruleset: ruleset.clone(),
+            rule: rule.clone(),
+        };
         Diff {
-            added: new.iter().filter(|(id, _)| !old.contains_key(*id)).map(|(_, v)| entry(v)).collect(),
-            removed: old.iter().filter(|(id, _)| !new.contains_key(*id)).map(|(_, v)| entry(v)).collect(),
+            added: new
+                .iter()
+                .filter(|(id, _)| !old.contains_key(*id))
+                .map(|(_, v)| entry(v))
+                .collect(),
+            removed: old
+                .iter()
+                .filter(|(id, _)| !new.contains_key(*id))
+                .map(|(_, v)| entry(v))
+                .collect(),
             changed: new
                 .iter()
-                .filter_map(|(id, v)| old.get(id).filter(|o| *o != v).map(|o| DiffChange { before: entry(o), after: entry(v) }))
+                .filter_map(|(id, v)| {
+                    old.get(id).filter(|o| *o != v).map(|o| DiffChange {
+                        before: entry(o),
+                        after: entry(v),
+                    })
+                })
                 .collect(),
         }
     }
@@ -428,10 +540,12 @@ pub fn accept_changes(
             }),
         }));
     }
-    events.push(Event::RecommendationAccepted(proto::RecommendationAccepted {
-        recommendation_id: r.id.clone(),
-        ruleset: r.ruleset.clone(),
-        rule: Some(proto::Rule::from(&rule)),
-    }));
+    events.push(Event::RecommendationAccepted(
+        proto::RecommendationAccepted {
+            recommendation_id: r.id.clone(),
+            ruleset: r.ruleset.clone(),
+            rule: Some(proto::Rule::from(&rule)),
+        },
+    ));
     Ok(events)
 }

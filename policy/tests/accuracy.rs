@@ -20,7 +20,9 @@ fn fold(state: &mut PolicyState, n: &mut u64, change: Event) {
         reason: "adopt recommendations".into(),
         event: Some(change),
     };
-    state.apply(&event, &common::signer()).unwrap_or_else(|e| panic!("event {n} refused: {e}"));
+    state
+        .apply(&event, &common::signer())
+        .unwrap_or_else(|e| panic!("event {n} refused: {e}"));
 }
 
 #[test]
@@ -51,8 +53,14 @@ fn recommended_policy_allows_all_legitimate_flows_and_almost_no_illegitimate_one
         let mut denied_examples = Vec::new();
         for (f, legitimate) in &flows {
             let d = decider.decide(
-                Endpoint { ip: f.src_ip, workload: f.src_workload.as_deref() },
-                Endpoint { ip: f.dst_ip, workload: f.dst_workload.as_deref() },
+                Endpoint {
+                    ip: f.src_ip,
+                    workload: f.src_workload.as_deref(),
+                },
+                Endpoint {
+                    ip: f.dst_ip,
+                    workload: f.dst_workload.as_deref(),
+                },
                 f.protocol,
                 f.port,
             );
@@ -78,28 +86,59 @@ fn recommended_policy_allows_all_legitimate_flows_and_almost_no_illegitimate_one
             rules as f64 / truth as f64,
             100.0 * bad_admitted as f64 / bad as f64
         );
-        assert_eq!(legit_allowed, legit, "seed {seed}: legitimate flows denied, e.g. {denied_examples:#?}");
+        assert_eq!(
+            legit_allowed, legit,
+            "seed {seed}: legitimate flows denied, e.g. {denied_examples:#?}"
+        );
         assert!(bad > 0);
-        assert!(bad_admitted * 100 <= bad, "seed {seed}: {bad_admitted} of {bad} illegitimate flows admitted (> 1%)");
-        assert!(rules * 2 <= truth * 3, "seed {seed}: {rules} rules > 1.5 × {truth}");
+        assert!(
+            bad_admitted * 100 <= bad,
+            "seed {seed}: {bad_admitted} of {bad} illegitimate flows admitted (> 1%)"
+        );
+        assert!(
+            rules * 2 <= truth * 3,
+            "seed {seed}: {rules} rules > 1.5 × {truth}"
+        );
         assert!(suspicious >= 1, "seed {seed}: the scanner must be flagged");
 
         // The same judgement through the simulation report: nothing active before, so
         // every legitimate flow is "allowed" under the draft.
-        let report = simulate(None, policy, &flows.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>());
-        assert_eq!(report.totals.draft_decisions.get("allowed").copied().unwrap_or(0), legit + bad_admitted);
+        let report = simulate(
+            None,
+            policy,
+            &flows.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            report
+                .totals
+                .draft_decisions
+                .get("allowed")
+                .copied()
+                .unwrap_or(0),
+            legit + bad_admitted
+        );
         assert!(report.per_app.len() >= 60);
 
         // The ground truth itself allows every legitimate flow (the generator is consistent).
         let truth_decider = Decider::new(&dc.ground_truth);
         for (f, legitimate) in flows.iter().filter(|(_, l)| *l) {
             let d = truth_decider.decide(
-                Endpoint { ip: f.src_ip, workload: f.src_workload.as_deref() },
-                Endpoint { ip: f.dst_ip, workload: f.dst_workload.as_deref() },
+                Endpoint {
+                    ip: f.src_ip,
+                    workload: f.src_workload.as_deref(),
+                },
+                Endpoint {
+                    ip: f.dst_ip,
+                    workload: f.dst_workload.as_deref(),
+                },
                 f.protocol,
                 f.port,
             );
-            assert_eq!(d, Decision::Allowed, "ground truth denies {f:?} (legitimate: {legitimate})");
+            assert_eq!(
+                d,
+                Decision::Allowed,
+                "ground truth denies {f:?} (legitimate: {legitimate})"
+            );
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The policy state as a fold: bad input is refused with a clear error and leaves the
 //! state unchanged; provisioning signs deterministically.
 
+use bulkhead_policy::state::{ControlError, PolicyState};
 use bulkhead_schemas::policy::{PolicySigner, PolicyVerifier};
 use bulkhead_schemas::proto::{self, control_event::Event};
-use bulkhead_policy::state::{ControlError, PolicyState};
 
 fn signer() -> PolicySigner {
     use ed25519_dalek::SigningKey;
@@ -22,7 +22,10 @@ fn event(n: u64, change: Event) -> proto::ControlEvent {
 }
 
 fn label(k: &str, v: &str) -> proto::Label {
-    proto::Label { key: k.into(), value: v.into() }
+    proto::Label {
+        key: k.into(),
+        value: v.into(),
+    }
 }
 
 fn ruleset(name: &str, scope: &[(&str, &str)]) -> Event {
@@ -42,7 +45,9 @@ fn rule_yaml(yaml: &str) -> proto::Rule {
 }
 
 fn web_to_api() -> proto::Rule {
-    rule_yaml("{id: web-to-api, consumers: [{labels: [role=web]}], providers: [{labels: [role=api]}], services: [tcp/8080]}")
+    rule_yaml(
+        "{id: web-to-api, consumers: [{labels: [role=web]}], providers: [{labels: [role=api]}], services: [tcp/8080]}",
+    )
 }
 
 fn provision(state: &PolicyState) -> Event {
@@ -58,8 +63,20 @@ fn base() -> (PolicyState, Vec<proto::ControlEvent>) {
     let mut state = PolicyState::default();
     let mut events = vec![
         event(1, ruleset("crm-prod", &[("app", "crm"), ("env", "prod")])),
-        event(2, Event::RuleDrafted(proto::RuleDrafted { ruleset: "crm-prod".into(), rule: Some(web_to_api()) })),
-        event(3, Event::LabelAssigned(proto::LabelAssigned { workload_id: "h1".into(), label: Some(label("app", "crm")) })),
+        event(
+            2,
+            Event::RuleDrafted(proto::RuleDrafted {
+                ruleset: "crm-prod".into(),
+                rule: Some(web_to_api()),
+            }),
+        ),
+        event(
+            3,
+            Event::LabelAssigned(proto::LabelAssigned {
+                workload_id: "h1".into(),
+                label: Some(label("app", "crm")),
+            }),
+        ),
     ];
     for e in &events {
         state.apply(e, &s).unwrap();
@@ -73,8 +90,15 @@ fn base() -> (PolicyState, Vec<proto::ControlEvent>) {
 fn assert_refused(state: &mut PolicyState, e: proto::ControlEvent, wanted: &str) -> ControlError {
     let before = format!("{:?}", state);
     let err = state.apply(&e, &signer()).unwrap_err();
-    assert!(err.to_string().contains(wanted), "error {err:?} should mention {wanted:?}");
-    assert_eq!(before, format!("{:?}", state), "a refused event must leave the state unchanged");
+    assert!(
+        err.to_string().contains(wanted),
+        "error {err:?} should mention {wanted:?}"
+    );
+    assert_eq!(
+        before,
+        format!("{:?}", state),
+        "a refused event must leave the state unchanged"
+    );
     err
 }
 
@@ -91,7 +115,10 @@ fn provisioning_signs_a_verifiable_version_and_replay_gives_the_same_bytes() {
     for e in &events {
         again.apply(e, &signer()).unwrap();
     }
-    assert_eq!(again.active().unwrap().signed_bytes(), active.signed_bytes());
+    assert_eq!(
+        again.active().unwrap().signed_bytes(),
+        active.signed_bytes()
+    );
     assert_eq!(again.draft, state.draft);
     assert_eq!(again.history.len(), 4);
     assert_eq!(again.history[1].what, "rule web-to-api drafted in crm-prod");
@@ -100,26 +127,59 @@ fn provisioning_signs_a_verifiable_version_and_replay_gives_the_same_bytes() {
 #[test]
 fn invalid_rules_are_refused_with_the_reason() {
     let (mut state, _) = base();
-    let bad_key = rule_yaml("{id: r2, consumers: [{labels: [team=x]}], providers: [{labels: [role=api]}], services: [tcp/80]}");
+    let bad_key = rule_yaml(
+        "{id: r2, consumers: [{labels: [team=x]}], providers: [{labels: [role=api]}], services: [tcp/80]}",
+    );
     assert_refused(
         &mut state,
-        event(10, Event::RuleDrafted(proto::RuleDrafted { ruleset: "crm-prod".into(), rule: Some(bad_key) })),
+        event(
+            10,
+            Event::RuleDrafted(proto::RuleDrafted {
+                ruleset: "crm-prod".into(),
+                rule: Some(bad_key),
+            }),
+        ),
         "unknown label key \"team\"",
     );
-    let bad_port = rule_yaml("{id: r3, consumers: [{labels: [role=web]}], providers: [{labels: [role=api]}], services: [tcp/70000]}");
+    let bad_port = rule_yaml(
+        "{id: r3, consumers: [{labels: [role=web]}], providers: [{labels: [role=api]}], services: [tcp/70000]}",
+    );
     assert_refused(
         &mut state,
-        event(11, Event::RuleDrafted(proto::RuleDrafted { ruleset: "crm-prod".into(), rule: Some(bad_port) })),
+        event(
+            11,
+            Event::RuleDrafted(proto::RuleDrafted {
+                ruleset: "crm-prod".into(),
+                rule: Some(bad_port),
+            }),
+        ),
         "port 70000 is out of range 1-65535",
     );
     let bad_cidr = Event::IpListDrafted(proto::IpListDrafted {
-        ip_list: Some(proto::IpList { name: "partners".into(), description: String::new(), cidrs: vec!["10.0.0.0/33".into()], exclusions: vec![] }),
+        ip_list: Some(proto::IpList {
+            name: "partners".into(),
+            description: String::new(),
+            cidrs: vec!["10.0.0.0/33".into()],
+            exclusions: vec![],
+        }),
     });
-    assert_refused(&mut state, event(12, bad_cidr), "\"10.0.0.0/33\" is not a CIDR");
-    let unknown_list = rule_yaml("{id: r4, consumers: [{ip_list: nowhere}], providers: [{labels: [role=api]}], services: [tcp/80]}");
     assert_refused(
         &mut state,
-        event(13, Event::RuleDrafted(proto::RuleDrafted { ruleset: "crm-prod".into(), rule: Some(unknown_list) })),
+        event(12, bad_cidr),
+        "\"10.0.0.0/33\" is not a CIDR",
+    );
+    let unknown_list = rule_yaml(
+        "{id: r4, consumers: [{ip_list: nowhere}], providers: [{labels: [role=api]}], services: [tcp/80]}",
+    );
+    assert_refused(
+        &mut state,
+        event(
+            13,
+            Event::RuleDrafted(proto::RuleDrafted {
+                ruleset: "crm-prod".into(),
+                rule: Some(unknown_list),
+            }),
+        ),
         "unknown IP list \"nowhere\"",
     );
 }
@@ -130,26 +190,60 @@ fn conflicting_edits_are_refused() {
     // Drafting an id that exists.
     assert_refused(
         &mut state,
-        event(20, Event::RuleDrafted(proto::RuleDrafted { ruleset: "crm-prod".into(), rule: Some(web_to_api()) })),
+        event(
+            20,
+            Event::RuleDrafted(proto::RuleDrafted {
+                ruleset: "crm-prod".into(),
+                rule: Some(web_to_api()),
+            }),
+        ),
         "already exists",
     );
     // Editing a rule another analyst deleted meanwhile.
     let s = signer();
     state
-        .apply(&event(21, Event::RuleDeleted(proto::RuleDeleted { ruleset: "crm-prod".into(), rule_id: "web-to-api".into() })), &s)
+        .apply(
+            &event(
+                21,
+                Event::RuleDeleted(proto::RuleDeleted {
+                    ruleset: "crm-prod".into(),
+                    rule_id: "web-to-api".into(),
+                }),
+            ),
+            &s,
+        )
         .unwrap();
     assert_refused(
         &mut state,
-        event(22, Event::RuleEdited(proto::RuleEdited { ruleset: "crm-prod".into(), rule: Some(web_to_api()) })),
+        event(
+            22,
+            Event::RuleEdited(proto::RuleEdited {
+                ruleset: "crm-prod".into(),
+                rule: Some(web_to_api()),
+            }),
+        ),
         "deleted meanwhile",
     );
     // Reviewing the same recommendation twice.
     state
-        .apply(&event(23, Event::RecommendationRejected(proto::RecommendationRejected { recommendation_id: "rec-1".into() })), &s)
+        .apply(
+            &event(
+                23,
+                Event::RecommendationRejected(proto::RecommendationRejected {
+                    recommendation_id: "rec-1".into(),
+                }),
+            ),
+            &s,
+        )
         .unwrap();
     assert_refused(
         &mut state,
-        event(24, Event::RecommendationRejected(proto::RecommendationRejected { recommendation_id: "rec-1".into() })),
+        event(
+            24,
+            Event::RecommendationRejected(proto::RecommendationRejected {
+                recommendation_id: "rec-1".into(),
+            }),
+        ),
         "already reviewed",
     );
 }
@@ -186,18 +280,64 @@ fn quarantine_takes_effect_at_once_and_rollback_is_a_new_version() {
     let s = signer();
     // A draft change that is not provisioned yet.
     state
-        .apply(&event(40, Event::RuleDeleted(proto::RuleDeleted { ruleset: "crm-prod".into(), rule_id: "web-to-api".into() })), &s)
+        .apply(
+            &event(
+                40,
+                Event::RuleDeleted(proto::RuleDeleted {
+                    ruleset: "crm-prod".into(),
+                    rule_id: "web-to-api".into(),
+                }),
+            ),
+            &s,
+        )
         .unwrap();
-    state.apply(&event(41, Event::QuarantineSet(proto::QuarantineSet { workload_id: "h1".into() })), &s).unwrap();
+    state
+        .apply(
+            &event(
+                41,
+                Event::QuarantineSet(proto::QuarantineSet {
+                    workload_id: "h1".into(),
+                }),
+            ),
+            &s,
+        )
+        .unwrap();
     let v2 = &state.active().unwrap().version;
     assert_eq!(v2.version, 2);
-    assert!(v2.document.workloads.iter().any(|w| w.workload_id == "h1" && w.quarantined));
-    assert_eq!(v2.document.rules().count(), 1, "quarantine provisions the active policy, not pending draft edits");
-    state.apply(&event(42, Event::PolicyRolledBack(proto::PolicyRolledBack { to_version: 1 })), &s).unwrap();
+    assert!(
+        v2.document
+            .workloads
+            .iter()
+            .any(|w| w.workload_id == "h1" && w.quarantined)
+    );
+    assert_eq!(
+        v2.document.rules().count(),
+        1,
+        "quarantine provisions the active policy, not pending draft edits"
+    );
+    state
+        .apply(
+            &event(
+                42,
+                Event::PolicyRolledBack(proto::PolicyRolledBack { to_version: 1 }),
+            ),
+            &s,
+        )
+        .unwrap();
     let v3 = &state.active().unwrap().version;
     assert_eq!((v3.version, v3.parent_version), (3, 2));
-    assert_eq!(v3.content_sha256, state.version(1).unwrap().version.content_sha256);
-    assert_refused(&mut state, event(43, Event::PolicyRolledBack(proto::PolicyRolledBack { to_version: 9 })), "no provisioned version 9");
+    assert_eq!(
+        v3.content_sha256,
+        state.version(1).unwrap().version.content_sha256
+    );
+    assert_refused(
+        &mut state,
+        event(
+            43,
+            Event::PolicyRolledBack(proto::PolicyRolledBack { to_version: 9 }),
+        ),
+        "no provisioned version 9",
+    );
     let diff = state.diff();
     assert!(diff.added.is_empty() && diff.removed.is_empty() && diff.changed.is_empty());
 }

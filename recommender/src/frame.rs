@@ -128,8 +128,10 @@ pub fn aggregate(edges: LazyFrame) -> PolarsResult<Vec<EdgeSum>> {
     };
     let mut out = Vec::with_capacity(summed.height());
     for i in 0..summed.height() {
-        let (Some(s), Some(d)) = (src.get(i).and_then(parse_end), dst.get(i).and_then(parse_end))
-        else {
+        let (Some(s), Some(d)) = (
+            src.get(i).and_then(parse_end),
+            dst.get(i).and_then(parse_end),
+        ) else {
             continue;
         };
         out.push(EdgeSum {

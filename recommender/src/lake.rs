@@ -5,11 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use arrow_array::builder::{Float64Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    Float64Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use deltalake::DeltaTable;
 use deltalake::protocol::SaveMode;
-use polars::prelude::{DataType, LazyFrame, PlRefPath, PolarsResult, ScanArgsParquet, SortMultipleOptions, UnionArgs, col, concat, lit};
+use polars::prelude::{
+    DataType, LazyFrame, PlRefPath, PolarsResult, ScanArgsParquet, SortMultipleOptions, UnionArgs,
+    col, concat, lit,
+};
 use url::Url;
 
 use crate::{Recommendation, WorkloadLabels};
@@ -26,22 +31,31 @@ pub fn table_url(lake: &Url, name: &str) -> Url {
 pub fn lake_url(text: &str) -> anyhow::Result<Url> {
     if text.contains("://") {
         let url = Url::parse(text).with_context(|| format!("--lake {text:?} is not a URL"))?;
-        anyhow::ensure!(url.scheme() == "file", "--lake {text:?}: only local lakes (paths or file://) are supported here");
+        anyhow::ensure!(
+            url.scheme() == "file",
+            "--lake {text:?}: only local lakes (paths or file://) are supported here"
+        );
         return Ok(url);
     }
-    let path = std::path::absolute(text).with_context(|| format!("--lake {text:?} is not a usable path"))?;
-    Url::from_directory_path(&path).map_err(|_| anyhow::anyhow!("--lake {text:?} is not a usable directory path"))
+    let path = std::path::absolute(text)
+        .with_context(|| format!("--lake {text:?} is not a usable path"))?;
+    Url::from_directory_path(&path)
+        .map_err(|_| anyhow::anyhow!("--lake {text:?} is not a usable directory path"))
 }
 
 /// The parquet files of a Delta table's current version, as local paths.
 pub async fn table_files(url: &Url) -> anyhow::Result<Vec<String>> {
-    let table = deltalake::open_table(url.clone())
-        .await
-        .with_context(|| format!("cannot open the Delta table at {url} (has ingest written it yet?)"))?;
+    let table = deltalake::open_table(url.clone()).await.with_context(|| {
+        format!("cannot open the Delta table at {url} (has ingest written it yet?)")
+    })?;
     let files = table
         .get_file_uris()
         .with_context(|| format!("cannot list the files of {url}"))?
-        .map(|uri| uri.strip_prefix("file://").map(str::to_string).unwrap_or(uri))
+        .map(|uri| {
+            uri.strip_prefix("file://")
+                .map(str::to_string)
+                .unwrap_or(uri)
+        })
         .collect();
     Ok(files)
 }
@@ -51,7 +65,10 @@ pub async fn table_files(url: &Url) -> anyhow::Result<Vec<String>> {
 pub async fn load_edges(lake: &Url, since_us: i64) -> anyhow::Result<(LazyFrame, WorkloadLabels)> {
     let url = table_url(lake, "edges");
     let files = table_files(&url).await?;
-    anyhow::ensure!(!files.is_empty(), "the edges table at {url} has no data files yet");
+    anyhow::ensure!(
+        !files.is_empty(),
+        "the edges table at {url} has no data files yet"
+    );
     let frames = files
         .iter()
         .map(|f| LazyFrame::scan_parquet(PlRefPath::new(f.as_str()), ScanArgsParquet::default()))
@@ -59,19 +76,30 @@ pub async fn load_edges(lake: &Url, since_us: i64) -> anyhow::Result<(LazyFrame,
         .with_context(|| format!("cannot scan the parquet files of {url}"))?;
     let edges = concat(frames, UnionArgs::default())?
         .filter(col("last_seen").cast(DataType::Int64).gt_eq(lit(since_us)));
-    let labels = labels_of(edges.clone()).with_context(|| format!("cannot read workload labels from {url}"))?;
+    let labels = labels_of(edges.clone())
+        .with_context(|| format!("cannot read workload labels from {url}"))?;
     Ok((edges, labels))
 }
 
 /// The newest labels of every workload in the edges (source and destination sides).
 fn labels_of(edges: LazyFrame) -> PolarsResult<WorkloadLabels> {
     let mut out = WorkloadLabels::new();
-    for (workload, labels) in [("src_workload", "src_labels"), ("dst_workload", "dst_labels")] {
+    for (workload, labels) in [
+        ("src_workload", "src_labels"),
+        ("dst_workload", "dst_labels"),
+    ] {
         let df = edges
             .clone()
-            .select([col(workload).alias("w"), col(labels).alias("l"), col("last_seen").cast(DataType::Int64).alias("t")])
+            .select([
+                col(workload).alias("w"),
+                col(labels).alias("l"),
+                col("last_seen").cast(DataType::Int64).alias("t"),
+            ])
             .filter(col("w").is_not_null())
-            .sort(["t"], SortMultipleOptions::default().with_order_descending(true))
+            .sort(
+                ["t"],
+                SortMultipleOptions::default().with_order_descending(true),
+            )
             .collect()?;
         let ids = df.column("w")?.str()?;
         let lists = df.column("l")?.list()?;
@@ -116,7 +144,13 @@ pub fn recommendations_batch(items: &[Recommendation]) -> anyhow::Result<RecordB
     let mut rule_json = StringBuilder::new();
     let mut created = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let mut status = StringBuilder::new();
-    let join = |actors: &[bulkhead_schemas::policy::Actor]| actors.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    let join = |actors: &[bulkhead_schemas::policy::Actor]| {
+        actors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     for r in items {
         id.append_value(&r.id);
         kind.append_value(r.kind.as_str());
@@ -128,7 +162,14 @@ pub fn recommendations_batch(items: &[Recommendation]) -> anyhow::Result<RecordB
         scope.append(true)?;
         consumers.append_value(join(&r.rule.consumers));
         providers.append_value(join(&r.rule.providers));
-        services.append_value(r.rule.services.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+        services.append_value(
+            r.rule
+                .services
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         flows.append_value(r.evidence.flows as i64);
         bytes.append_value(r.evidence.bytes as i64);
         support.append_value(r.evidence.support);
@@ -163,10 +204,13 @@ pub fn recommendations_batch(items: &[Recommendation]) -> anyhow::Result<RecordB
 pub async fn write_recommendations(lake: &Url, items: &[Recommendation]) -> anyhow::Result<i64> {
     let url = table_url(lake, "recommendations");
     if let Ok(path) = url.to_file_path() {
-        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
     }
     let batch = recommendations_batch(items)?;
-    let table = DeltaTable::try_from_url(url.clone()).await.with_context(|| format!("cannot open {url}"))?;
+    let table = DeltaTable::try_from_url(url.clone())
+        .await
+        .with_context(|| format!("cannot open {url}"))?;
     let table = table
         .write(vec![batch])
         .with_save_mode(SaveMode::Overwrite)

@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use bulkhead_schemas::policy::{Actor, IpList, Label, PortRange, Rule, ServiceRef, label_set_matches};
+use bulkhead_schemas::policy::{
+    Actor, IpList, Label, PortRange, Rule, ServiceRef, label_set_matches,
+};
 use sha2::Digest as _;
 
 use crate::{
@@ -23,11 +25,18 @@ impl Group {
         scope_name(&self.scope)
     }
     fn env(&self) -> Option<&str> {
-        self.scope.iter().find(|l| l.key == "env").map(|l| l.value.as_str())
+        self.scope
+            .iter()
+            .find(|l| l.key == "env")
+            .map(|l| l.value.as_str())
     }
     /// The group as an actor: within its own scope only the role is needed.
     fn actor(&self, inside_scope: bool) -> Actor {
-        let mut set: Vec<Label> = if inside_scope { Vec::new() } else { self.scope.clone() };
+        let mut set: Vec<Label> = if inside_scope {
+            Vec::new()
+        } else {
+            self.scope.clone()
+        };
         match &self.role {
             Some(role) => set.push(Label::new("role", role)),
             None if inside_scope => set = self.scope.clone(),
@@ -38,7 +47,11 @@ impl Group {
 }
 
 fn scope_name(scope: &[Label]) -> String {
-    scope.iter().map(|l| l.value.as_str()).collect::<Vec<_>>().join("-")
+    scope
+        .iter()
+        .map(|l| l.value.as_str())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// Ruleset + actors: rules with the same key merge their ports.
@@ -87,12 +100,22 @@ impl Context<'_> {
     /// The group as an actor when enough of its members showed the pattern, else the
     /// members seen.
     fn side(&self, group: &Group, seen: &BTreeSet<&str>, inside_scope: bool) -> (Vec<Actor>, f64) {
-        let size = self.group_size.get(group).copied().unwrap_or(seen.len()).max(1);
+        let size = self
+            .group_size
+            .get(group)
+            .copied()
+            .unwrap_or(seen.len())
+            .max(1);
         let support = seen.len() as f64 / size as f64;
         if support >= self.options.support_threshold {
             (vec![group.actor(inside_scope)], support)
         } else {
-            (seen.iter().map(|id| Actor::Workload(id.to_string())).collect(), support)
+            (
+                seen.iter()
+                    .map(|id| Actor::Workload(id.to_string()))
+                    .collect(),
+                support,
+            )
         }
     }
 }
@@ -101,7 +124,9 @@ fn is_public(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => !(v4.is_private() || v4.is_loopback() || v4.is_link_local()),
         IpAddr::V6(v6) => {
-            !(v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80)
+            !(v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
         }
     }
 }
@@ -113,7 +138,16 @@ pub fn internet_list() -> IpList {
         name: "internet".into(),
         description: "every address outside private, loopback and link-local ranges".into(),
         cidrs: nets(&["0.0.0.0/0", "::/0"]),
-        exclusions: nets(&["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16", "fc00::/7", "fe80::/10", "::1/128"]),
+        exclusions: nets(&[
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "fc00::/7",
+            "fe80::/10",
+            "::1/128",
+        ]),
     }
 }
 
@@ -122,9 +156,16 @@ fn short_hash(text: &str) -> String {
 }
 
 /// A list of the addresses seen, or `internet` when there are many public ones.
-fn address_list(addresses: &BTreeSet<IpAddr>, name_prefix: &str, options: &Options) -> (IpList, String) {
+fn address_list(
+    addresses: &BTreeSet<IpAddr>,
+    name_prefix: &str,
+    options: &Options,
+) -> (IpList, String) {
     if addresses.len() >= options.internet_min_addresses && addresses.iter().all(is_public) {
-        let why = format!("{} distinct public addresses: generalised to the internet list", addresses.len());
+        let why = format!(
+            "{} distinct public addresses: generalised to the internet list",
+            addresses.len()
+        );
         return (internet_list(), why);
     }
     let cidrs: Vec<ipnet::IpNet> = addresses.iter().map(|ip| ipnet::IpNet::from(*ip)).collect();
@@ -162,9 +203,17 @@ fn services(ports: &BTreeSet<PortRange>) -> Vec<ServiceRef> {
 
 fn port_range(protocol: u32, port: u32) -> PortRange {
     if bulkhead_schemas::policy::protocol::has_ports(protocol) {
-        PortRange { protocol, from: port, to: port }
+        PortRange {
+            protocol,
+            from: port,
+            to: port,
+        }
     } else {
-        PortRange { protocol, from: 0, to: 0 }
+        PortRange {
+            protocol,
+            from: 0,
+            to: 0,
+        }
     }
 }
 
@@ -188,7 +237,8 @@ pub fn recommend_from_sums(
         }
     }
     let scopes: BTreeSet<Vec<Label>> = ctx.group_size.keys().map(|g| g.scope.clone()).collect();
-    let shared_min = ((scopes.len() as f64 * options.shared_min_scope_share).ceil() as usize).max(3);
+    let shared_min =
+        ((scopes.len() as f64 * options.shared_min_scope_share).ceil() as usize).max(3);
 
     let total_flows: u64 = sums.iter().map(|e| e.flows).sum();
     let window_start = sums.iter().map(|e| e.first_seen_us).min().unwrap_or(0);
@@ -239,16 +289,23 @@ pub fn recommend_from_sums(
     }
     for (src, edges) in by_source {
         let targets: BTreeSet<&End> = edges.iter().map(|e| &e.dst).collect();
-        let ports: BTreeSet<PortRange> = edges.iter().map(|e| port_range(e.protocol, e.port)).collect();
+        let ports: BTreeSet<PortRange> = edges
+            .iter()
+            .map(|e| port_range(e.protocol, e.port))
+            .collect();
         let scope = ctx.group(src).map(|g| g.scope).unwrap_or_default();
         let mut ip_lists = Vec::new();
         let consumer = match src {
             End::Workload(id) => Actor::Workload(id.clone()),
             End::Address(ip) => {
-                let list = address_list(&BTreeSet::from([*ip]), "suspect", &Options {
-                    internet_min_addresses: usize::MAX,
-                    ..options.clone()
-                })
+                let list = address_list(
+                    &BTreeSet::from([*ip]),
+                    "suspect",
+                    &Options {
+                        internet_min_addresses: usize::MAX,
+                        ..options.clone()
+                    },
+                )
                 .0;
                 let name = list.name.clone();
                 ip_lists.push(list);
@@ -282,7 +339,11 @@ pub fn recommend_from_sums(
             id: id.clone(),
             description: "suspicious: review, do not allow".into(),
             consumers: vec![consumer],
-            providers: if providers.is_empty() { vec![Actor::Any] } else { providers },
+            providers: if providers.is_empty() {
+                vec![Actor::Any]
+            } else {
+                providers
+            },
             services: services(&ports),
             extra_scope: true,
             disabled: true,
@@ -312,14 +373,24 @@ pub fn recommend_from_sums(
     let mut ingress: BTreeMap<(Group, u32, u32), Vec<&EdgeSum>> = BTreeMap::new();
     for e in &accepted {
         match (ctx.group(&e.src), ctx.group(&e.dst), &e.src, &e.dst) {
-            (Some(s), Some(d), _, _) => internal.entry((s, d, e.protocol, e.port)).or_default().push(e),
-            (Some(s), None, _, End::Address(_)) => egress.entry((s, e.protocol, e.port)).or_default().push(e),
-            (None, Some(d), End::Address(_), _) => ingress.entry((d, e.protocol, e.port)).or_default().push(e),
+            (Some(s), Some(d), _, _) => internal
+                .entry((s, d, e.protocol, e.port))
+                .or_default()
+                .push(e),
+            (Some(s), None, _, End::Address(_)) => {
+                egress.entry((s, e.protocol, e.port)).or_default().push(e)
+            }
+            (None, Some(d), End::Address(_), _) => {
+                ingress.entry((d, e.protocol, e.port)).or_default().push(e)
+            }
             _ => out.unlabeled_edges += 1,
         }
     }
     let in_scope = |filter: &[Label], scope: &[Label]| {
-        let map: BTreeMap<String, String> = scope.iter().map(|l| (l.key.clone(), l.value.clone())).collect();
+        let map: BTreeMap<String, String> = scope
+            .iter()
+            .map(|l| (l.key.clone(), l.value.clone()))
+            .collect();
         filter.is_empty() || label_set_matches(filter, &map)
     };
 
@@ -327,14 +398,24 @@ pub fn recommend_from_sums(
     let mut consumer_scopes: BTreeMap<(&Group, u32, u32), BTreeSet<&[Label]>> = BTreeMap::new();
     let mut provider_scopes: BTreeMap<(&Group, u32, u32), BTreeSet<&[Label]>> = BTreeMap::new();
     for (s, d, protocol, port) in internal.keys() {
-        consumer_scopes.entry((d, *protocol, *port)).or_default().insert(&s.scope);
-        provider_scopes.entry((s, *protocol, *port)).or_default().insert(&d.scope);
+        consumer_scopes
+            .entry((d, *protocol, *port))
+            .or_default()
+            .insert(&s.scope);
+        provider_scopes
+            .entry((s, *protocol, *port))
+            .or_default()
+            .insert(&d.scope);
     }
     let shared_provider = |d: &Group, protocol: u32, port: u32| {
-        consumer_scopes.get(&(d, protocol, port)).is_some_and(|s| s.len() >= shared_min)
+        consumer_scopes
+            .get(&(d, protocol, port))
+            .is_some_and(|s| s.len() >= shared_min)
     };
     let shared_consumer = |s: &Group, protocol: u32, port: u32| {
-        provider_scopes.get(&(s, protocol, port)).is_some_and(|p| p.len() >= shared_min)
+        provider_scopes
+            .get(&(s, protocol, port))
+            .is_some_and(|p| p.len() >= shared_min)
     };
     let ids = |edges: &[&EdgeSum], dst: bool| -> BTreeSet<String> {
         edges
@@ -352,11 +433,20 @@ pub fn recommend_from_sums(
     let mut plain: Vec<(&Pattern, &Vec<&EdgeSum>)> = Vec::new();
     for (key @ (s, d, protocol, port), edges) in &internal {
         if shared_provider(d, *protocol, *port) {
-            shared_by_provider.entry(d.clone()).or_default().extend(edges);
+            shared_by_provider
+                .entry(d.clone())
+                .or_default()
+                .extend(edges);
         } else if shared_consumer(s, *protocol, *port) {
             for e in edges {
-                let env = ctx.group(&e.dst).and_then(|g| g.env().map(str::to_string)).unwrap_or_default();
-                shared_by_consumer.entry((s.clone(), env)).or_default().push(e);
+                let env = ctx
+                    .group(&e.dst)
+                    .and_then(|g| g.env().map(str::to_string))
+                    .unwrap_or_default();
+                shared_by_consumer
+                    .entry((s.clone(), env))
+                    .or_default()
+                    .push(e);
             }
         } else {
             plain.push((key, edges));
@@ -364,9 +454,13 @@ pub fn recommend_from_sums(
     }
     for (d, edges) in &shared_by_provider {
         let consumers = ids(edges, false);
-        let consumer_groups: BTreeSet<Group> = edges.iter().filter_map(|e| ctx.group(&e.src)).collect();
+        let consumer_groups: BTreeSet<Group> =
+            edges.iter().filter_map(|e| ctx.group(&e.src)).collect();
         let envs: BTreeSet<&str> = consumer_groups.iter().filter_map(|g| g.env()).collect();
-        let env_members: usize = envs.iter().map(|e| ctx.env_size.get(*e).copied().unwrap_or(0)).sum();
+        let env_members: usize = envs
+            .iter()
+            .map(|e| ctx.env_size.get(*e).copied().unwrap_or(0))
+            .sum();
         let support = consumers.len() as f64 / env_members.max(1) as f64;
         let mut set: Vec<Label> = Vec::new();
         let why;
@@ -376,12 +470,21 @@ pub fn recommend_from_sums(
                 consumers.len(),
                 env_members,
                 envs.iter().copied().collect::<Vec<_>>().join("/"),
-                consumer_groups.iter().map(|g| &g.scope).collect::<BTreeSet<_>>().len()
+                consumer_groups
+                    .iter()
+                    .map(|g| &g.scope)
+                    .collect::<BTreeSet<_>>()
+                    .len()
             );
         } else {
             let apps: BTreeSet<&str> = consumer_groups
                 .iter()
-                .flat_map(|g| g.scope.iter().filter(|l| l.key == "app").map(|l| l.value.as_str()))
+                .flat_map(|g| {
+                    g.scope
+                        .iter()
+                        .filter(|l| l.key == "app")
+                        .map(|l| l.value.as_str())
+                })
                 .collect();
             set.extend(apps.iter().map(|a| Label::new("app", *a)));
             why = format!(
@@ -399,8 +502,15 @@ pub fn recommend_from_sums(
         if !in_scope(&options.scope_filter, &d.scope) {
             continue;
         }
-        add(&mut candidates, 
-            RuleKey { scope: d.scope.clone(), consumers: vec![Actor::Labels(set)], providers, extra_scope: true, kind: Kind::SharedService },
+        add(
+            &mut candidates,
+            RuleKey {
+                scope: d.scope.clone(),
+                consumers: vec![Actor::Labels(set)],
+                providers,
+                extra_scope: true,
+                kind: Kind::SharedService,
+            },
             edges,
             support.min(1.0),
             None,
@@ -420,22 +530,41 @@ pub fn recommend_from_sums(
                 Actor::Any,
                 format!(
                     "shared infrastructure consumer: {} reaches {} of the {} workloads of env={env}, so the rule names every workload of env={env} (an explicit any within that scope)",
-                    s.name(), providers.len(), members
+                    s.name(),
+                    providers.len(),
+                    members
                 ),
             )
         } else {
             let apps: BTreeSet<String> = edges
                 .iter()
                 .filter_map(|e| ctx.group(&e.dst))
-                .flat_map(|g| g.scope.into_iter().filter(|l| l.key == "app").map(|l| l.value))
+                .flat_map(|g| {
+                    g.scope
+                        .into_iter()
+                        .filter(|l| l.key == "app")
+                        .map(|l| l.value)
+                })
                 .collect();
             (
                 Actor::Labels(apps.iter().map(|a| Label::new("app", a)).collect()),
-                format!("shared infrastructure consumer: {} reaches {} workloads of {} apps in env={env}", s.name(), providers.len(), apps.len()),
+                format!(
+                    "shared infrastructure consumer: {} reaches {} workloads of {} apps in env={env}",
+                    s.name(),
+                    providers.len(),
+                    apps.len()
+                ),
             )
         };
-        add(&mut candidates, 
-            RuleKey { scope, consumers: vec![s.actor(false)], providers: vec![provider], extra_scope: true, kind: Kind::SharedService },
+        add(
+            &mut candidates,
+            RuleKey {
+                scope,
+                consumers: vec![s.actor(false)],
+                providers: vec![provider],
+                extra_scope: true,
+                kind: Kind::SharedService,
+            },
             edges,
             support.min(1.0),
             None,
@@ -464,8 +593,25 @@ pub fn recommend_from_sums(
             d.actor(false),
             options.support_threshold * 100.0
         );
-        let kind = if intra { Kind::IntraScope } else { Kind::ExtraScope };
-        add(&mut candidates, RuleKey { scope: d.scope.clone(), consumers, providers, extra_scope: !intra, kind }, edges, support, None, why);
+        let kind = if intra {
+            Kind::IntraScope
+        } else {
+            Kind::ExtraScope
+        };
+        add(
+            &mut candidates,
+            RuleKey {
+                scope: d.scope.clone(),
+                consumers,
+                providers,
+                extra_scope: !intra,
+                kind,
+            },
+            edges,
+            support,
+            None,
+            why,
+        );
     }
     for ((s, _, _), edges) in &egress {
         if !in_scope(&options.scope_filter, &s.scope) {
@@ -484,8 +630,15 @@ pub fn recommend_from_sums(
         let cs: BTreeSet<&str> = consumers_seen.iter().map(String::as_str).collect();
         let (consumers, support) = ctx.side(s, &cs, true);
         let provider = Actor::IpList(list.name.clone());
-        add(&mut candidates, 
-            RuleKey { scope: s.scope.clone(), consumers, providers: vec![provider], extra_scope: false, kind: Kind::IpList },
+        add(
+            &mut candidates,
+            RuleKey {
+                scope: s.scope.clone(),
+                consumers,
+                providers: vec![provider],
+                extra_scope: false,
+                kind: Kind::IpList,
+            },
             edges,
             support.min(1.0),
             Some(list),
@@ -503,14 +656,25 @@ pub fn recommend_from_sums(
                 _ => None,
             })
             .collect();
-        let prefix = format!("{}-{}-clients", d.name(), d.role.as_deref().unwrap_or("all"));
+        let prefix = format!(
+            "{}-{}-clients",
+            d.name(),
+            d.role.as_deref().unwrap_or("all")
+        );
         let (list, why) = address_list(&addresses, &prefix, options);
         let providers_seen = ids(edges, true);
         let ps: BTreeSet<&str> = providers_seen.iter().map(String::as_str).collect();
         let (providers, support) = ctx.side(d, &ps, true);
         let consumer = Actor::IpList(list.name.clone());
-        add(&mut candidates, 
-            RuleKey { scope: d.scope.clone(), consumers: vec![consumer], providers, extra_scope: true, kind: Kind::IpList },
+        add(
+            &mut candidates,
+            RuleKey {
+                scope: d.scope.clone(),
+                consumers: vec![consumer],
+                providers,
+                extra_scope: true,
+                kind: Kind::IpList,
+            },
             edges,
             support.min(1.0),
             Some(list),
@@ -526,14 +690,20 @@ pub fn recommend_from_sums(
             "{ruleset}|{:?}|{:?}|{}|{}",
             key.consumers,
             key.providers,
-            services.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            services
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             key.extra_scope
         );
         let id = format!("rec-{}", short_hash(&text));
         let ev = evidence(&c.edges, c.support, options.sample_size);
-        let persistence = (ev.last_seen_unix_ns.saturating_sub(ev.first_seen_unix_ns)) as f64 / (window as f64 * 1000.0);
+        let persistence = (ev.last_seen_unix_ns.saturating_sub(ev.first_seen_unix_ns)) as f64
+            / (window as f64 * 1000.0);
         let volume = (ev.flows as f64 / 20.0).min(1.0);
-        let confidence = (0.4 * c.support.min(1.0) + 0.4 * persistence.min(1.0) + 0.2 * volume).clamp(0.0, 1.0);
+        let confidence =
+            (0.4 * c.support.min(1.0) + 0.4 * persistence.min(1.0) + 0.2 * volume).clamp(0.0, 1.0);
         let coverage = ev.flows as f64 / total_flows.max(1) as f64;
         let rule = Rule {
             id: id.clone(),
@@ -558,7 +728,8 @@ pub fn recommend_from_sums(
             created_unix_ns: now,
         });
     }
-    out.items.sort_by(|a, b| (&a.ruleset, a.kind, &a.id).cmp(&(&b.ruleset, b.kind, &b.id)));
+    out.items
+        .sort_by(|a, b| (&a.ruleset, a.kind, &a.id).cmp(&(&b.ruleset, b.kind, &b.id)));
     out
 }
 
@@ -598,8 +769,14 @@ fn evidence(edges: &[&EdgeSum], support: f64, sample_size: usize) -> Evidence {
         bytes: edges.iter().map(|e| e.bytes).sum(),
         first_seen_unix_ns: ns(edges.iter().map(|e| e.first_seen_us).min().unwrap_or(0)),
         last_seen_unix_ns: ns(edges.iter().map(|e| e.last_seen_us).max().unwrap_or(0)),
-        consumer_workloads: consumers.iter().filter(|e| matches!(e, End::Workload(_))).count() as u32,
-        provider_workloads: providers.iter().filter(|e| matches!(e, End::Workload(_))).count() as u32,
+        consumer_workloads: consumers
+            .iter()
+            .filter(|e| matches!(e, End::Workload(_)))
+            .count() as u32,
+        provider_workloads: providers
+            .iter()
+            .filter(|e| matches!(e, End::Workload(_)))
+            .count() as u32,
         support,
         processes: processes.into_iter().collect(),
         sample: heaviest

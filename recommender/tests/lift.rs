@@ -75,19 +75,38 @@ fn groups_generalise_only_above_the_support_threshold() {
     assert_eq!(out.suspicious().count(), 0);
     let rules: Vec<_> = out.rules().collect();
     assert_eq!(rules.len(), 2, "{rules:#?}");
-    let web_api = rules.iter().find(|r| r.rule.services[0].to_string() == "tcp/8080").unwrap();
+    let web_api = rules
+        .iter()
+        .find(|r| r.rule.services[0].to_string() == "tcp/8080")
+        .unwrap();
     assert_eq!(web_api.kind, Kind::IntraScope);
-    assert_eq!(web_api.rule.consumers, vec![Actor::Labels(vec![Label::new("role", "web")])]);
-    assert_eq!(web_api.rule.providers, vec![Actor::Labels(vec![Label::new("role", "api")])]);
+    assert_eq!(
+        web_api.rule.consumers,
+        vec![Actor::Labels(vec![Label::new("role", "web")])]
+    );
+    assert_eq!(
+        web_api.rule.providers,
+        vec![Actor::Labels(vec![Label::new("role", "api")])]
+    );
     assert_eq!(web_api.ruleset, "crm-prod");
     assert_eq!(web_api.evidence.flows, 400);
     assert_eq!(web_api.evidence.consumer_workloads, 4);
     assert!(web_api.confidence > 0.8, "{}", web_api.confidence);
-    let web_db = rules.iter().find(|r| r.rule.services[0].to_string() == "tcp/5432").unwrap();
-    assert_eq!(web_db.rule.consumers, vec![Actor::Workload("w1".into())], "1 of 4 webs is under the 50% threshold");
+    let web_db = rules
+        .iter()
+        .find(|r| r.rule.services[0].to_string() == "tcp/5432")
+        .unwrap();
+    assert_eq!(
+        web_db.rule.consumers,
+        vec![Actor::Workload("w1".into())],
+        "1 of 4 webs is under the 50% threshold"
+    );
     assert!(web_db.rationale.contains("1 of 4"), "{}", web_db.rationale);
     let total: f64 = rules.iter().map(|r| r.coverage).sum();
-    assert!((total - 1.0).abs() < 1e-9, "rules cover every flow: {total}");
+    assert!(
+        (total - 1.0).abs() < 1e-9,
+        "rules cover every flow: {total}"
+    );
 }
 
 #[test]
@@ -95,10 +114,18 @@ fn shared_services_get_explicit_rules_and_ports_merge() {
     // 4 apps, every host uses DNS over udp/53 and tcp/53.
     let mut pairs = vec![("dns1", "dns", "infra", "prod")];
     let apps = ["a", "b", "c", "d"];
-    let hosts: Vec<String> = apps.iter().flat_map(|a| [format!("{a}-web"), format!("{a}-db")]).collect();
+    let hosts: Vec<String> = apps
+        .iter()
+        .flat_map(|a| [format!("{a}-web"), format!("{a}-db")])
+        .collect();
     for (i, h) in hosts.iter().enumerate() {
         let app = apps[i / 2];
-        pairs.push((h.as_str(), if i % 2 == 0 { "web" } else { "db" }, app, if app == "d" { "staging" } else { "prod" }));
+        pairs.push((
+            h.as_str(),
+            if i % 2 == 0 { "web" } else { "db" },
+            app,
+            if app == "d" { "staging" } else { "prod" },
+        ));
     }
     let l = labels(&pairs);
     let mut rows = Vec::new();
@@ -116,22 +143,36 @@ fn shared_services_get_explicit_rules_and_ports_merge() {
     assert!(dns.rule.extra_scope);
     assert_eq!(
         dns.rule.consumers,
-        vec![Actor::Labels(vec![Label::new("env", "prod"), Label::new("env", "staging")])]
+        vec![Actor::Labels(vec![
+            Label::new("env", "prod"),
+            Label::new("env", "staging")
+        ])]
     );
     let services: Vec<String> = dns.rule.services.iter().map(ToString::to_string).collect();
     assert_eq!(services, ["tcp/53", "udp/53"]);
-    assert!(dns.rationale.contains("shared service"), "{}", dns.rationale);
+    assert!(
+        dns.rationale.contains("shared service"),
+        "{}",
+        dns.rationale
+    );
 }
 
 #[test]
 fn scans_and_new_lateral_edges_are_flagged_not_recommended() {
-    let mut pairs = vec![("w1", "web", "crm", "prod"), ("w2", "web", "crm", "prod"), ("a1", "api", "crm", "prod")];
+    let mut pairs = vec![
+        ("w1", "web", "crm", "prod"),
+        ("w2", "web", "crm", "prod"),
+        ("a1", "api", "crm", "prod"),
+    ];
     let targets: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
     for t in &targets {
         pairs.push((t.as_str(), "db", "hr", "prod"));
     }
     let l = labels(&pairs);
-    let mut rows = vec![edge("w1", "a1", 8080, 40, 3000, 0), edge("w2", "a1", 8080, 40, 3000, 0)];
+    let mut rows = vec![
+        edge("w1", "a1", 8080, 40, 3000, 0),
+        edge("w2", "a1", 8080, 40, 3000, 0),
+    ];
     // w2 scans 12 hosts on 6 ports with tiny flows, in the last hour.
     for (i, t) in targets.iter().enumerate() {
         rows.push(edge("w2", t, 20 + (i % 6) as i32, 1, 80, 23));
@@ -141,11 +182,21 @@ fn scans_and_new_lateral_edges_are_flagged_not_recommended() {
     let out = run(&rows, &l);
     let suspicious: Vec<_> = out.suspicious().collect();
     assert_eq!(suspicious.len(), 2, "{suspicious:#?}");
-    let scan = suspicious.iter().find(|s| s.rule.consumers == vec![Actor::Workload("w2".into())]).unwrap();
+    let scan = suspicious
+        .iter()
+        .find(|s| s.rule.consumers == vec![Actor::Workload("w2".into())])
+        .unwrap();
     assert!(scan.rationale.contains("scan"), "{}", scan.rationale);
     assert_eq!(scan.evidence.provider_workloads, 12);
-    let lateral = suspicious.iter().find(|s| s.rule.consumers == vec![Actor::Workload("w1".into())]).unwrap();
-    assert!(lateral.rationale.contains("lateral"), "{}", lateral.rationale);
+    let lateral = suspicious
+        .iter()
+        .find(|s| s.rule.consumers == vec![Actor::Workload("w1".into())])
+        .unwrap();
+    assert!(
+        lateral.rationale.contains("lateral"),
+        "{}",
+        lateral.rationale
+    );
     assert!(lateral.rule.disabled);
     // Only the legitimate web → api rule is recommended.
     let rules: Vec<_> = out.rules().collect();
@@ -163,14 +214,30 @@ fn traffic_leaving_the_estate_becomes_ip_lists_never_any() {
     let out = run(&rows, &l);
     let rules: Vec<_> = out.rules().collect();
     assert_eq!(rules.len(), 2, "{rules:#?}");
-    let egress = rules.iter().find(|r| r.rule.consumers == vec![Actor::Labels(vec![Label::new("role", "app")])]).unwrap();
+    let egress = rules
+        .iter()
+        .find(|r| r.rule.consumers == vec![Actor::Labels(vec![Label::new("role", "app")])])
+        .unwrap();
     assert_eq!(egress.kind, Kind::IpList);
     assert_eq!(egress.ip_lists.len(), 1);
-    assert_eq!(egress.ip_lists[0].cidrs, vec!["192.0.2.10/32".parse().unwrap()]);
-    let ingress = rules.iter().find(|r| r.rule.providers == vec![Actor::Labels(vec![Label::new("role", "web")])]).unwrap();
-    assert_eq!(ingress.rule.consumers, vec![Actor::IpList("internet".into())]);
+    assert_eq!(
+        egress.ip_lists[0].cidrs,
+        vec!["192.0.2.10/32".parse().unwrap()]
+    );
+    let ingress = rules
+        .iter()
+        .find(|r| r.rule.providers == vec![Actor::Labels(vec![Label::new("role", "web")])])
+        .unwrap();
+    assert_eq!(
+        ingress.rule.consumers,
+        vec![Actor::IpList("internet".into())]
+    );
     assert!(ingress.rule.extra_scope);
-    assert!(ingress.rationale.contains("8 distinct public addresses"), "{}", ingress.rationale);
+    assert!(
+        ingress.rationale.contains("8 distinct public addresses"),
+        "{}",
+        ingress.rationale
+    );
     for r in &rules {
         assert!(!r.rule.consumers.contains(&Actor::Any) && !r.rule.providers.contains(&Actor::Any));
     }
@@ -182,7 +249,10 @@ fn recommendations_convert_to_the_table_and_the_wire() {
     let out = run(&[edge("w1", "a1", 8080, 10, 1000, 0)], &l);
     let batch = bulkhead_recommender::lake::recommendations_batch(&out.items).unwrap();
     assert_eq!(batch.num_rows(), 1);
-    assert_eq!(batch.schema(), bulkhead_schemas::lake::recommendations_schema());
+    assert_eq!(
+        batch.schema(),
+        bulkhead_schemas::lake::recommendations_schema()
+    );
     let wire = out.items[0].to_proto();
     assert_eq!(wire.id, out.items[0].id);
     assert_eq!(wire.evidence.unwrap().flows, 10);

@@ -7,11 +7,13 @@
 #[path = "../../../bench/src/datacenter.rs"]
 mod datacenter;
 
-pub use datacenter::{Datacenter, DcSpec, Peer};
 use bulkhead_policy::simulate::FlowKey;
-use bulkhead_recommender::{EdgeRow, Options, Recommendations, WorkloadLabels, edges_frame, recommend};
+use bulkhead_recommender::{
+    EdgeRow, Options, Recommendations, WorkloadLabels, edges_frame, recommend,
+};
 use bulkhead_schemas::policy::PolicySigner;
 use bulkhead_schemas::proto::{self, control_event::Event};
+pub use datacenter::{Datacenter, DcSpec, Peer};
 use polars::prelude::IntoLazy as _;
 
 /// 2025-11-26T00:00:00Z.
@@ -22,7 +24,10 @@ pub fn datacenter(seed: u64, apps: usize) -> Datacenter {
 }
 
 pub fn labels(dc: &Datacenter) -> WorkloadLabels {
-    dc.workloads.iter().map(|w| (w.id.clone(), w.labels.clone())).collect()
+    dc.workloads
+        .iter()
+        .map(|w| (w.id.clone(), w.labels.clone()))
+        .collect()
 }
 
 /// The `edges` rows of the datacenter's connections (one window: the whole day).
@@ -85,7 +90,10 @@ pub fn labelling_changes(dc: &Datacenter) -> Vec<Event> {
         for (k, v) in &w.labels {
             out.push(Event::LabelAssigned(proto::LabelAssigned {
                 workload_id: w.id.clone(),
-                label: Some(proto::Label { key: k.clone(), value: v.clone() }),
+                label: Some(proto::Label {
+                    key: k.clone(),
+                    value: v.clone(),
+                }),
             }));
         }
         out.push(Event::EnforcementModeSet(proto::EnforcementModeSet {
