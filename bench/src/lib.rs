@@ -10,6 +10,7 @@
 //! benchmarks; [`demo_lab`] is the persistent lab estate behind `bulkhead lab`. `bulkhead gen` is the command-line face of [`workload`].
 
 pub mod collector;
+pub mod datacenter;
 pub mod demo_lab;
 pub mod enforcer;
 pub mod ingest;

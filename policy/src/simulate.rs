@@ -1,0 +1,207 @@
+//! Simulation: replay observed flows against the draft and compare with the active
+//! policy, per app. Flows come from the lake's `flows` table (polars scans the files
+//! deltalake lists), one row per connection end; each connection is counted once, at the
+//! end that reported it as the server (or the client when the server is no workload).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use bulkhead_schemas::policy::{Decider, Decision, Endpoint, PolicyDocument};
+use polars::prelude::*;
+use serde::Serialize;
+
+/// Connections of one kind, counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowKey {
+    pub src_workload: Option<String>,
+    pub src_ip: IpAddr,
+    pub dst_workload: Option<String>,
+    pub dst_ip: IpAddr,
+    pub port: u32,
+    pub protocol: u32,
+    pub flows: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Example {
+    pub src: String,
+    pub dst: String,
+    pub port: u32,
+    pub protocol: u32,
+    pub flows: u64,
+    pub now: &'static str,
+    pub draft: &'static str,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct AppImpact {
+    pub app: String,
+    pub flows: u64,
+    /// Allowed (or unjudged) now, blocked or potentially blocked under the draft.
+    pub newly_blocked: u64,
+    /// Potentially blocked or blocked now, allowed under the draft.
+    pub newly_allowed: u64,
+    pub examples: Vec<Example>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Totals {
+    pub flows: u64,
+    pub newly_blocked: u64,
+    pub newly_allowed: u64,
+    /// Flows by the draft's decision.
+    pub draft_decisions: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Simulation {
+    pub per_app: Vec<AppImpact>,
+    pub totals: Totals,
+}
+
+const EXAMPLES: usize = 5;
+
+fn endpoint<'a>(workload: &'a Option<String>, ip: IpAddr) -> Endpoint<'a> {
+    Endpoint {
+        ip,
+        workload: workload.as_deref(),
+    }
+}
+
+fn restricted(d: Decision) -> bool {
+    matches!(d, Decision::Blocked | Decision::PotentiallyBlocked)
+}
+
+/// Judges every flow under `active` (none: `unknown`) and `draft`.
+pub fn simulate(
+    active: Option<&PolicyDocument>,
+    draft: &PolicyDocument,
+    flows: &[FlowKey],
+) -> Simulation {
+    let now = active.map(Decider::new);
+    let next = Decider::new(draft);
+    let app_of = |workload: &Option<String>| -> Option<String> {
+        let id = workload.as_deref()?;
+        draft
+            .workloads
+            .iter()
+            .find(|w| w.workload_id == id)?
+            .labels
+            .get("app")
+            .cloned()
+    };
+    let mut apps: BTreeMap<String, AppImpact> = BTreeMap::new();
+    let mut totals = Totals::default();
+    for f in flows {
+        let (src, dst) = (
+            endpoint(&f.src_workload, f.src_ip),
+            endpoint(&f.dst_workload, f.dst_ip),
+        );
+        let before = now.as_ref().map_or(Decision::Unknown, |d| {
+            d.decide(src, dst, f.protocol, f.port)
+        });
+        let after = next.decide(src, dst, f.protocol, f.port);
+        let app = app_of(&f.dst_workload)
+            .or_else(|| app_of(&f.src_workload))
+            .unwrap_or_else(|| "(unlabeled)".into());
+        let impact = apps.entry(app.clone()).or_insert_with(|| AppImpact {
+            app,
+            ..Default::default()
+        });
+        impact.flows += f.flows;
+        totals.flows += f.flows;
+        *totals.draft_decisions.entry(after.as_str()).or_default() += f.flows;
+        let changed = if !restricted(before) && restricted(after) {
+            impact.newly_blocked += f.flows;
+            totals.newly_blocked += f.flows;
+            true
+        } else if restricted(before) && after == Decision::Allowed {
+            impact.newly_allowed += f.flows;
+            totals.newly_allowed += f.flows;
+            true
+        } else {
+            false
+        };
+        if changed && impact.examples.len() < EXAMPLES {
+            let name = |w: &Option<String>, ip: IpAddr| w.clone().unwrap_or_else(|| ip.to_string());
+            impact.examples.push(Example {
+                src: name(&f.src_workload, f.src_ip),
+                dst: name(&f.dst_workload, f.dst_ip),
+                port: f.port,
+                protocol: f.protocol,
+                flows: f.flows,
+                now: before.as_str(),
+                draft: after.as_str(),
+            });
+        }
+    }
+    Simulation {
+        per_app: apps.into_values().collect(),
+        totals,
+    }
+}
+
+/// Connections of the `flows` table first seen at or after `since_us`, counted once each
+/// (see the module documentation) and grouped by endpoints and service.
+pub async fn load_flows(lake: &url::Url, since_us: i64) -> anyhow::Result<Vec<FlowKey>> {
+    let url = bulkhead_recommender::lake::table_url(lake, "flows");
+    let files = bulkhead_recommender::lake::table_files(&url).await?;
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let frames = files
+        .iter()
+        .map(|f| LazyFrame::scan_parquet(PlRefPath::new(f.as_str()), ScanArgsParquet::default()))
+        .collect::<PolarsResult<Vec<_>>>()?;
+    let flows = concat(frames, UnionArgs::default())?
+        .filter(col("first_seen").cast(DataType::Int64).gt_eq(lit(since_us)));
+    Ok(flow_keys(flows)?)
+}
+
+/// Groups a flows frame (the `flows` table's columns) into [`FlowKey`]s.
+pub fn flow_keys(flows: LazyFrame) -> PolarsResult<Vec<FlowKey>> {
+    let reporter = when(col("dst_workload").is_not_null())
+        .then(col("host_id").eq(col("dst_workload")))
+        .otherwise(col("host_id").eq(col("src_workload")).fill_null(lit(true)));
+    let df = flows
+        .filter(reporter)
+        .group_by([
+            col("src_workload"),
+            col("src_ip"),
+            col("dst_workload"),
+            col("dst_ip"),
+            col("dst_port"),
+            col("protocol"),
+        ])
+        .agg([len().alias("flows")])
+        .collect()?;
+    let sw = df.column("src_workload")?.str()?;
+    let si = df.column("src_ip")?.str()?;
+    let dw = df.column("dst_workload")?.str()?;
+    let di = df.column("dst_ip")?.str()?;
+    let port = df.column("dst_port")?.cast(&DataType::Int64)?;
+    let port = port.i64()?;
+    let protocol = df.column("protocol")?.cast(&DataType::Int64)?;
+    let protocol = protocol.i64()?;
+    let count = df.column("flows")?.cast(&DataType::UInt64)?;
+    let count = count.u64()?;
+    let mut out = Vec::with_capacity(df.height());
+    for i in 0..df.height() {
+        let (Some(src_ip), Some(dst_ip)) = (
+            si.get(i).and_then(|s| s.parse().ok()),
+            di.get(i).and_then(|s| s.parse().ok()),
+        ) else {
+            continue;
+        };
+        out.push(FlowKey {
+            src_workload: sw.get(i).map(str::to_string),
+            src_ip,
+            dst_workload: dw.get(i).map(str::to_string),
+            dst_ip,
+            port: port.get(i).unwrap_or(0) as u32,
+            protocol: protocol.get(i).unwrap_or(0) as u32,
+            flows: count.get(i).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}

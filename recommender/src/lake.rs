@@ -1,0 +1,220 @@
+//! Reading the lake's `edges` table (deltalake lists the live files, polars scans them)
+//! and writing the `recommendations` table.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arrow_array::builder::{
+    Float64Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use deltalake::DeltaTable;
+use deltalake::protocol::SaveMode;
+use polars::prelude::{
+    DataType, LazyFrame, PlRefPath, PolarsResult, ScanArgsParquet, SortMultipleOptions, UnionArgs,
+    col, concat, lit,
+};
+use url::Url;
+
+use crate::{Recommendation, WorkloadLabels};
+
+/// `<lake>/<name>/`.
+pub fn table_url(lake: &Url, name: &str) -> Url {
+    let mut url = lake.clone();
+    let path = url.path().trim_end_matches('/').to_string();
+    url.set_path(&format!("{path}/{name}/"));
+    url
+}
+
+/// The lake root given as a path or `file://` URL.
+pub fn lake_url(text: &str) -> anyhow::Result<Url> {
+    if text.contains("://") {
+        let url = Url::parse(text).with_context(|| format!("--lake {text:?} is not a URL"))?;
+        anyhow::ensure!(
+            url.scheme() == "file",
+            "--lake {text:?}: only local lakes (paths or file://) are supported here"
+        );
+        return Ok(url);
+    }
+    let path = std::path::absolute(text)
+        .with_context(|| format!("--lake {text:?} is not a usable path"))?;
+    Url::from_directory_path(&path)
+        .map_err(|_| anyhow::anyhow!("--lake {text:?} is not a usable directory path"))
+}
+
+/// The parquet files of a Delta table's current version, as local paths.
+pub async fn table_files(url: &Url) -> anyhow::Result<Vec<String>> {
+    let table = deltalake::open_table(url.clone()).await.with_context(|| {
+        format!("cannot open the Delta table at {url} (has ingest written it yet?)")
+    })?;
+    let files = table
+        .get_file_uris()
+        .with_context(|| format!("cannot list the files of {url}"))?
+        .map(|uri| {
+            uri.strip_prefix("file://")
+                .map(str::to_string)
+                .unwrap_or(uri)
+        })
+        .collect();
+    Ok(files)
+}
+
+/// The `edges` rows last seen at or after `since_us` (microseconds since the epoch), and
+/// the newest labels each workload had in them.
+pub async fn load_edges(lake: &Url, since_us: i64) -> anyhow::Result<(LazyFrame, WorkloadLabels)> {
+    let url = table_url(lake, "edges");
+    let files = table_files(&url).await?;
+    anyhow::ensure!(
+        !files.is_empty(),
+        "the edges table at {url} has no data files yet"
+    );
+    let frames = files
+        .iter()
+        .map(|f| LazyFrame::scan_parquet(PlRefPath::new(f.as_str()), ScanArgsParquet::default()))
+        .collect::<PolarsResult<Vec<_>>>()
+        .with_context(|| format!("cannot scan the parquet files of {url}"))?;
+    let edges = concat(frames, UnionArgs::default())?
+        .filter(col("last_seen").cast(DataType::Int64).gt_eq(lit(since_us)));
+    let labels = labels_of(edges.clone())
+        .with_context(|| format!("cannot read workload labels from {url}"))?;
+    Ok((edges, labels))
+}
+
+/// The newest labels of every workload in the edges (source and destination sides).
+fn labels_of(edges: LazyFrame) -> PolarsResult<WorkloadLabels> {
+    let mut out = WorkloadLabels::new();
+    for (workload, labels) in [
+        ("src_workload", "src_labels"),
+        ("dst_workload", "dst_labels"),
+    ] {
+        let df = edges
+            .clone()
+            .select([
+                col(workload).alias("w"),
+                col(labels).alias("l"),
+                col("last_seen").cast(DataType::Int64).alias("t"),
+            ])
+            .filter(col("w").is_not_null())
+            .sort(
+                ["t"],
+                SortMultipleOptions::default().with_order_descending(true),
+            )
+            .collect()?;
+        let ids = df.column("w")?.str()?;
+        let lists = df.column("l")?.list()?;
+        for i in 0..df.height() {
+            let Some(id) = ids.get(i) else { continue };
+            if out.contains_key(id) {
+                continue;
+            }
+            let mut map = BTreeMap::new();
+            if let Some(entries) = lists.get_as_series(i) {
+                let entries = entries.struct_()?;
+                let keys = entries.field_by_name("keys")?;
+                let values = entries.field_by_name("values")?;
+                let (keys, values) = (keys.str()?, values.str()?);
+                for j in 0..keys.len() {
+                    if let (Some(k), Some(v)) = (keys.get(j), values.get(j)) {
+                        map.insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
+            out.insert(id.to_string(), map);
+        }
+    }
+    Ok(out)
+}
+
+/// The `recommendations` table's rows for `items` (status `pending`).
+pub fn recommendations_batch(items: &[Recommendation]) -> anyhow::Result<RecordBatch> {
+    let schema = bulkhead_schemas::lake::recommendations_schema();
+    let mut id = StringBuilder::new();
+    let mut kind = StringBuilder::new();
+    let mut ruleset = StringBuilder::new();
+    let mut scope = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+    let mut consumers = StringBuilder::new();
+    let mut providers = StringBuilder::new();
+    let mut services = StringBuilder::new();
+    let mut flows = Int64Builder::new();
+    let mut bytes = Int64Builder::new();
+    let mut support = Float64Builder::new();
+    let mut confidence = Float64Builder::new();
+    let mut rationale = StringBuilder::new();
+    let mut rule_json = StringBuilder::new();
+    let mut created = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut status = StringBuilder::new();
+    let join = |actors: &[bulkhead_schemas::policy::Actor]| {
+        actors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for r in items {
+        id.append_value(&r.id);
+        kind.append_value(r.kind.as_str());
+        ruleset.append_value(&r.ruleset);
+        for label in &r.scope {
+            scope.keys().append_value(&label.key);
+            scope.values().append_value(&label.value);
+        }
+        scope.append(true)?;
+        consumers.append_value(join(&r.rule.consumers));
+        providers.append_value(join(&r.rule.providers));
+        services.append_value(
+            r.rule
+                .services
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        flows.append_value(r.evidence.flows as i64);
+        bytes.append_value(r.evidence.bytes as i64);
+        support.append_value(r.evidence.support);
+        confidence.append_value(r.confidence);
+        rationale.append_value(&r.rationale);
+        rule_json.append_value(serde_json::to_string(r)?);
+        created.append_value((r.created_unix_ns / 1000) as i64);
+        status.append_value("pending");
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(ruleset.finish()),
+        Arc::new(scope.finish()),
+        Arc::new(consumers.finish()),
+        Arc::new(providers.finish()),
+        Arc::new(services.finish()),
+        Arc::new(flows.finish()),
+        Arc::new(bytes.finish()),
+        Arc::new(support.finish()),
+        Arc::new(confidence.finish()),
+        Arc::new(rationale.finish()),
+        Arc::new(rule_json.finish()),
+        Arc::new(created.finish()),
+        Arc::new(status.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Replaces the `recommendations` table's content with `items` (each run is the current
+/// set of candidates; accepted/rejected state lives in the control events).
+pub async fn write_recommendations(lake: &Url, items: &[Recommendation]) -> anyhow::Result<i64> {
+    let url = table_url(lake, "recommendations");
+    if let Ok(path) = url.to_file_path() {
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+    }
+    let batch = recommendations_batch(items)?;
+    let table = DeltaTable::try_from_url(url.clone())
+        .await
+        .with_context(|| format!("cannot open {url}"))?;
+    let table = table
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Overwrite)
+        .await
+        .with_context(|| format!("cannot write the recommendations table at {url}"))?;
+    Ok(table.version().unwrap_or(0) as i64)
+}
