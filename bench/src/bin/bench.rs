@@ -306,12 +306,15 @@ async fn run(
                 )
                 .target("≥ 5×"),
             );
-            figures.push(Figure::new(
-                "ingest",
-                "flows per CPU second",
-                "flows/s",
-                Summary::of(vec![report.rust_flows_per_cpu_sec]),
-            ).target("≥ 1M per core"));
+            figures.push(
+                Figure::new(
+                    "ingest",
+                    "flows per CPU second",
+                    "flows/s",
+                    Summary::of(vec![report.rust_flows_per_cpu_sec]),
+                )
+                .target("≥ 1M per core"),
+            );
             figures.push(Figure::new(
                 "ingest",
                 "peak memory (throughput run)",

@@ -159,6 +159,14 @@ pub struct Decider<'p> {
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
+/// Which end of the flow an actor is matched against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The enforcing host.
+    Host,
+    Peer,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Inbound,
@@ -308,12 +316,17 @@ impl<'p> Decider<'p> {
             rule.ports.iter().any(|r| r.contains(protocol, port))
                 && match side {
                     Side::Inbound => {
-                        self.is(host, host_labels, rule.providers, rule.scope)
+                        self.is(host, host_labels, rule.providers, rule.scope, End::Host)
                             && self.is_peer(peer, rule.consumers, rule.consumer_scope())
                     }
                     Side::Outbound => {
-                        self.is(host, host_labels, rule.consumers, rule.consumer_scope())
-                            && self.is_peer(peer, rule.providers, rule.scope)
+                        self.is(
+                            host,
+                            host_labels,
+                            rule.consumers,
+                            rule.consumer_scope(),
+                            End::Host,
+                        ) && self.is_peer(peer, rule.providers, rule.scope)
                     }
                 }
         };
@@ -348,16 +361,23 @@ impl<'p> Decider<'p> {
         labels: &BTreeMap<String, String>,
         actors: &[Actor],
         scope: Option<&[Label]>,
+        side: End,
     ) -> bool {
         let in_scope = scope
             .is_none_or(|scope| endpoint.workload.is_some() && label_set_matches(scope, labels));
-        in_scope
-            && actors.iter().any(|actor| match actor {
-                Actor::Any => true,
-                Actor::Labels(set) => endpoint.workload.is_some() && label_set_matches(set, labels),
-                Actor::Workload(id) => endpoint.workload == Some(id.as_str()),
-                Actor::IpList(name) => self.ip_list(name).is_some_and(|l| l.contains(endpoint.ip)),
-            })
+        actors.iter().any(|actor| match actor {
+            // As the enforcer resolves them: a peer's IP list is its CIDRs, whatever the
+            // scope; the enforcing host itself must be in scope.
+            Actor::IpList(name) => {
+                (in_scope || side == End::Peer)
+                    && self.ip_list(name).is_some_and(|l| l.contains(endpoint.ip))
+            }
+            Actor::Any => in_scope,
+            Actor::Labels(set) => {
+                in_scope && endpoint.workload.is_some() && label_set_matches(set, labels)
+            }
+            Actor::Workload(id) => in_scope && endpoint.workload == Some(id.as_str()),
+        })
     }
 
     /// [`Decider::is`] for the other end, whose labels come from the policy.
@@ -366,7 +386,7 @@ impl<'p> Decider<'p> {
             .state(peer.workload)
             .map(|s| s.labels)
             .unwrap_or(&NO_LABELS);
-        self.is(peer, labels, actors, scope)
+        self.is(peer, labels, actors, scope, End::Peer)
     }
 
     fn ip_list(&self, name: &str) -> Option<&'p IpList> {
@@ -420,6 +440,10 @@ rulesets:
         providers: [{labels: [role=web]}]
         services: [tcp/443]
         extra_scope: true
+      - id: api-to-partner
+        consumers: [{labels: [role=api]}]
+        providers: [{ip_list: internet}]
+        services: [tcp/443]
       - id: api-to-dns
         consumers: [{labels: [role=api]}]
         providers: [{workload: dns1}]
@@ -539,6 +563,13 @@ default_mode: visibility_only
         let d = Decider::new(&doc);
         let api1 = w("api1", "10.0.0.2");
         assert_eq!(d.decide(api1, ip("8.8.8.8"), UDP, 53), Decision::Blocked);
+        // An IP-list provider inside a scoped ruleset: the peer is no workload, yet the
+        // rule covers it (the enforcer resolves the list to its CIDRs).
+        let v = d.explain(api1, ip("8.8.8.8"), TCP, 443);
+        assert_eq!(
+            (v.decision, v.rule_id),
+            (Decision::Allowed, Some("api-to-partner"))
+        );
         let v = d.explain(api1, w("dns1", "10.0.0.4"), UDP, 53);
         assert_eq!(
             (v.decision, v.rule_id),
