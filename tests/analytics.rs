@@ -489,7 +489,6 @@ async fn every_table_is_queryable_and_analyst_queries_equal_duckdb() {
             !ours.is_empty(),
             "{name}: no rows, the comparison would be empty"
         );
-        let duck: Vec<Value> = duck.into_iter().map(Value::Array).collect();
         assert_eq!(ours, duck, "{name}: DataFusion vs DuckDB\n{sql}");
     }
 }
