@@ -143,7 +143,7 @@ fn edges_batch() -> RecordBatch {
         ls.append_value(NOW_US - 1_000_000_000);
         decision.append_value(dec);
     }
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(date.finish()),
         Arc::new(ws.finish()),
         Arc::new(we.finish()),
@@ -163,6 +163,9 @@ fn edges_batch() -> RecordBatch {
         Arc::new(ls.finish()),
         Arc::new(decision.finish()),
     ];
+    // Every edge as the server reported it.
+    let rows = columns[0].len();
+    columns.push(Arc::new(arrow_array::StringArray::from(vec!["dst"; rows])));
     RecordBatch::try_new(bulkhead_schemas::lake::edges_schema(), columns).unwrap()
 }
 
