@@ -229,25 +229,9 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn port_ranges(&self, services: &[ServiceRef]) -> Vec<PortRange> {
-        services
-            .iter()
-            .flat_map(|s| match s {
-                ServiceRef::Ports(range) => vec![*range],
-                ServiceRef::Named(name) => self
-                    .doc
-                    .services
-                    .iter()
-                    .find(|svc| &svc.name == name)
-                    .map(|svc| svc.ports.clone())
-                    .unwrap_or_default(),
-            })
-            .collect()
-    }
-
     fn add_rule(&self, into: &mut Matchers, peers: Vec<AddrRange>, services: &[ServiceRef]) {
         let peers = merge(peers);
-        for range in self.port_ranges(services) {
+        for range in self.doc.port_ranges(services) {
             into.add(&peers, &range);
         }
     }

@@ -24,9 +24,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use super::{
-    Actor, EnforcementMode, IpList, Label, PolicyDocument, PortRange, ServiceRef, label_set_matches,
-};
+use super::{Actor, EnforcementMode, IpList, Label, PolicyDocument, PortRange, label_set_matches};
 use crate::proto::PolicyDecision;
 
 /// The verdict on one flow. Ordered from least to most restrictive (`Unknown` first:
@@ -190,20 +188,6 @@ impl<'p> Decider<'p> {
                 )
             })
             .collect();
-        let ports = |services: &[ServiceRef]| -> Vec<PortRange> {
-            services
-                .iter()
-                .flat_map(|s| match s {
-                    ServiceRef::Ports(range) => vec![*range],
-                    ServiceRef::Named(name) => doc
-                        .services
-                        .iter()
-                        .find(|svc| &svc.name == name)
-                        .map(|svc| svc.ports.clone())
-                        .unwrap_or_default(),
-                })
-                .collect()
-        };
         let allows = doc
             .rules()
             .filter(|(_, r)| !r.disabled)
@@ -213,7 +197,7 @@ impl<'p> Decider<'p> {
                 consumers_extra_scope: r.extra_scope,
                 consumers: &r.consumers,
                 providers: &r.providers,
-                ports: ports(&r.services),
+                ports: doc.port_ranges(&r.services),
             })
             .collect();
         let denies = doc
@@ -226,7 +210,7 @@ impl<'p> Decider<'p> {
                 consumers_extra_scope: true,
                 consumers: &r.consumers,
                 providers: &r.providers,
-                ports: ports(&r.services),
+                ports: doc.port_ranges(&r.services),
             })
             .collect();
         Self {

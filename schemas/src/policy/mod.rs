@@ -608,6 +608,23 @@ impl PolicyDocument {
             .unwrap_or(self.default_mode)
     }
 
+    /// The port ranges `services` stand for (named services resolved; unknown names,
+    /// which validation reports, stand for nothing).
+    pub fn port_ranges(&self, services: &[ServiceRef]) -> Vec<PortRange> {
+        services
+            .iter()
+            .flat_map(|s| match s {
+                ServiceRef::Ports(range) => vec![*range],
+                ServiceRef::Named(name) => self
+                    .services
+                    .iter()
+                    .find(|svc| &svc.name == name)
+                    .map(|svc| svc.ports.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Every allow rule, with the ruleset it belongs to.
     pub fn rules(&self) -> impl Iterator<Item = (&Ruleset, &Rule)> {
         self.rulesets
