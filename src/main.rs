@@ -35,9 +35,15 @@ enum Command {
     /// Create or list Bulkhead's Kafka topics.
     #[command(subcommand)]
     Topics(commands::topics::TopicsCommand),
-    /// Work with policy files and signing keys offline.
+    /// Review, provision, simulate and export policy (through the policy engine's HTTP
+    /// API), or work with policy files and signing keys offline.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
+    /// Label workloads through the policy engine's HTTP API.
+    #[command(subcommand)]
+    Labels(commands::policy_api::LabelsCommand),
+    /// Recommend label-based rules from the lake's edges; publish them for review.
+    Recommend(commands::recommend::RecommendArgs),
     /// Capture this host's flows with eBPF and publish them (or print them).
     ///
     /// Flows carry the owning process and the DNS name of the remote end; the host
@@ -61,8 +67,9 @@ enum Command {
     /// Query the lake with SQL (embedded DataFusion): a table, CSV, JSON or Parquet; no
     /// query opens an interactive prompt.
     Sql(bulkhead_analytics::cli::SqlArgs),
-    /// Serve the HTTP API, the console and Arrow Flight SQL over the lake.
-    Serve(bulkhead_analytics::serve::ServeArgs),
+    /// Serve the HTTP API, the console and Arrow Flight SQL over the lake, and own the
+    /// policy (review, provisioning, signed versions).
+    Serve(commands::serve::ServeCommandArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,7 +96,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Gen(args) => commands::gen_flows::run(&settings, args).await,
             Command::Topics(command) => commands::topics::run(&settings, command).await,
-            Command::Policy(command) => commands::policy::run(command),
+            Command::Policy(command) => commands::policy::run(&settings, command).await,
+            Command::Labels(command) => commands::policy_api::labels(command).await,
+            Command::Recommend(args) => commands::recommend::run(&settings, args).await,
             Command::Demo(args) => commands::demo::run(&settings, args).await,
             Command::Collect(args) => commands::collect::run(&settings, args).await,
             Command::Enforce(args) => commands::enforce::run(&settings, args).await,
@@ -100,7 +109,7 @@ fn main() -> ExitCode {
                 tokio::task::block_in_place(|| commands::lab::run(&settings, args))
             }
             Command::Sql(args) => commands::sql::run(args).await,
-            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Serve(args) => commands::serve::run(&settings, args).await,
         }
     });
     match result {

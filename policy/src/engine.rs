@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bulkhead_kafka::admin::{self, TopicOptions};
-use bulkhead_kafka::consumer::{Consumer, ConsumerOptions};
+use bulkhead_kafka::{Consumer, ConsumerOptions};
 use bulkhead_kafka::{KafkaConfig, Producer};
 use bulkhead_recommender::Recommendation;
 use bulkhead_schemas::policy::PolicySigner;
@@ -220,7 +220,8 @@ impl Engine {
                 LazyFrame::scan_parquet(PlRefPath::new(file.as_str()), ScanArgsParquet::default())?
                     .select([col("rule_json")])
                     .collect()?;
-            for text in df.column("rule_json")?.str()?.into_iter().flatten() {
+            let texts = df.column("rule_json")?.str()?;
+            for text in (0..texts.len()).filter_map(|i| texts.get(i)) {
                 let item: Recommendation = serde_json::from_str(text).with_context(|| {
                     format!("{file}: a recommendations row is not a recommendation")
                 })?;

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bulkhead_recommender::{Kind, Recommendation};
+use bulkhead_recommender::Recommendation;
 use bulkhead_schemas::policy::{EnforcementMode, Label, Rule};
 use bulkhead_schemas::proto::{self, control_event::Event};
 use serde::Deserialize;

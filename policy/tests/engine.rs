@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use bulkhead_kafka::consumer::{Consumer, ConsumerOptions};
+use bulkhead_kafka::{Consumer, ConsumerOptions};
 use bulkhead_kafka::require_kafka;
 use bulkhead_policy::{Engine, EngineConfig, router};
 use bulkhead_schemas::policy::{PolicyVerifier, parse_verifying_key};

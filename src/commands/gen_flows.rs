@@ -34,6 +34,23 @@ pub struct GenArgs {
     /// Where the output goes.
     #[arg(long, value_enum, default_value = "kafka")]
     pub to: GenTarget,
+    /// What to generate: `estate` (--hosts, --flows) or `datacenter` (--apps; apps of
+    /// web/app/db tiers, shared services, cross-app calls, internet egress, injected
+    /// scans and lateral movement, over the last 24 hours, with a ground-truth policy).
+    #[arg(long, value_enum, default_value = "estate")]
+    pub model: GenModel,
+    /// Apps in the datacenter model.
+    #[arg(long, default_value_t = 60)]
+    pub apps: usize,
+    /// Write the datacenter's ground-truth policy (YAML) here.
+    #[arg(long)]
+    pub ground_truth: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum GenModel {
+    Estate,
+    Datacenter,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -57,6 +74,9 @@ pub struct PublishReport {
 }
 
 pub async fn run(settings: &Settings, args: GenArgs) -> anyhow::Result<()> {
+    if let GenModel::Datacenter = args.model {
+        return datacenter(settings, &args).await;
+    }
     let estate = Estate::generate(args.seed, args.hosts);
     let spec = FlowSpec {
         batch_records: args.batch_records.max(1),
@@ -170,4 +190,65 @@ pub async fn publish(
     bar.finish_and_clear();
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// `--model datacenter`: inventories and flow batches of a generated datacenter.
+async fn datacenter(settings: &Settings, args: &GenArgs) -> anyhow::Result<()> {
+    use bulkhead_bench::datacenter::{Datacenter, DcSpec};
+    anyhow::ensure!(args.apps >= 1, "--apps must be at least 1");
+    let dc = Datacenter::generate(&DcSpec::day(args.seed, args.apps, bulkhead_schemas::now_unix_ns()));
+    if let Some(path) = &args.ground_truth {
+        std::fs::write(path, dc.ground_truth.to_yaml()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let batches = dc.flow_batches(args.batch_records);
+    let legit = dc.connections.iter().filter(|c| c.kind.legitimate()).count();
+    let summary = format!(
+        "datacenter seed {}: {} workloads in {} apps, {} connections ({} injected illegitimate), {} ground-truth rules",
+        args.seed,
+        dc.workloads.len(),
+        args.apps,
+        dc.connections.len(),
+        dc.connections.len() - legit,
+        dc.ground_truth.rules().count()
+    );
+    match args.to {
+        GenTarget::Stdout => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            for record in batches.iter().flat_map(|b| &b.records) {
+                if writeln!(out, "{}", bulkhead_schemas::json::flow_record(record)).is_err() {
+                    return Ok(()); // closed pipe
+                }
+            }
+            let _ = out.flush();
+            eprintln!("{summary}");
+        }
+        GenTarget::Kafka => {
+            admin::ensure_topics(&settings.kafka, &[Topic::Flows, Topic::Inventory], &TopicOptions::default()).await?;
+            let producer = Producer::new(&settings.kafka)?;
+            let inventory_topic = settings.kafka.topic(Topic::Inventory);
+            for inventory in dc.inventories(bulkhead_schemas::now_unix_ns()) {
+                producer.send(&inventory_topic, inventory.host_id.as_bytes(), &inventory.encode_to_vec()).await?;
+            }
+            let flows_topic = settings.kafka.topic(Topic::Flows);
+            let records: u64 = batches.iter().map(|b| b.records.len() as u64).sum();
+            let bar = super::progress(records, "flows");
+            let mut sends = futures::stream::iter(batches)
+                .map(|batch| {
+                    let producer = producer.clone();
+                    let topic = flows_topic.clone();
+                    async move {
+                        producer.send(&topic, batch.host_id.as_bytes(), &batch.encode_to_vec()).await?;
+                        Ok::<_, bulkhead_kafka::KafkaError>(batch.records.len() as u64)
+                    }
+                })
+                .buffer_unordered(256);
+            while let Some(sent) = sends.next().await {
+                bar.inc(sent?);
+            }
+            bar.finish_and_clear();
+            println!("{summary}; published {records} flow records to {flows_topic}");
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,8 @@ pub mod ingest;
 pub mod lab;
 pub mod lake;
 pub mod policy;
+pub mod policy_api;
+pub mod recommend;
 pub mod serve;
 pub mod sql;
 pub mod topics;

@@ -1,4 +1,8 @@
-//! `bulkhead policy validate|keygen`: offline work on policy files and signing keys.
+//! `bulkhead policy validate|keygen`: offline work on policy files and signing keys;
+//! `bulkhead policy list|show|diff|accept|reject|provision|simulate|rollback|versions|
+//! export|history`: thin clients of the policy engine's HTTP API (`--api`); `bulkhead
+//! policy serve`: the policy engine's API on its own (`bulkhead serve` mounts the same
+//! routes).
 
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
@@ -26,12 +30,18 @@ pub enum PolicyCommand {
         #[arg(long)]
         force: bool,
     },
+    #[command(flatten)]
+    Api(super::policy_api::ApiCommand),
+    /// Run the policy engine and its HTTP API alone (state rebuilt from the control topic).
+    Serve(super::policy_api::ServeArgs),
 }
 
-pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
+pub async fn run(settings: &crate::config::Settings, command: PolicyCommand) -> anyhow::Result<()> {
     match command {
         PolicyCommand::Validate { files } => validate(&files),
         PolicyCommand::Keygen { out, name, force } => keygen(&out, &name, force),
+        PolicyCommand::Api(command) => super::policy_api::run(command).await,
+        PolicyCommand::Serve(args) => super::policy_api::serve(settings, args).await,
     }
 }
 

@@ -1,0 +1,317 @@
+//! Thin clients of the policy engine's HTTP API, and `policy serve`.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bulkhead_schemas::policy::Label;
+use serde_json::{Value, json};
+
+use crate::config::Settings;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// The Bulkhead API (bulkhead serve, or bulkhead policy serve).
+    #[arg(long, env = "BULKHEAD_API", default_value = "http://127.0.0.1:8080", global = true)]
+    pub api: String,
+    /// Bearer token, when the server requires one.
+    #[arg(long, env = "BULKHEAD_API_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Who makes the change (recorded in history) [default: $USER].
+    #[arg(long, env = "BULKHEAD_ACTOR", global = true)]
+    pub actor: Option<String>,
+    /// Why (recorded in history).
+    #[arg(long, default_value = "", global = true)]
+    pub reason: String,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ApiCommand {
+    /// List recommendations with their evidence and confidence.
+    List {
+        /// pending, accepted or rejected.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show one recommendation (JSON).
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Rules added, removed and changed in the draft relative to the active policy.
+    Diff {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Accept recommendations into the draft.
+    Accept {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Reject recommendations.
+    Reject {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Sign the draft as a new policy version and publish it to the enforcers.
+    Provision {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Replay the last days of flows against the draft: what changes, per app.
+    Simulate {
+        #[arg(long, default_value_t = 1.0)]
+        days: f64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Provision the content of an earlier version as a new version.
+    Rollback {
+        version: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The provisioned versions.
+    Versions {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print the active (or draft) policy: yaml, json, or Kubernetes NetworkPolicy (k8s).
+    Export {
+        #[arg(long, default_value = "yaml")]
+        format: String,
+        /// active or draft.
+        #[arg(long, default_value = "active")]
+        which: String,
+        /// Namespace of exported NetworkPolicies.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Attributed history of every change.
+    History {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LabelsCommand {
+    /// Set labels (key=value …) on a workload and/or remove label keys.
+    Set {
+        workload: String,
+        labels: Vec<Label>,
+        #[arg(long)]
+        remove: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Set a workload's enforcement mode (idle, visibility_only, selective, full).
+    Mode {
+        workload: String,
+        mode: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Quarantine a workload at once (a provisioned change), or lift it with --lift.
+    Quarantine {
+        workload: String,
+        #[arg(long)]
+        lift: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    actor: String,
+    reason: String,
+}
+
+impl Client {
+    fn new(args: &ApiArgs) -> anyhow::Result<Self> {
+        let actor = args
+            .actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|a| !a.trim().is_empty())
+            .context("who is making this change? give --actor (or set BULKHEAD_ACTOR)")?;
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: args.api.trim_end_matches('/').to_string(),
+            token: args.token.clone(),
+            actor,
+            reason: args.reason.clone(),
+        })
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(Value, String)> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(mut body) = body {
+            body["actor"] = json!(self.actor);
+            body["reason"] = json!(self.reason);
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach the Bulkhead API at {} (is bulkhead serve running? --api)", self.base))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = value["error"].as_str().map(str::to_string).unwrap_or(text);
+            anyhow::bail!("{method} {path}: {status}: {message}");
+        }
+        Ok((value, text))
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.send(reqwest::Method::GET, path, None).await?.0)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        Ok(self.send(reqwest::Method::POST, path, Some(body)).await?.0)
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).expect("JSON values print")
+}
+
+pub async fn run(command: ApiCommand) -> anyhow::Result<()> {
+    match command {
+        ApiCommand::List { status, api } => {
+            let client = Client::new(&api)?;
+            let path = match status {
+                Some(s) => format!("/api/v1/recommendations?status={s}"),
+                None => "/api/v1/recommendations".into(),
+            };
+            let items = client.get(&path).await?;
+            println!("{:<16} {:<9} {:<14} {:<20} {:>8} {:>5}  rule", "id", "status", "kind", "ruleset", "flows", "conf");
+            for r in items.as_array().into_iter().flatten() {
+                let actors = |v: &Value| v.as_array().into_iter().flatten().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+                println!(
+                    "{:<16} {:<9} {:<14} {:<20} {:>8} {:>5.2}  {} -> {} on {}",
+                    r["id"].as_str().unwrap_or(""),
+                    r["status"].as_str().unwrap_or(""),
+                    r["kind"].as_str().unwrap_or(""),
+                    r["ruleset"].as_str().unwrap_or(""),
+                    r["evidence"]["flows"],
+                    r["confidence"].as_f64().unwrap_or(0.0),
+                    actors(&r["rule"]["consumers"]),
+                    actors(&r["rule"]["providers"]),
+                    actors(&r["rule"]["services"]),
+                );
+            }
+        }
+        ApiCommand::Show { id, api } => println!("{}", pretty(&Client::new(&api)?.get(&format!("/api/v1/recommendations/{id}")).await?)),
+        ApiCommand::Diff { api } => println!("{}", pretty(&Client::new(&api)?.get("/api/v1/policy/diff").await?)),
+        ApiCommand::Accept { ids, api } => {
+            let client = Client::new(&api)?;
+            for id in ids {
+                client.post(&format!("/api/v1/recommendations/{id}/accept"), json!({})).await?;
+                println!("accepted {id}");
+            }
+        }
+        ApiCommand::Reject { ids, api } => {
+            let client = Client::new(&api)?;
+            for id in ids {
+                client.post(&format!("/api/v1/recommendations/{id}/reject"), json!({})).await?;
+                println!("rejected {id}");
+            }
+        }
+        ApiCommand::Provision { api } => {
+            let v = Client::new(&api)?.post("/api/v1/policy/provision", json!({})).await?;
+            println!("provisioned version {} (sha256 {})", v["version"], v["content_sha256"].as_str().unwrap_or(""));
+        }
+        ApiCommand::Simulate { days, api } => {
+            let v = Client::new(&api)?.send(reqwest::Method::POST, "/api/v1/policy/simulate", Some(json!({"days": days}))).await?.0;
+            println!("{:<24} {:>10} {:>14} {:>14}", "app", "flows", "newly blocked", "newly allowed");
+            for a in v["per_app"].as_array().into_iter().flatten() {
+                println!("{:<24} {:>10} {:>14} {:>14}", a["app"].as_str().unwrap_or(""), a["flows"], a["newly_blocked"], a["newly_allowed"]);
+            }
+            let t = &v["totals"];
+            println!("{:<24} {:>10} {:>14} {:>14}", "total", t["flows"], t["newly_blocked"], t["newly_allowed"]);
+        }
+        ApiCommand::Rollback { version, api } => {
+            let v = Client::new(&api)?.post("/api/v1/policy/rollback", json!({"version": version})).await?;
+            println!("provisioned version {} with the content of version {version}", v["version"]);
+        }
+        ApiCommand::Versions { api } => println!("{}", pretty(&Client::new(&api)?.get("/api/v1/policy/versions").await?)),
+        ApiCommand::History { api } => println!("{}", pretty(&Client::new(&api)?.get("/api/v1/history").await?)),
+        ApiCommand::Export { format, which, namespace, api } => {
+            let client = Client::new(&api)?;
+            let path = format!("/api/v1/policy/export?format={format}&which={which}&namespace={namespace}");
+            print!("{}", client.send(reqwest::Method::GET, &path, None).await?.1);
+        }
+    }
+    Ok(())
+}
+
+pub async fn labels(command: LabelsCommand) -> anyhow::Result<()> {
+    match command {
+        LabelsCommand::Set { workload, labels, remove, api } => {
+            let set: serde_json::Map<String, Value> = labels.iter().map(|l| (l.key.clone(), json!(l.value))).collect();
+            let v = Client::new(&api)?
+                .post(&format!("/api/v1/workloads/{workload}/labels"), json!({"set": set, "remove": remove}))
+                .await?;
+            println!("{workload}: {}", v["labels"]);
+        }
+        LabelsCommand::Mode { workload, mode, api } => {
+            Client::new(&api)?.post(&format!("/api/v1/workloads/{workload}/mode"), json!({"mode": mode})).await?;
+            println!("{workload}: mode {mode} (takes effect when the draft is provisioned)");
+        }
+        LabelsCommand::Quarantine { workload, lift, api } => {
+            let v = Client::new(&api)?
+                .post(&format!("/api/v1/workloads/{workload}/quarantine"), json!({"on": !lift}))
+                .await?;
+            println!("{workload}: quarantine {} in version {}", if lift { "lifted" } else { "set" }, v["version"]);
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// The policy signing key (PKCS#8 PEM); created on first start.
+    #[arg(long, env = "BULKHEAD_POLICY_KEY_FILE", default_value = "bulkhead-policy.pem")]
+    pub key_file: std::path::PathBuf,
+    /// The lake (for simulation and the recommendations table).
+    #[arg(long, env = "BULKHEAD_LAKE")]
+    pub lake: Option<String>,
+}
+
+pub async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
+    let lake = args.lake.as_deref().map(bulkhead_recommender::lake::lake_url).transpose()?;
+    let engine = bulkhead_policy::Engine::start(bulkhead_policy::EngineConfig {
+        kafka: settings.kafka.clone(),
+        key_file: args.key_file,
+        lake,
+    })
+    .await?;
+    engine.load_recommendations().await?;
+    let app = bulkhead_policy::router(Arc::new(engine));
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("policy engine API on http://{}/api/v1", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(super::shutdown_signal())
+        .await
+        .context("the API server stopped")
+}
