@@ -22,7 +22,14 @@ fn text(output: &Output) -> String {
 
 /// The subcommands `bulkhead --help` lists.
 fn listed_commands() -> Vec<String> {
-    let help = text(&bulkhead(&["--help"]));
+    subcommands(&[])
+}
+
+/// The subcommands `bulkhead <path…> --help` lists.
+fn subcommands(path: &[&str]) -> Vec<String> {
+    let mut args = path.to_vec();
+    args.push("--help");
+    let help = text(&bulkhead(&args));
     help.lines()
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
@@ -50,6 +57,14 @@ fn help_lists_only_commands_that_run() {
             !help.to_lowercase().contains("not implemented"),
             "{command}: {help}"
         );
+        for sub in subcommands(&[command]) {
+            let output = bulkhead(&[command, &sub, "--help"]);
+            assert!(
+                output.status.success(),
+                "bulkhead {command} {sub} --help: {}",
+                text(&output)
+            );
+        }
     }
 }
 

@@ -202,6 +202,42 @@ impl Engine {
         Ok(produced)
     }
 
+    /// Assigns every host-provided label the draft does not have yet (a label key the
+    /// analyst set by hand is left alone), attributed to `inventory`; returns how many.
+    /// Host labels are how a workload says what it is; recommendations are written in
+    /// them, so a policy without them would apply to nobody.
+    pub async fn adopt_host_labels(
+        &self,
+        labels: &bulkhead_recommender::WorkloadLabels,
+    ) -> Result<usize, EngineError> {
+        let changes: Vec<Event> = {
+            let state = self.state.read().await;
+            labels
+                .iter()
+                .flat_map(|(id, host)| {
+                    let have = state.draft.workloads.iter().find(|w| &w.workload_id == id);
+                    host.iter()
+                        .filter(move |(k, _)| have.is_none_or(|w| !w.labels.contains_key(*k)))
+                        .map(move |(k, v)| {
+                            Event::LabelAssigned(proto::LabelAssigned {
+                                workload_id: id.clone(),
+                                label: Some(proto::Label {
+                                    key: k.clone(),
+                                    value: v.clone(),
+                                }),
+                            })
+                        })
+                })
+                .collect()
+        };
+        let n = changes.len();
+        if n > 0 {
+            self.submit("inventory", "host-provided label", changes)
+                .await?;
+        }
+        Ok(n)
+    }
+
     /// Loads the current recommendations from the lake's `recommendations` table (none
     /// without a lake or before the recommender first wrote it).
     pub async fn load_recommendations(&self) -> anyhow::Result<usize> {

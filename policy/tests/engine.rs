@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use bulkhead_kafka::{Consumer, ConsumerOptions};
 use bulkhead_kafka::require_kafka;
+use bulkhead_kafka::{Consumer, ConsumerOptions};
 use bulkhead_policy::{Engine, EngineConfig, router};
 use bulkhead_schemas::policy::{PolicyVerifier, parse_verifying_key};
 use bulkhead_schemas::topics::Topic;

@@ -81,19 +81,47 @@ pub async fn load_edges(lake: &Url, since_us: i64) -> anyhow::Result<(LazyFrame,
     Ok((edges, labels))
 }
 
+/// The labels each host provides itself (the `workloads` read model's `host_labels`,
+/// newest inventory first); empty before ingest wrote the table.
+pub async fn host_labels(lake: &Url) -> anyhow::Result<WorkloadLabels> {
+    let url = table_url(lake, "workloads");
+    let Ok(files) = table_files(&url).await else {
+        return Ok(WorkloadLabels::new());
+    };
+    if files.is_empty() {
+        return Ok(WorkloadLabels::new());
+    }
+    let frames = files
+        .iter()
+        .map(|f| LazyFrame::scan_parquet(PlRefPath::new(f.as_str()), ScanArgsParquet::default()))
+        .collect::<PolarsResult<Vec<_>>>()
+        .with_context(|| format!("cannot scan the parquet files of {url}"))?;
+    let workloads = concat(frames, UnionArgs::default())?;
+    newest_labels(workloads, &[("workload_id", "host_labels", "observed_at")])
+        .with_context(|| format!("cannot read host labels from {url}"))
+}
+
 /// The newest labels of every workload in the edges (source and destination sides).
 fn labels_of(edges: LazyFrame) -> PolarsResult<WorkloadLabels> {
+    newest_labels(
+        edges,
+        &[
+            ("src_workload", "src_labels", "last_seen"),
+            ("dst_workload", "dst_labels", "last_seen"),
+        ],
+    )
+}
+
+/// Per workload, its labels in the newest row; `columns` are (workload, labels, time).
+fn newest_labels(frame: LazyFrame, columns: &[(&str, &str, &str)]) -> PolarsResult<WorkloadLabels> {
     let mut out = WorkloadLabels::new();
-    for (workload, labels) in [
-        ("src_workload", "src_labels"),
-        ("dst_workload", "dst_labels"),
-    ] {
-        let df = edges
+    for &(workload, labels, time) in columns {
+        let df = frame
             .clone()
             .select([
                 col(workload).alias("w"),
                 col(labels).alias("l"),
-                col("last_seen").cast(DataType::Int64).alias("t"),
+                col(time).cast(DataType::Int64).alias("t"),
             ])
             .filter(col("w").is_not_null())
             .sort(

@@ -196,12 +196,21 @@ pub async fn publish(
 async fn datacenter(settings: &Settings, args: &GenArgs) -> anyhow::Result<()> {
     use bulkhead_bench::datacenter::{Datacenter, DcSpec};
     anyhow::ensure!(args.apps >= 1, "--apps must be at least 1");
-    let dc = Datacenter::generate(&DcSpec::day(args.seed, args.apps, bulkhead_schemas::now_unix_ns()));
+    let dc = Datacenter::generate(&DcSpec::day(
+        args.seed,
+        args.apps,
+        bulkhead_schemas::now_unix_ns(),
+    ));
     if let Some(path) = &args.ground_truth {
-        std::fs::write(path, dc.ground_truth.to_yaml()).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, dc.ground_truth.to_yaml())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let batches = dc.flow_batches(args.batch_records);
-    let legit = dc.connections.iter().filter(|c| c.kind.legitimate()).count();
+    let legit = dc
+        .connections
+        .iter()
+        .filter(|c| c.kind.legitimate())
+        .count();
     let summary = format!(
         "datacenter seed {}: {} workloads in {} apps, {} connections ({} injected illegitimate), {} ground-truth rules",
         args.seed,
@@ -224,11 +233,22 @@ async fn datacenter(settings: &Settings, args: &GenArgs) -> anyhow::Result<()> {
             eprintln!("{summary}");
         }
         GenTarget::Kafka => {
-            admin::ensure_topics(&settings.kafka, &[Topic::Flows, Topic::Inventory], &TopicOptions::default()).await?;
+            admin::ensure_topics(
+                &settings.kafka,
+                &[Topic::Flows, Topic::Inventory],
+                &TopicOptions::default(),
+            )
+            .await?;
             let producer = Producer::new(&settings.kafka)?;
             let inventory_topic = settings.kafka.topic(Topic::Inventory);
             for inventory in dc.inventories(bulkhead_schemas::now_unix_ns()) {
-                producer.send(&inventory_topic, inventory.host_id.as_bytes(), &inventory.encode_to_vec()).await?;
+                producer
+                    .send(
+                        &inventory_topic,
+                        inventory.host_id.as_bytes(),
+                        &inventory.encode_to_vec(),
+                    )
+                    .await?;
             }
             let flows_topic = settings.kafka.topic(Topic::Flows);
             let records: u64 = batches.iter().map(|b| b.records.len() as u64).sum();
@@ -238,7 +258,9 @@ async fn datacenter(settings: &Settings, args: &GenArgs) -> anyhow::Result<()> {
                     let producer = producer.clone();
                     let topic = flows_topic.clone();
                     async move {
-                        producer.send(&topic, batch.host_id.as_bytes(), &batch.encode_to_vec()).await?;
+                        producer
+                            .send(&topic, batch.host_id.as_bytes(), &batch.encode_to_vec())
+                            .await?;
                         Ok::<_, bulkhead_kafka::KafkaError>(batch.records.len() as u64)
                     }
                 })

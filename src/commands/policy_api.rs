@@ -11,10 +11,20 @@ use crate::config::Settings;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
     /// The Bulkhead API (bulkhead serve, or bulkhead policy serve).
-    #[arg(long, env = "BULKHEAD_API", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "BULKHEAD_API",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub api: String,
     /// Bearer token, when the server requires one.
-    #[arg(long, env = "BULKHEAD_API_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "BULKHEAD_API_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// Who makes the change (recorded in history) [default: $USER].
     #[arg(long, env = "BULKHEAD_ACTOR", global = true)]
@@ -47,8 +57,11 @@ pub enum ApiCommand {
     },
     /// Accept recommendations into the draft.
     Accept {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all")]
         ids: Vec<String>,
+        /// Accept every pending rule recommendation (suspicious findings stay pending).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -73,7 +86,8 @@ pub enum ApiCommand {
     },
     /// Provision the content of an earlier version as a new version.
     Rollback {
-        version: u64,
+        #[arg(value_name = "VERSION")]
+        to_version: u64,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -113,10 +127,11 @@ pub enum LabelsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Set a workload's enforcement mode (idle, visibility_only, selective, full).
+    /// Set the enforcement mode (idle, visibility_only, selective, full) of workloads.
     Mode {
-        workload: String,
         mode: String,
+        #[arg(required = true)]
+        workloads: Vec<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -134,7 +149,8 @@ struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
-    actor: String,
+    /// Only changes need one (reads are anonymous).
+    actor: Option<String>,
     reason: String,
 }
 
@@ -144,8 +160,7 @@ impl Client {
             .actor
             .clone()
             .or_else(|| std::env::var("USER").ok())
-            .filter(|a| !a.trim().is_empty())
-            .context("who is making this change? give --actor (or set BULKHEAD_ACTOR)")?;
+            .filter(|a| !a.trim().is_empty());
         Ok(Self {
             http: reqwest::Client::new(),
             base: args.api.trim_end_matches('/').to_string(),
@@ -155,18 +170,26 @@ impl Client {
         })
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(Value, String)> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(Value, String)> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        if let Some(mut body) = body {
-            body["actor"] = json!(self.actor);
-            body["reason"] = json!(self.reason);
+        if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach the Bulkhead API at {} (is bulkhead serve running? --api)", self.base))?;
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the Bulkhead API at {} (is bulkhead serve running? --api)",
+                self.base
+            )
+        })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -181,7 +204,14 @@ impl Client {
         Ok(self.send(reqwest::Method::GET, path, None).await?.0)
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    /// A change: attributed to the actor, with the reason.
+    async fn post(&self, path: &str, mut body: Value) -> anyhow::Result<Value> {
+        let actor = self
+            .actor
+            .as_deref()
+            .context("who is making this change? give --actor (or set BULKHEAD_ACTOR)")?;
+        body["actor"] = json!(actor);
+        body["reason"] = json!(self.reason);
         Ok(self.send(reqwest::Method::POST, path, Some(body)).await?.0)
     }
 }
@@ -199,9 +229,19 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<()> {
                 None => "/api/v1/recommendations".into(),
             };
             let items = client.get(&path).await?;
-            println!("{:<16} {:<9} {:<14} {:<20} {:>8} {:>5}  rule", "id", "status", "kind", "ruleset", "flows", "conf");
+            println!(
+                "{:<16} {:<9} {:<14} {:<20} {:>8} {:>5}  rule",
+                "id", "status", "kind", "ruleset", "flows", "conf"
+            );
             for r in items.as_array().into_iter().flatten() {
-                let actors = |v: &Value| v.as_array().into_iter().flatten().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+                let actors = |v: &Value| {
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
                 println!(
                     "{:<16} {:<9} {:<14} {:<20} {:>8} {:>5.2}  {} -> {} on {}",
                     r["id"].as_str().unwrap_or(""),
@@ -216,45 +256,116 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        ApiCommand::Show { id, api } => println!("{}", pretty(&Client::new(&api)?.get(&format!("/api/v1/recommendations/{id}")).await?)),
-        ApiCommand::Diff { api } => println!("{}", pretty(&Client::new(&api)?.get("/api/v1/policy/diff").await?)),
-        ApiCommand::Accept { ids, api } => {
+        ApiCommand::Show { id, api } => println!(
+            "{}",
+            pretty(
+                &Client::new(&api)?
+                    .get(&format!("/api/v1/recommendations/{id}"))
+                    .await?
+            )
+        ),
+        ApiCommand::Diff { api } => println!(
+            "{}",
+            pretty(&Client::new(&api)?.get("/api/v1/policy/diff").await?)
+        ),
+        ApiCommand::Accept { mut ids, all, api } => {
             let client = Client::new(&api)?;
+            if all {
+                let pending = client.get("/api/v1/recommendations?status=pending").await?;
+                ids = pending
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["kind"].as_str() != Some("suspicious"))
+                    .filter_map(|r| r["id"].as_str().map(str::to_string))
+                    .collect();
+                anyhow::ensure!(!ids.is_empty(), "no pending rule recommendations to accept");
+            }
             for id in ids {
-                client.post(&format!("/api/v1/recommendations/{id}/accept"), json!({})).await?;
+                client
+                    .post(&format!("/api/v1/recommendations/{id}/accept"), json!({}))
+                    .await?;
                 println!("accepted {id}");
             }
         }
         ApiCommand::Reject { ids, api } => {
             let client = Client::new(&api)?;
             for id in ids {
-                client.post(&format!("/api/v1/recommendations/{id}/reject"), json!({})).await?;
+                client
+                    .post(&format!("/api/v1/recommendations/{id}/reject"), json!({}))
+                    .await?;
                 println!("rejected {id}");
             }
         }
         ApiCommand::Provision { api } => {
-            let v = Client::new(&api)?.post("/api/v1/policy/provision", json!({})).await?;
-            println!("provisioned version {} (sha256 {})", v["version"], v["content_sha256"].as_str().unwrap_or(""));
+            let v = Client::new(&api)?
+                .post("/api/v1/policy/provision", json!({}))
+                .await?;
+            println!(
+                "provisioned version {} (sha256 {})",
+                v["version"],
+                v["content_sha256"].as_str().unwrap_or("")
+            );
         }
         ApiCommand::Simulate { days, api } => {
-            let v = Client::new(&api)?.send(reqwest::Method::POST, "/api/v1/policy/simulate", Some(json!({"days": days}))).await?.0;
-            println!("{:<24} {:>10} {:>14} {:>14}", "app", "flows", "newly blocked", "newly allowed");
+            let v = Client::new(&api)?
+                .send(
+                    reqwest::Method::POST,
+                    "/api/v1/policy/simulate",
+                    Some(json!({"days": days})),
+                )
+                .await?
+                .0;
+            println!(
+                "{:<24} {:>10} {:>14} {:>14}",
+                "app", "flows", "newly blocked", "newly allowed"
+            );
             for a in v["per_app"].as_array().into_iter().flatten() {
-                println!("{:<24} {:>10} {:>14} {:>14}", a["app"].as_str().unwrap_or(""), a["flows"], a["newly_blocked"], a["newly_allowed"]);
+                println!(
+                    "{:<24} {:>10} {:>14} {:>14}",
+                    a["app"].as_str().unwrap_or(""),
+                    a["flows"],
+                    a["newly_blocked"],
+                    a["newly_allowed"]
+                );
             }
             let t = &v["totals"];
-            println!("{:<24} {:>10} {:>14} {:>14}", "total", t["flows"], t["newly_blocked"], t["newly_allowed"]);
+            println!(
+                "{:<24} {:>10} {:>14} {:>14}",
+                "total", t["flows"], t["newly_blocked"], t["newly_allowed"]
+            );
         }
-        ApiCommand::Rollback { version, api } => {
-            let v = Client::new(&api)?.post("/api/v1/policy/rollback", json!({"version": version})).await?;
-            println!("provisioned version {} with the content of version {version}", v["version"]);
+        ApiCommand::Rollback { to_version, api } => {
+            let v = Client::new(&api)?
+                .post("/api/v1/policy/rollback", json!({"version": to_version}))
+                .await?;
+            println!(
+                "provisioned version {} with the content of version {to_version}",
+                v["version"]
+            );
         }
-        ApiCommand::Versions { api } => println!("{}", pretty(&Client::new(&api)?.get("/api/v1/policy/versions").await?)),
-        ApiCommand::History { api } => println!("{}", pretty(&Client::new(&api)?.get("/api/v1/history").await?)),
-        ApiCommand::Export { format, which, namespace, api } => {
+        ApiCommand::Versions { api } => println!(
+            "{}",
+            pretty(&Client::new(&api)?.get("/api/v1/policy/versions").await?)
+        ),
+        ApiCommand::History { api } => println!(
+            "{}",
+            pretty(&Client::new(&api)?.get("/api/v1/history").await?)
+        ),
+        ApiCommand::Export {
+            format,
+            which,
+            namespace,
+            api,
+        } => {
             let client = Client::new(&api)?;
-            let path = format!("/api/v1/policy/export?format={format}&which={which}&namespace={namespace}");
-            print!("{}", client.send(reqwest::Method::GET, &path, None).await?.1);
+            let path = format!(
+                "/api/v1/policy/export?format={format}&which={which}&namespace={namespace}"
+            );
+            print!(
+                "{}",
+                client.send(reqwest::Method::GET, &path, None).await?.1
+            );
         }
     }
     Ok(())
@@ -262,22 +373,56 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<()> {
 
 pub async fn labels(command: LabelsCommand) -> anyhow::Result<()> {
     match command {
-        LabelsCommand::Set { workload, labels, remove, api } => {
-            let set: serde_json::Map<String, Value> = labels.iter().map(|l| (l.key.clone(), json!(l.value))).collect();
+        LabelsCommand::Set {
+            workload,
+            labels,
+            remove,
+            api,
+        } => {
+            let set: serde_json::Map<String, Value> = labels
+                .iter()
+                .map(|l| (l.key.clone(), json!(l.value)))
+                .collect();
             let v = Client::new(&api)?
-                .post(&format!("/api/v1/workloads/{workload}/labels"), json!({"set": set, "remove": remove}))
+                .post(
+                    &format!("/api/v1/workloads/{workload}/labels"),
+                    json!({"set": set, "remove": remove}),
+                )
                 .await?;
             println!("{workload}: {}", v["labels"]);
         }
-        LabelsCommand::Mode { workload, mode, api } => {
-            Client::new(&api)?.post(&format!("/api/v1/workloads/{workload}/mode"), json!({"mode": mode})).await?;
-            println!("{workload}: mode {mode} (takes effect when the draft is provisioned)");
+        LabelsCommand::Mode {
+            mode,
+            workloads,
+            api,
+        } => {
+            let client = Client::new(&api)?;
+            for workload in workloads {
+                client
+                    .post(
+                        &format!("/api/v1/workloads/{workload}/mode"),
+                        json!({"mode": mode}),
+                    )
+                    .await?;
+                println!("{workload}: mode {mode} (takes effect when the draft is provisioned)");
+            }
         }
-        LabelsCommand::Quarantine { workload, lift, api } => {
+        LabelsCommand::Quarantine {
+            workload,
+            lift,
+            api,
+        } => {
             let v = Client::new(&api)?
-                .post(&format!("/api/v1/workloads/{workload}/quarantine"), json!({"on": !lift}))
+                .post(
+                    &format!("/api/v1/workloads/{workload}/quarantine"),
+                    json!({"on": !lift}),
+                )
                 .await?;
-            println!("{workload}: quarantine {} in version {}", if lift { "lifted" } else { "set" }, v["version"]);
+            println!(
+                "{workload}: quarantine {} in version {}",
+                if lift { "lifted" } else { "set" },
+                v["version"]
+            );
         }
     }
     Ok(())
@@ -289,7 +434,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// The policy signing key (PKCS#8 PEM); created on first start.
-    #[arg(long, env = "BULKHEAD_POLICY_KEY_FILE", default_value = "bulkhead-policy.pem")]
+    #[arg(
+        long,
+        env = "BULKHEAD_POLICY_KEY_FILE",
+        default_value = "bulkhead-policy.pem"
+    )]
     pub key_file: std::path::PathBuf,
     /// The lake (for simulation and the recommendations table).
     #[arg(long, env = "BULKHEAD_LAKE")]
@@ -297,7 +446,11 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
-    let lake = args.lake.as_deref().map(bulkhead_recommender::lake::lake_url).transpose()?;
+    let lake = args
+        .lake
+        .as_deref()
+        .map(bulkhead_recommender::lake::lake_url)
+        .transpose()?;
     let engine = bulkhead_policy::Engine::start(bulkhead_policy::EngineConfig {
         kafka: settings.kafka.clone(),
         key_file: args.key_file,
@@ -309,7 +462,10 @@ pub async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("policy engine API on http://{}/api/v1", listener.local_addr()?);
+    println!(
+        "policy engine API on http://{}/api/v1",
+        listener.local_addr()?
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(super::shutdown_signal())
         .await

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use bulkhead_kafka::{KafkaConfig, Producer};
 use bulkhead_kafka::admin::{self, TopicOptions};
+use bulkhead_kafka::{KafkaConfig, Producer};
 use bulkhead_recommender::{Kind, Options, Recommendations};
 use bulkhead_schemas::policy::Label;
 use bulkhead_schemas::topics::Topic;
@@ -39,14 +39,23 @@ pub struct RecommendArgs {
 /// `90s`, `15m`, `24h`, `7d` → seconds.
 pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 24h"))?;
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 24h"))?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
         "h" | "" => 3600,
         "d" => 86_400,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use s, m, h or d)"
+            ));
+        }
     };
     Ok(n * scale)
 }
@@ -68,10 +77,24 @@ pub async fn run(settings: &Settings, args: RecommendArgs) -> anyhow::Result<()>
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out.items)?);
     } else {
-        println!("{:<14} {:<22} {:<40} {:<40} {:<18} {:>8} {:>5}", "kind", "ruleset", "consumers", "providers", "services", "flows", "conf");
+        println!(
+            "{:<14} {:<22} {:<40} {:<40} {:<18} {:>8} {:>5}",
+            "kind", "ruleset", "consumers", "providers", "services", "flows", "conf"
+        );
         for r in &out.items {
-            let actors = |a: &[bulkhead_schemas::policy::Actor]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
-            let services = r.rule.services.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            let actors = |a: &[bulkhead_schemas::policy::Actor]| {
+                a.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let services = r
+                .rule
+                .services
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             println!(
                 "{:<14} {:<22} {:<40} {:<40} {:<18} {:>8} {:>5.2}",
                 r.kind.as_str(),
@@ -85,8 +108,14 @@ pub async fn run(settings: &Settings, args: RecommendArgs) -> anyhow::Result<()>
         }
         println!(
             "{} rules, {} suspicious findings from {} edges ({} flows); {} edges skipped for lack of scope labels; {:.2} s",
-            out.items.iter().filter(|r| r.kind != Kind::Suspicious).count(),
-            out.items.iter().filter(|r| r.kind == Kind::Suspicious).count(),
+            out.items
+                .iter()
+                .filter(|r| r.kind != Kind::Suspicious)
+                .count(),
+            out.items
+                .iter()
+                .filter(|r| r.kind == Kind::Suspicious)
+                .count(),
             out.edges,
             out.flows,
             out.unlabeled_edges,
@@ -105,13 +134,20 @@ pub async fn run(settings: &Settings, args: RecommendArgs) -> anyhow::Result<()>
 }
 
 /// The recommender over the edges last seen within `since_secs`.
-pub async fn compute(lake: &url::Url, since_secs: u64, options: Options) -> anyhow::Result<Recommendations> {
+pub async fn compute(
+    lake: &url::Url,
+    since_secs: u64,
+    options: Options,
+) -> anyhow::Result<Recommendations> {
     let started = Instant::now();
-    let since_us = (bulkhead_schemas::now_unix_ns() / 1000) as i64 - (since_secs as i64) * 1_000_000;
+    let since_us =
+        (bulkhead_schemas::now_unix_ns() / 1000) as i64 - (since_secs as i64) * 1_000_000;
     let (edges, labels) = bulkhead_recommender::lake::load_edges(lake, since_us).await?;
-    let out = tokio::task::spawn_blocking(move || bulkhead_recommender::recommend(edges, &labels, &options))
-        .await
-        .context("the recommender stopped")??;
+    let out = tokio::task::spawn_blocking(move || {
+        bulkhead_recommender::recommend(edges, &labels, &options)
+    })
+    .await
+    .context("the recommender stopped")??;
     tracing::info!(
         edges = out.edges,
         flows = out.flows,
@@ -124,13 +160,19 @@ pub async fn compute(lake: &url::Url, since_secs: u64, options: Options) -> anyh
 
 /// Writes the `recommendations` table (replacing the previous run's) and publishes every
 /// item to `bulkhead.recommendations.v1`; returns the topic and the table version.
-pub async fn publish(kafka: &KafkaConfig, lake: &url::Url, out: &Recommendations) -> anyhow::Result<(String, i64)> {
+pub async fn publish(
+    kafka: &KafkaConfig,
+    lake: &url::Url,
+    out: &Recommendations,
+) -> anyhow::Result<(String, i64)> {
     let version = bulkhead_recommender::lake::write_recommendations(lake, &out.items).await?;
     admin::ensure_topics(kafka, &[Topic::Recommendations], &TopicOptions::default()).await?;
     let producer = Producer::new(kafka)?;
     let topic = kafka.topic(Topic::Recommendations);
     for r in &out.items {
-        producer.send(&topic, r.key().as_bytes(), &r.to_proto().encode_to_vec()).await?;
+        producer
+            .send(&topic, r.key().as_bytes(), &r.to_proto().encode_to_vec())
+            .await?;
     }
     Ok((topic, version))
 }

@@ -16,7 +16,11 @@ pub struct ServeCommandArgs {
     #[command(flatten)]
     pub analytics: bulkhead_analytics::serve::ServeArgs,
     /// The policy signing key (PKCS#8 PEM); generated on first start, with a message.
-    #[arg(long, env = "BULKHEAD_POLICY_KEY_FILE", default_value = "bulkhead-policy.pem")]
+    #[arg(
+        long,
+        env = "BULKHEAD_POLICY_KEY_FILE",
+        default_value = "bulkhead-policy.pem"
+    )]
     pub policy_key_file: PathBuf,
     /// Serve queries only, without the policy engine: for read replicas (exactly one
     /// `serve` may own the policy, since it numbers the versions).
@@ -43,8 +47,8 @@ pub async fn run(settings: &Settings, args: ServeCommandArgs) -> anyhow::Result<
         })
         .await?;
         let engine = Arc::new(engine);
-        if let Err(e) = engine.load_recommendations().await {
-            tracing::warn!("cannot load the recommendations table: {e:#}");
+        if let Err(e) = refresh(&engine, &lake).await {
+            tracing::warn!("{e:#}");
         }
         if args.recommend_every > 0 {
             tokio::spawn(recommend_periodically(
@@ -60,7 +64,11 @@ pub async fn run(settings: &Settings, args: ServeCommandArgs) -> anyhow::Result<
     let running = server.start(super::shutdown_signal()).await?;
     eprintln!(
         "serving the HTTP API{} on http://{}{}",
-        if args.no_policy { "" } else { " and the policy engine" },
+        if args.no_policy {
+            ""
+        } else {
+            " and the policy engine"
+        },
         running.http_addr,
         running
             .flight_addr
@@ -89,11 +97,28 @@ async fn recommend_periodically(
                 return Ok(0);
             }
             super::recommend::publish(&kafka, &lake, &out).await?;
-            engine.load_recommendations().await
+            refresh(&engine, &lake).await
         };
         match run.await {
             Ok(n) => tracing::info!(recommendations = n, "periodic recommender run"),
             Err(e) => tracing::warn!("periodic recommender run failed: {e:#}"),
         }
     }
+}
+
+/// Hands the engine what the lake knows now: host-provided labels of new workloads, and
+/// the recommendations table.
+async fn refresh(engine: &bulkhead_policy::Engine, lake: &url::Url) -> anyhow::Result<usize> {
+    let labels = bulkhead_recommender::lake::host_labels(lake).await?;
+    let adopted = engine
+        .adopt_host_labels(&labels)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot adopt host-provided labels: {e}"))?;
+    if adopted > 0 {
+        tracing::info!(labels = adopted, "host-provided labels adopted");
+    }
+    engine
+        .load_recommendations()
+        .await
+        .map_err(|e| e.context("cannot load the recommendations table"))
 }
