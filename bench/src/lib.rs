@@ -15,6 +15,8 @@ pub mod demo_lab;
 pub mod enforcer;
 pub mod ingest;
 pub mod lab;
+pub mod query;
+pub mod recommend;
 pub mod report;
 pub mod schemas;
 pub mod stats;

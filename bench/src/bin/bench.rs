@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bulkhead_bench::report::{Figure, Report};
 use bulkhead_bench::stats::Summary;
-use bulkhead_bench::{collector, enforcer, ingest, lab, schemas};
+use bulkhead_bench::{collector, enforcer, ingest, lab, query, recommend, schemas};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -58,10 +58,23 @@ enum Bench {
         #[arg(long)]
         rate: Option<u64>,
     },
+    /// Analyst queries: DataFusion over the Delta lake vs. DuckDB on the same Parquet
+    /// files (alternating; median and ratio), and the dependency map for many workloads.
+    Query {
+        /// Flows to put in the lake through Kafka and ingest [default: 50M; --quick 200k].
+        #[arg(long)]
+        flows: Option<u64>,
+        /// Workloads in the dependency map [default: 10,000; --quick 500].
+        #[arg(long)]
+        map_workloads: Option<usize>,
+    },
+    /// Recommender time and memory by estate size (growth exponent over the sizes) vs.
+    /// the polars aggregation alone; simulation speed vs. the decision function alone.
+    Recommend,
 }
 
 impl Bench {
-    const EACH: [Bench; 4] = [
+    const EACH: [Bench; 6] = [
         Bench::Schemas,
         Bench::Collector,
         Bench::Enforcer,
@@ -69,6 +82,11 @@ impl Bench {
             flows: None,
             rate: None,
         },
+        Bench::Query {
+            flows: None,
+            map_workloads: None,
+        },
+        Bench::Recommend,
     ];
 
     fn name(self) -> &'static str {
@@ -78,6 +96,8 @@ impl Bench {
             Bench::Enforcer => "enforcer",
             Bench::Collector => "collector",
             Bench::Ingest { .. } => "ingest",
+            Bench::Query { .. } => "query",
+            Bench::Recommend => "recommend",
         }
     }
 }
@@ -253,6 +273,105 @@ async fn run(
             );
             let report = serde_json::json!({ "quick": args.quick, "apply": apply, "packet_cost": packet_cost, "provision": provision });
             write_json(&args.out, "enforcer", &report)?;
+        }
+        Bench::Query {
+            flows,
+            map_workloads,
+        } => {
+            let bulkhead = bulkhead_binary(args)?;
+            let records = flows.unwrap_or(if args.quick { 200_000 } else { 50_000_000 });
+            let map_workloads = map_workloads.unwrap_or(if args.quick { 500 } else { 10_000 });
+            let mut config = bulkhead_kafka::KafkaConfig::with_brokers(&args.kafka);
+            config.topic_prefix = format!("bench.{}.", std::process::id());
+            // A lake per size, kept between runs: building 50M flows takes a while.
+            let lake = std::env::temp_dir().join(format!("bulkhead-bench-lake-{records}"));
+            let rounds = if args.quick { 3 } else { 7 };
+            let report = query::run(
+                lake,
+                &bulkhead,
+                &config,
+                records,
+                rounds,
+                map_workloads,
+                map_workloads * 20,
+            )
+            .await;
+            for q in &report.queries {
+                figures.push(
+                    Figure::new(
+                        "query",
+                        &format!(
+                            "{} over {} flows{}",
+                            q.name,
+                            report.flows,
+                            if q.rows_equal { "" } else { " (ANSWERS DIFFER)" }
+                        ),
+                        "ms",
+                        q.datafusion_ms.clone(),
+                    )
+                    .against("DuckDB, same Parquet files", q.duckdb_ms.clone()),
+                );
+            }
+            figures.push(
+                Figure::new(
+                    "query",
+                    &format!(
+                        "dependency map, {} workloads ({} edge rows)",
+                        report.map.workloads, report.map.edge_rows
+                    ),
+                    "ms",
+                    report.map.ms.clone(),
+                )
+                .target("< 1000 ms"),
+            );
+            write_json(&args.out, "query", &report)?;
+        }
+        Bench::Recommend => {
+            let (sizes, simulation_workloads, rounds): (&[(usize, usize)], usize, usize) =
+                if args.quick {
+                    (&[(200, 1), (400, 1), (800, 1)], 400, 2)
+                } else {
+                    (&[(2_500, 7), (5_000, 7), (10_000, 7)], 10_000, 5)
+                };
+            let report = tokio::task::spawn_blocking(move || {
+                recommend::run(sizes, simulation_workloads, rounds)
+            })
+            .await?;
+            for size in &report.sizes {
+                let mut figure = Figure::new(
+                    "recommend",
+                    &format!(
+                        "recommend, {} workloads, {} edge rows (peak RSS {:.0} MiB)",
+                        size.workloads, size.edges, size.peak_rss_mib
+                    ),
+                    "ms",
+                    size.recommend_ms.clone(),
+                )
+                .against("polars aggregation alone", size.aggregate_ms.clone());
+                if size.workloads >= 10_000 {
+                    figure = figure.target("< 10 s for 10k workloads, 1M edges");
+                }
+                figures.push(figure);
+            }
+            figures.push(Figure::new(
+                "recommend",
+                "growth exponent b (time ~ edges^b)",
+                "",
+                Summary::of(vec![report.growth_exponent]),
+            ));
+            figures.push(
+                Figure::new(
+                    "recommend",
+                    &format!(
+                        "simulate {} connection keys against {} rules",
+                        report.simulation.connection_keys, report.simulation.rules
+                    ),
+                    "ms",
+                    report.simulation.simulate_ms.clone(),
+                )
+                .against("decision function alone", report.simulation.decide_only_ms.clone()),
+            );
+            write_json(&args.out, "recommend", &report)?;
         }
         Bench::Ingest { flows, rate } => {
             let bulkhead = bulkhead_binary(args)?;
