@@ -320,6 +320,8 @@ pub async fn write_edges(lake: &Path, workloads: usize, rows: usize) {
         Arc::new(fs.finish()),
         Arc::new(ls.finish()),
         Arc::new(decision.finish()),
+        // Every edge as the server reported it.
+        Arc::new(arrow_array::StringArray::from(vec!["dst"; rows])),
     ];
     let batch = RecordBatch::try_new(schema, columns).expect("edges batch");
     let path = lake.join("edges");

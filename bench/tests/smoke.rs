@@ -121,3 +121,37 @@ fn ingest_benchmark_runs() {
     positive(&report, "ingest.peak_rss_mib");
     positive(&report, "ingest.freshness_ms.p99");
 }
+
+#[test]
+fn query_benchmark_runs_and_both_engines_agree() {
+    if bulkhead_kafka::testkit::kafka().is_none() {
+        return;
+    }
+    let bulkhead = bulkhead_binary();
+    assert!(bulkhead.exists(), "{} not built", bulkhead.display());
+    let report = bench(&["query", "--bulkhead", bulkhead.to_str().unwrap()]);
+    positive(&report, "flows");
+    for row in report["queries"].as_array().unwrap() {
+        assert_eq!(row["rows_equal"], true, "DataFusion and DuckDB disagree: {row:#}");
+        positive(row, "datafusion_ms.median");
+        positive(row, "duckdb_ms.median");
+    }
+    positive(&report, "map.ms.median");
+    positive(&report, "map.edges");
+}
+
+#[test]
+fn recommend_benchmark_runs_and_fits_an_exponent() {
+    let report = bench(&["recommend"]);
+    let sizes = report["sizes"].as_array().unwrap();
+    assert!(sizes.len() >= 3, "an exponent needs three sizes: {report:#}");
+    for size in sizes {
+        positive(size, "recommend_ms.median");
+        positive(size, "aggregate_ms.median");
+        positive(size, "rules");
+        positive(size, "peak_rss_mib");
+    }
+    positive(&report, "growth_exponent");
+    positive(&report, "simulation.keys_per_s");
+    positive(&report, "simulation.decide_only_ms.median");
+}
