@@ -50,6 +50,7 @@ pub struct IngestReport {
     pub freshness_rate_flows_per_sec: u64,
     pub freshness_ms: Option<Summary>,
     pub freshness_peak_rss_mib: f64,
+    pub scaling: Vec<ScalingRow>,
 }
 
 fn fresh_config(kafka: &str, name: &str) -> KafkaConfig {
@@ -134,7 +135,24 @@ impl IngestChild {
         group: &str,
         extra: &[&str],
     ) -> Result<Self, BoxError> {
-        let log = lake.with_extension("log");
+        Self::start_logged(
+            bulkhead,
+            config,
+            lake,
+            group,
+            extra,
+            lake.with_extension("log"),
+        )
+    }
+
+    fn start_logged(
+        bulkhead: &str,
+        config: &KafkaConfig,
+        lake: &Path,
+        group: &str,
+        extra: &[&str],
+        log: PathBuf,
+    ) -> Result<Self, BoxError> {
         let child = Command::new(bulkhead)
             .args(["ingest", "--lake"])
             .arg(lake)
@@ -364,6 +382,101 @@ pub async fn throughput(
         produced as f64,
         (python.flows, python.seconds),
     ))
+}
+
+/// One row of the scaling table: `processes` ingest processes in one consumer group
+/// sharing `partitions` partitions and one lake.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ScalingRow {
+    pub processes: usize,
+    pub partitions: i32,
+    pub flows: u64,
+    pub seconds: f64,
+    pub flows_per_sec: f64,
+    pub cpu_secs: f64,
+    pub flows_per_cpu_sec: f64,
+    /// flows/s over (processes × the single process's flows/s).
+    pub efficiency: f64,
+}
+
+/// The same backlog drained by 1, 2, 4 … ingest processes in one group (partitions =
+/// the largest count), each run on fresh topics and a fresh lake. Start-up is included:
+/// every process pays it, as a real scale-out does.
+pub async fn scaling(
+    bulkhead: &str,
+    kafka: &str,
+    flows: u64,
+    processes: &[usize],
+    work: &Path,
+) -> Result<Vec<ScalingRow>, BoxError> {
+    let partitions = processes.iter().copied().max().unwrap_or(1) as i32;
+    let estate = Estate::generate(6, 200);
+    let mut rows: Vec<ScalingRow> = Vec::new();
+    for &n in processes {
+        let config = fresh_config(kafka, &format!("scale{n}"));
+        setup_topics(&config, partitions).await?;
+        let producer = Producer::new(&config)?;
+        publish_inventory(&producer, &config, &estate).await?;
+        let spec = FlowSpec {
+            seed: 6,
+            records: flows,
+            start_unix_ns: 1_764_115_200_000_000_000,
+            span_ns: 600 * 1_000_000_000,
+            batch_records: 1_000,
+        };
+        let produced = produce(&producer, &config, estate.flows(&spec)).await?;
+        let lake = work.join(format!("lake-scale-{n}"));
+        let group = "bench-scaling";
+        let topic = config.topic(Topic::Flows);
+        let started = Instant::now();
+        let mut children = (0..n)
+            .map(|i| {
+                IngestChild::start_logged(
+                    bulkhead,
+                    &config,
+                    &lake,
+                    group,
+                    &["--commit-interval-secs", "1", "--commit-flows", "500000"],
+                    work.join(format!("scale-{n}-{i}.log")),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut cpu = vec![0.0; n];
+        loop {
+            for (i, child) in children.iter_mut().enumerate() {
+                child.check_running()?;
+                cpu[i] = child.usage().1;
+            }
+            if caught_up(&config, group, &topic)? {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        for child in children {
+            child.stop()?;
+        }
+        let cpu_secs: f64 = cpu.iter().sum();
+        let produced = produced as f64;
+        let flows_per_sec = produced / seconds;
+        let single = rows.first().map_or(flows_per_sec, |r| r.flows_per_sec);
+        let row = ScalingRow {
+            processes: n,
+            partitions,
+            flows: produced as u64,
+            seconds,
+            flows_per_sec,
+            cpu_secs,
+            flows_per_cpu_sec: produced / cpu_secs.max(1e-9),
+            efficiency: flows_per_sec / (single * n as f64),
+        };
+        println!(
+            "ingest scaling: {n} process(es), {partitions} partitions: {:.0} flows/s ({:.2} s), {:.0} flows per CPU second, efficiency {:.2}",
+            row.flows_per_sec, row.seconds, row.flows_per_cpu_sec, row.efficiency
+        );
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// Produce → visible in a DataFusion query, p50/p99, under `rate` flows/s for `secs`.

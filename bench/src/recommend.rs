@@ -6,7 +6,9 @@
 use std::time::Instant;
 
 use bulkhead_policy::simulate::{FlowKey, simulate};
-use bulkhead_recommender::{EdgeRow, Options, WorkloadLabels, aggregate, edges_frame, recommend_from_sums};
+use bulkhead_recommender::{
+    EdgeRow, Options, WorkloadLabels, aggregate, edges_frame, recommend_from_sums,
+};
 use bulkhead_schemas::policy::{
     Decider, Decision, Endpoint, EnforcementMode, PolicyDocument, Ruleset, WorkloadPolicy,
 };
@@ -54,14 +56,26 @@ pub struct Report {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// A datacenter of about `workloads` workloads, its connections split over `windows`
 /// hourly rows each (the `edges` table has one row per window and edge).
-pub fn estate(seed: u64, workloads: usize, windows: usize) -> (Datacenter, Vec<EdgeRow>, WorkloadLabels) {
+pub fn estate(
+    seed: u64,
+    workloads: usize,
+    windows: usize,
+) -> (Datacenter, Vec<EdgeRow>, WorkloadLabels) {
     let apps = (workloads / 8).max(1);
     let dc = Datacenter::generate(&DcSpec::day(seed, apps, 1_764_115_200_000_000_000));
     let hour_us = 3_600_000_000i64;
@@ -85,7 +99,11 @@ pub fn estate(seed: u64, workloads: usize, windows: usize) -> (Datacenter, Vec<E
             });
         }
     }
-    let labels = dc.workloads.iter().map(|w| (w.id.clone(), w.labels.clone())).collect();
+    let labels = dc
+        .workloads
+        .iter()
+        .map(|w| (w.id.clone(), w.labels.clone()))
+        .collect();
     (dc, rows, labels)
 }
 
@@ -144,14 +162,24 @@ pub fn run(sizes: &[(usize, usize)], simulation_workloads: usize, rounds: usize)
         results.push(result);
     }
     let growth_exponent = fit_exponent(
-        &results.iter().map(|r| (r.edges as f64, r.recommend_ms.median)).collect::<Vec<_>>(),
+        &results
+            .iter()
+            .map(|r| (r.edges as f64, r.recommend_ms.median))
+            .collect::<Vec<_>>(),
     );
     println!("recommend: fitted growth exponent (time ~ edges^b): b = {growth_exponent:.2}");
 
     // Simulation: every connection of an estate, against its recommended draft.
     let (dc, rows, labels) = estate(8, simulation_workloads, 1);
-    let out = recommend_from_sums(&aggregate(edges_frame(&rows).expect("frame").lazy()).expect("aggregation"), &labels, &Options::default());
-    let mut draft = PolicyDocument { default_mode: EnforcementMode::Full, ..Default::default() };
+    let out = recommend_from_sums(
+        &aggregate(edges_frame(&rows).expect("frame").lazy()).expect("aggregation"),
+        &labels,
+        &Options::default(),
+    );
+    let mut draft = PolicyDocument {
+        default_mode: EnforcementMode::Full,
+        ..Default::default()
+    };
     for r in out.rules() {
         for list in &r.ip_lists {
             if !draft.ip_lists.iter().any(|l| l.name == list.name) {
@@ -160,20 +188,39 @@ pub fn run(sizes: &[(usize, usize)], simulation_workloads: usize, rounds: usize)
         }
         match draft.rulesets.iter_mut().find(|rs| rs.name == r.ruleset) {
             Some(rs) => rs.rules.push(r.rule.clone()),
-            None => draft.rulesets.push(Ruleset { name: r.ruleset.clone(), description: String::new(), scope: r.scope.clone(), rules: vec![r.rule.clone()] }),
+            None => draft.rulesets.push(Ruleset {
+                name: r.ruleset.clone(),
+                description: String::new(),
+                scope: r.scope.clone(),
+                rules: vec![r.rule.clone()],
+            }),
         }
     }
     draft.workloads = dc
         .workloads
         .iter()
-        .map(|w| WorkloadPolicy { workload_id: w.id.clone(), labels: w.labels.clone(), mode: None, quarantined: false, enforce_outbound: false })
+        .map(|w| WorkloadPolicy {
+            workload_id: w.id.clone(),
+            labels: w.labels.clone(),
+            mode: None,
+            quarantined: false,
+            enforce_outbound: false,
+        })
         .collect();
     let flows: Vec<FlowKey> = dc
         .connections
         .iter()
         .map(|c| {
             let id = |p: Peer| dc.workload_id(p).map(str::to_string);
-            FlowKey { src_workload: id(c.src), src_ip: dc.ip(c.src), dst_workload: id(c.dst), dst_ip: dc.ip(c.dst), port: c.port, protocol: c.protocol, flows: c.flows }
+            FlowKey {
+                src_workload: id(c.src),
+                src_ip: dc.ip(c.src),
+                dst_workload: id(c.dst),
+                dst_ip: dc.ip(c.dst),
+                port: c.port,
+                protocol: c.protocol,
+                flows: c.flows,
+            }
         })
         .collect();
     let (mut simulate_ms, mut decide_ms) = (Vec::new(), Vec::new());
@@ -188,8 +235,14 @@ pub fn run(sizes: &[(usize, usize)], simulation_workloads: usize, rounds: usize)
             .iter()
             .filter(|f| {
                 decider.decide(
-                    Endpoint { ip: f.src_ip, workload: f.src_workload.as_deref() },
-                    Endpoint { ip: f.dst_ip, workload: f.dst_workload.as_deref() },
+                    Endpoint {
+                        ip: f.src_ip,
+                        workload: f.src_workload.as_deref(),
+                    },
+                    Endpoint {
+                        ip: f.dst_ip,
+                        workload: f.dst_workload.as_deref(),
+                    },
                     f.protocol,
                     f.port,
                 ) == Decision::Allowed
@@ -217,5 +270,9 @@ pub fn run(sizes: &[(usize, usize)], simulation_workloads: usize, rounds: usize)
         allowed,
         per_app
     );
-    Report { sizes: results, growth_exponent, simulation }
+    Report {
+        sizes: results,
+        growth_exponent,
+        simulation,
+    }
 }

@@ -132,7 +132,10 @@ fn query_benchmark_runs_and_both_engines_agree() {
     let report = bench(&["query", "--bulkhead", bulkhead.to_str().unwrap()]);
     positive(&report, "flows");
     for row in report["queries"].as_array().unwrap() {
-        assert_eq!(row["rows_equal"], true, "DataFusion and DuckDB disagree: {row:#}");
+        assert_eq!(
+            row["rows_equal"], true,
+            "DataFusion and DuckDB disagree: {row:#}"
+        );
         positive(row, "datafusion_ms.median");
         positive(row, "duckdb_ms.median");
     }
@@ -144,7 +147,10 @@ fn query_benchmark_runs_and_both_engines_agree() {
 fn recommend_benchmark_runs_and_fits_an_exponent() {
     let report = bench(&["recommend"]);
     let sizes = report["sizes"].as_array().unwrap();
-    assert!(sizes.len() >= 3, "an exponent needs three sizes: {report:#}");
+    assert!(
+        sizes.len() >= 3,
+        "an exponent needs three sizes: {report:#}"
+    );
     for size in sizes {
         positive(size, "recommend_ms.median");
         positive(size, "aggregate_ms.median");

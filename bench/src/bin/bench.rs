@@ -304,7 +304,11 @@ async fn run(
                             "{} over {} flows{}",
                             q.name,
                             report.flows,
-                            if q.rows_equal { "" } else { " (ANSWERS DIFFER)" }
+                            if q.rows_equal {
+                                ""
+                            } else {
+                                " (ANSWERS DIFFER)"
+                            }
                         ),
                         "ms",
                         q.datafusion_ms.clone(),
@@ -369,7 +373,10 @@ async fn run(
                     "ms",
                     report.simulation.simulate_ms.clone(),
                 )
-                .against("decision function alone", report.simulation.decide_only_ms.clone()),
+                .against(
+                    "decision function alone",
+                    report.simulation.decide_only_ms.clone(),
+                ),
             );
             write_json(&args.out, "recommend", &report)?;
         }
@@ -386,6 +393,14 @@ async fn run(
                 ingest::throughput(&bulkhead, &args.kafka, flows, partitions, &work).await?;
             let (freshness_ms, fresh_peak) =
                 ingest::freshness(&bulkhead, &args.kafka, rate, secs, &work).await?;
+            let scaling = ingest::scaling(
+                &bulkhead,
+                &args.kafka,
+                if args.quick { 50_000 } else { flows },
+                &[1, 2, 4],
+                &work,
+            )
+            .await?;
             let _ = std::fs::remove_dir_all(&work);
             let rust_rate = produced / (rust_secs - startup);
             let python_rate = python.0 as f64 / python.1;
@@ -404,6 +419,7 @@ async fn run(
                 freshness_rate_flows_per_sec: rate,
                 freshness_ms: freshness_ms.clone(),
                 freshness_peak_rss_mib: fresh_peak,
+                scaling,
             };
             println!(
                 "ingest: {:.0} flows/s vs python {:.0} flows/s: ratio {:.1}x; {:.0} flows per CPU second",
@@ -434,6 +450,17 @@ async fn run(
                 )
                 .target("≥ 1M per core"),
             );
+            for row in &report.scaling {
+                figures.push(Figure::new(
+                    "ingest",
+                    &format!(
+                        "scaling: {} process(es) on {} partitions (efficiency {:.2})",
+                        row.processes, row.partitions, row.efficiency
+                    ),
+                    "flows/s",
+                    Summary::of(vec![row.flows_per_sec]),
+                ));
+            }
             figures.push(Figure::new(
                 "ingest",
                 "peak memory (throughput run)",
