@@ -345,6 +345,26 @@ async fn recommend_review_simulate_provision_quarantine_rollback_through_the_cli
         history.contains("e2e-analyst") && history.contains("policy e2e test"),
         "{history}"
     );
+
+    // A workload that lost its role is suggested it back from how it behaves.
+    let strays = &workloads[workloads.len() - 1];
+    let role = draft["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| &w["workload_id"] == strays)
+        .map(|w| w["labels"]["role"].clone())
+        .unwrap();
+    client_ok(&["labels", "set", strays, "--remove", "role"]);
+    let suggestions = get(&api, "/api/v1/labels/suggestions").await;
+    let suggestion = suggestions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| &s["workload_id"] == strays)
+        .unwrap_or_else(|| panic!("no suggestion for {strays}: {suggestions}"));
+    assert_eq!(suggestion["set"]["role"], role, "{suggestion}");
+
     let versions_before = get(&api, "/api/v1/policy/versions").await;
     serve.stop();
 

@@ -110,7 +110,47 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/workloads/{id}/mode", post(set_mode))
         .route("/api/v1/workloads/{id}/quarantine", post(quarantine))
         .route("/api/v1/history", get(history))
+        .route("/api/v1/labels/suggestions", get(label_suggestions))
         .with_state(state)
+}
+
+/// Labels for workloads that miss scope or role labels, from their behaviour in the
+/// last day of edges, judged against the draft's labels (proposals: accepting one is a
+/// `POST /workloads/{id}/labels`).
+async fn label_suggestions(State(engine): State<AppState>) -> ApiResult {
+    let Some(lake) = engine.config.lake.clone() else {
+        return Ok(Json(json!([])));
+    };
+    let since_us = (bulkhead_schemas::now_unix_ns() / 1000) as i64 - 86_400_000_000;
+    let Ok((edges, _)) = bulkhead_recommender::lake::load_edges(&lake, since_us).await else {
+        // No edges table yet: nothing to learn from.
+        return Ok(Json(json!([])));
+    };
+    let labels: bulkhead_recommender::WorkloadLabels = engine
+        .state()
+        .await
+        .draft
+        .workloads
+        .iter()
+        .map(|w| (w.workload_id.clone(), w.labels.clone()))
+        .collect();
+    let suggestions = tokio::task::spawn_blocking(move || {
+        let sums = bulkhead_recommender::aggregate(edges)?;
+        anyhow::Ok(bulkhead_recommender::suggest::suggest_labels(
+            &sums, &labels,
+        ))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("cannot read the edges: {e:#}"),
+        )
+    })?;
+    Ok(Json(
+        serde_json::to_value(suggestions).expect("suggestions serialize"),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -34,12 +34,15 @@
 //! 5. **Ports merge into services**: rules with the same ruleset, consumers and providers
 //!    become one rule listing every port.
 //!
+//! [`suggest`] proposes labels for workloads that miss them, from how they behave.
+//!
 //! Nothing is ever widened to `any` except the explicit per-environment monitoring rule
 //! described above, whose rationale says so.
 
 pub mod frame;
 pub mod lake;
 mod lift;
+pub mod suggest;
 
 use bulkhead_schemas::policy::{IpList, Label, Rule};
 use serde::{Deserialize, Serialize};

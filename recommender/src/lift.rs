@@ -120,7 +120,7 @@ impl Context<'_> {
     }
 }
 
-fn is_public(ip: &IpAddr) -> bool {
+pub(crate) fn is_public(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => !(v4.is_private() || v4.is_loopback() || v4.is_link_local()),
         IpAddr::V6(v6) => {
