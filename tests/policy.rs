@@ -365,6 +365,53 @@ async fn recommend_review_simulate_provision_quarantine_rollback_through_the_cli
         .unwrap_or_else(|| panic!("no suggestion for {strays}: {suggestions}"));
     assert_eq!(suggestion["set"]["role"], role, "{suggestion}");
 
+    // A label rule on a host-provided label labels the inventory at once; a bad one is
+    // refused with its problem named.
+    let app = draft["workloads"][0]["labels"]["app"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host_label = format!("app={app}");
+    let set = client_ok(&[
+        "labels",
+        "rule-set",
+        "loc-dc1",
+        "--host-label",
+        &host_label,
+        "--assign",
+        "loc=dc1",
+    ]);
+    assert!(set.contains("labels changed"), "{set}");
+    let relabelled = get(&api, "/api/v1/policy/draft").await;
+    for w in relabelled["workloads"].as_array().unwrap() {
+        let in_app = w["labels"]["app"] == app.as_str();
+        assert_eq!(w["labels"]["loc"] == "dc1", in_app, "{w}");
+    }
+    let refused = client(&[
+        "labels",
+        "rule-set",
+        "bad",
+        "--hostname-glob",
+        "web-[",
+        "--assign",
+        "loc=x",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("hostname glob"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        get(&api, "/api/v1/labels/rules")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    client_ok(&["labels", "rule-delete", "loc-dc1"]);
+
     let versions_before = get(&api, "/api/v1/policy/versions").await;
     serve.stop();
 
@@ -384,6 +431,16 @@ async fn recommend_review_simulate_provision_quarantine_rollback_through_the_cli
         get(&serve.api, "/api/v1/policy/versions").await,
         versions_before
     );
+    // Relabelling from inventory at start leaves what a person chose: the removed role
+    // stays removed, though the host still provides it.
+    let draft = get(&serve.api, "/api/v1/policy/draft").await;
+    let stray = draft["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| &w["workload_id"] == strays)
+        .unwrap();
+    assert!(stray["labels"]["role"].is_null(), "{stray}");
     serve.stop();
 }
 

@@ -3,6 +3,7 @@
 //! it, applies it once the broker acknowledged it, and publishes every new signed
 //! version to the compacted `bulkhead.policy.v1` (key `global`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +19,9 @@ use prost::Message as _;
 use rdkafka::Message as _;
 use tokio::sync::{Mutex, RwLock};
 
-use crate::state::{ControlError, PolicyState, Provisioned};
+use crate::state::{
+    ControlError, INVENTORY_ACTOR, LABEL_RULE_ACTOR, PolicyState, Provisioned, is_automatic,
+};
 
 /// The policy key used on the compacted policy topic.
 pub const POLICY_KEY: &[u8] = b"global";
@@ -202,37 +205,66 @@ impl Engine {
         Ok(produced)
     }
 
-    /// Assigns every host-provided label the draft does not have yet (a label key the
-    /// analyst set by hand is left alone), attributed to `inventory`; returns how many.
-    /// Host labels are how a workload says what it is; recommendations are written in
-    /// them, so a policy without them would apply to nobody.
-    pub async fn adopt_host_labels(
+    /// Labels every workload from its inventory: first the labels the host provides,
+    /// then the label rules in ascending priority (a later rule wins per key). A label a
+    /// person set or removed stays as they left it; automatic ones follow the inventory.
+    /// Each change is attributed to its source (`inventory`, `label-rule:<id>`). Returns
+    /// how many labels changed. Recommendations are written in these labels, so a policy
+    /// without them would apply to nobody.
+    pub async fn adopt_inventory(
         &self,
-        labels: &bulkhead_recommender::WorkloadLabels,
+        inventory: &[bulkhead_recommender::lake::WorkloadInventory],
     ) -> Result<usize, EngineError> {
-        let changes: Vec<Event> = {
+        let by_source: BTreeMap<String, Vec<Event>> = {
             let state = self.state.read().await;
-            labels
-                .iter()
-                .flat_map(|(id, host)| {
-                    let have = state.draft.workloads.iter().find(|w| &w.workload_id == id);
-                    host.iter()
-                        .filter(move |(k, _)| have.is_none_or(|w| !w.labels.contains_key(*k)))
-                        .map(move |(k, v)| {
-                            Event::LabelAssigned(proto::LabelAssigned {
-                                workload_id: id.clone(),
-                                label: Some(proto::Label {
-                                    key: k.clone(),
-                                    value: v.clone(),
-                                }),
-                            })
-                        })
-                })
-                .collect()
+            let mut rules: Vec<&proto::LabelRule> = state.label_rules.values().collect();
+            rules.sort_by_key(|r| r.priority);
+            let mut out: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+            for w in inventory {
+                let mut wanted: BTreeMap<&str, (&str, String)> = w
+                    .host_labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), (v.as_str(), INVENTORY_ACTOR.to_string())))
+                    .collect();
+                for rule in rules.iter().filter(|r| label_rule_matches(r, w)) {
+                    for label in &rule.assign {
+                        let source = format!("{LABEL_RULE_ACTOR}{}", rule.id);
+                        wanted.insert(&label.key, (&label.value, source));
+                    }
+                }
+                let have = state
+                    .draft
+                    .workloads
+                    .iter()
+                    .find(|d| d.workload_id == w.workload_id);
+                for (key, (value, source)) in wanted {
+                    let origin = state
+                        .label_origin
+                        .get(&(w.workload_id.clone(), key.to_string()));
+                    if origin.is_some_and(|actor| !is_automatic(actor))
+                        || have
+                            .and_then(|d| d.labels.get(key))
+                            .is_some_and(|v| v == value)
+                    {
+                        continue;
+                    }
+                    out.entry(source).or_default().push(Event::LabelAssigned(
+                        proto::LabelAssigned {
+                            workload_id: w.workload_id.clone(),
+                            label: Some(proto::Label {
+                                key: key.to_string(),
+                                value: value.to_string(),
+                            }),
+                        },
+                    ));
+                }
+            }
+            out
         };
-        let n = changes.len();
-        if n > 0 {
-            self.submit("inventory", "host-provided label", changes)
+        let mut n = 0;
+        for (source, changes) in by_source {
+            n += changes.len();
+            self.submit(&source, "labelled from inventory", changes)
                 .await?;
         }
         Ok(n)
@@ -341,4 +373,23 @@ pub async fn replay(
         }
     }
     Ok((state, events))
+}
+
+/// Whether every condition of `rule` holds for the workload (an empty condition holds).
+fn label_rule_matches(
+    rule: &proto::LabelRule,
+    w: &bulkhead_recommender::lake::WorkloadInventory,
+) -> bool {
+    let hostname = rule.hostname_glob.is_empty()
+        || glob::Pattern::new(&rule.hostname_glob).is_ok_and(|p| p.matches(&w.hostname));
+    let host_label = rule
+        .host_label
+        .as_ref()
+        .is_none_or(|l| l.key.is_empty() || w.host_labels.get(&l.key) == Some(&l.value));
+    let address = rule.address_cidr.is_empty()
+        || rule
+            .address_cidr
+            .parse::<ipnet::IpNet>()
+            .is_ok_and(|net| w.addresses.iter().any(|a| net.contains(a)));
+    hostname && host_label && address
 }

@@ -111,6 +111,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/workloads/{id}/quarantine", post(quarantine))
         .route("/api/v1/history", get(history))
         .route("/api/v1/labels/suggestions", get(label_suggestions))
+        .route(
+            "/api/v1/labels/rules",
+            get(list_label_rules).post(set_label_rule),
+        )
+        .route(
+            "/api/v1/labels/rules/{id}",
+            axum::routing::delete(delete_label_rule),
+        )
         .with_state(state)
 }
 
@@ -588,6 +596,143 @@ async fn set_labels(
         .map(|w| w.labels.clone())
         .unwrap_or_default();
     Ok(Json(json!({"workload": id, "labels": labels})))
+}
+
+/// A label rule as the API reads and writes it.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct LabelRuleBody {
+    id: String,
+    /// Glob on the hostname ("web-*"); empty: any.
+    #[serde(default)]
+    hostname_glob: String,
+    /// A label the host must provide ("key=value"); empty: no condition.
+    #[serde(default)]
+    host_label: String,
+    /// A CIDR one of the workload's addresses must be in; empty: no condition.
+    #[serde(default)]
+    address_cidr: String,
+    /// The labels assigned where the rule matches.
+    assign: BTreeMap<String, String>,
+    /// Rules apply in ascending priority; a later one wins per key.
+    #[serde(default)]
+    priority: i32,
+    #[serde(default, skip_serializing)]
+    actor: String,
+    #[serde(default, skip_serializing)]
+    reason: String,
+}
+
+impl LabelRuleBody {
+    fn to_proto(&self) -> Result<proto::LabelRule, ApiError> {
+        let host_label = match self.host_label.trim() {
+            "" => None,
+            text => {
+                let label: Label = text.parse().map_err(|e| {
+                    bad(format!(
+                        "label rule {:?}: host_label {text:?}: {e}",
+                        self.id
+                    ))
+                })?;
+                Some(proto::Label::from(&label))
+            }
+        };
+        Ok(proto::LabelRule {
+            id: self.id.clone(),
+            hostname_glob: self.hostname_glob.clone(),
+            host_label,
+            address_cidr: self.address_cidr.clone(),
+            assign: self
+                .assign
+                .iter()
+                .map(|(k, v)| proto::Label::from(&Label::new(k, v)))
+                .collect(),
+            priority: self.priority,
+        })
+    }
+
+    fn from_proto(rule: &proto::LabelRule) -> Self {
+        Self {
+            id: rule.id.clone(),
+            hostname_glob: rule.hostname_glob.clone(),
+            host_label: rule
+                .host_label
+                .as_ref()
+                .filter(|l| !l.key.is_empty())
+                .map(|l| format!("{}={}", l.key, l.value))
+                .unwrap_or_default(),
+            address_cidr: rule.address_cidr.clone(),
+            assign: rule
+                .assign
+                .iter()
+                .map(|l| (l.key.clone(), l.value.clone()))
+                .collect(),
+            priority: rule.priority,
+            actor: String::new(),
+            reason: String::new(),
+        }
+    }
+}
+
+async fn list_label_rules(State(engine): State<AppState>) -> ApiResult {
+    let state = engine.state().await;
+    let rules: Vec<LabelRuleBody> = state
+        .label_rules
+        .values()
+        .map(LabelRuleBody::from_proto)
+        .collect();
+    Ok(Json(json!(rules)))
+}
+
+/// Sets a label rule and labels the inventory with it at once.
+async fn set_label_rule(State(engine): State<AppState>, bytes: axum::body::Bytes) -> ApiResult {
+    let r: LabelRuleBody = body(&bytes, "label rule")?;
+    let rule = r.to_proto()?;
+    engine
+        .submit(
+            &r.actor,
+            &r.reason,
+            vec![Event::LabelRuleSet(proto::LabelRuleSet {
+                rule: Some(rule),
+            })],
+        )
+        .await?;
+    let labelled = relabel(&engine).await?;
+    Ok(Json(json!({"rule": r.id, "labels_changed": labelled})))
+}
+
+async fn delete_label_rule(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> ApiResult {
+    let who: Attribution = body(&bytes, "label rule deletion")?;
+    engine
+        .submit(
+            &who.actor,
+            &who.reason,
+            vec![Event::LabelRuleDeleted(proto::LabelRuleDeleted {
+                rule_id: id.clone(),
+            })],
+        )
+        .await?;
+    Ok(Json(json!({"deleted": id})))
+}
+
+/// Applies host labels and label rules to the lake's inventory (none without a lake).
+async fn relabel(engine: &Engine) -> Result<usize, ApiError> {
+    let Some(lake) = &engine.config.lake else {
+        return Ok(0);
+    };
+    let inventory = bulkhead_recommender::lake::inventory(lake)
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("cannot read the workloads table: {e:#}"),
+            )
+        })?;
+    Ok(engine.adopt_inventory(&inventory).await?)
 }
 
 #[derive(Deserialize)]

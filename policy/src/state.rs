@@ -75,7 +75,51 @@ pub struct PolicyState {
     pub versions: Vec<Provisioned>,
     pub reviews: BTreeMap<String, Review>,
     pub history: Vec<HistoryEntry>,
+    /// Label rules by id (they assign labels from inventory; see `Engine::adopt_inventory`).
+    pub label_rules: BTreeMap<String, proto::LabelRule>,
+    /// Who last set or removed each (workload, label key): automatic sources
+    /// ([`is_automatic`]) may change a label again, a person's choice stays.
+    pub label_origin: BTreeMap<(String, String), String>,
     applied_ids: BTreeSet<String>,
+}
+
+/// Actors whose label assignments later inventory may replace: host-provided labels and
+/// label rules. Manual assignments win over both.
+pub fn is_automatic(actor: &str) -> bool {
+    actor == INVENTORY_ACTOR || actor.starts_with(LABEL_RULE_ACTOR)
+}
+
+/// The actor of labels adopted from what hosts say of themselves.
+pub const INVENTORY_ACTOR: &str = "inventory";
+/// The actor prefix of labels a label rule assigned (`label-rule:<id>`).
+pub const LABEL_RULE_ACTOR: &str = "label-rule:";
+
+fn check_label_rule(rule: &proto::LabelRule) -> Result<(), ControlError> {
+    let invalid = |why: String| ControlError::Invalid(format!("label rule {:?}: {why}", rule.id));
+    if rule.id.trim().is_empty() {
+        return Err(invalid("an id is required".into()));
+    }
+    if rule.assign.is_empty() {
+        return Err(invalid("it assigns no label".into()));
+    }
+    for label in &rule.assign {
+        if label.key.trim().is_empty() || label.value.trim().is_empty() {
+            return Err(invalid(format!(
+                "assigned label {:?}={:?} needs a key and a value",
+                label.key, label.value
+            )));
+        }
+    }
+    if !rule.hostname_glob.is_empty() {
+        glob::Pattern::new(&rule.hostname_glob)
+            .map_err(|e| invalid(format!("hostname glob {:?}: {e}", rule.hostname_glob)))?;
+    }
+    if !rule.address_cidr.is_empty() {
+        rule.address_cidr
+            .parse::<ipnet::IpNet>()
+            .map_err(|e| invalid(format!("address CIDR {:?}: {e}", rule.address_cidr)))?;
+    }
+    Ok(())
 }
 
 fn find_ruleset<'a>(
@@ -149,6 +193,8 @@ impl PolicyState {
         };
         let mut draft = self.draft.clone();
         let mut reviews = self.reviews.clone();
+        let mut label_rules = self.label_rules.clone();
+        let mut label_origin = self.label_origin.clone();
         let mut new_version: Option<PolicyDocument> = None;
         let what = match kind {
             Event::LabelAssigned(e) => {
@@ -159,6 +205,10 @@ impl PolicyState {
                 workload(&mut draft, &e.workload_id)
                     .labels
                     .insert(label.key.clone(), label.value.clone());
+                label_origin.insert(
+                    (e.workload_id.clone(), label.key.clone()),
+                    event.actor.clone(),
+                );
                 format!(
                     "label {}={} assigned to {}",
                     label.key, label.value, e.workload_id
@@ -172,6 +222,7 @@ impl PolicyState {
                         e.workload_id, e.key
                     )));
                 }
+                label_origin.insert((e.workload_id.clone(), e.key.clone()), event.actor.clone());
                 format!("label {} removed from {}", e.key, e.workload_id)
             }
             Event::RulesetDrafted(e) => {
@@ -291,12 +342,27 @@ impl PolicyState {
                 }
                 format!("service {name} drafted")
             }
-            Event::DenyRuleDrafted(_)
-            | Event::DenyRuleDeleted(_)
-            | Event::LabelRuleSet(_)
-            | Event::LabelRuleDeleted(_) => {
+            Event::LabelRuleSet(e) => {
+                let rule = e
+                    .rule
+                    .as_ref()
+                    .ok_or_else(|| ControlError::Invalid("label_rule_set has no rule".into()))?;
+                check_label_rule(rule)?;
+                label_rules.insert(rule.id.clone(), rule.clone());
+                format!("label rule {} set", rule.id)
+            }
+            Event::LabelRuleDeleted(e) => {
+                if label_rules.remove(&e.rule_id).is_none() {
+                    return Err(ControlError::NotFound(format!(
+                        "no label rule {:?}",
+                        e.rule_id
+                    )));
+                }
+                format!("label rule {} deleted", e.rule_id)
+            }
+            Event::DenyRuleDrafted(_) | Event::DenyRuleDeleted(_) => {
                 return Err(ControlError::Refused(
-                    "deny rules and label rules are not handled by this policy engine yet".into(),
+                    "deny rules are not handled by this policy engine yet".into(),
                 ));
             }
             Event::RecommendationAccepted(e) => {
@@ -433,6 +499,8 @@ impl PolicyState {
         // Everything checked: commit.
         self.draft = draft;
         self.reviews = reviews;
+        self.label_rules = label_rules;
+        self.label_origin = label_origin;
         self.versions.extend(provisioned);
         self.applied_ids.insert(event.event_id.clone());
         self.history.push(HistoryEntry {

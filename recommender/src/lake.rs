@@ -81,47 +81,19 @@ pub async fn load_edges(lake: &Url, since_us: i64) -> anyhow::Result<(LazyFrame,
     Ok((edges, labels))
 }
 
-/// The labels each host provides itself (the `workloads` read model's `host_labels`,
-/// newest inventory first); empty before ingest wrote the table.
-pub async fn host_labels(lake: &Url) -> anyhow::Result<WorkloadLabels> {
-    let url = table_url(lake, "workloads");
-    let Ok(files) = table_files(&url).await else {
-        return Ok(WorkloadLabels::new());
-    };
-    if files.is_empty() {
-        return Ok(WorkloadLabels::new());
-    }
-    let frames = files
-        .iter()
-        .map(|f| LazyFrame::scan_parquet(PlRefPath::new(f.as_str()), ScanArgsParquet::default()))
-        .collect::<PolarsResult<Vec<_>>>()
-        .with_context(|| format!("cannot scan the parquet files of {url}"))?;
-    let workloads = concat(frames, UnionArgs::default())?;
-    newest_labels(workloads, &[("workload_id", "host_labels", "observed_at")])
-        .with_context(|| format!("cannot read host labels from {url}"))
-}
-
 /// The newest labels of every workload in the edges (source and destination sides).
 fn labels_of(edges: LazyFrame) -> PolarsResult<WorkloadLabels> {
-    newest_labels(
-        edges,
-        &[
-            ("src_workload", "src_labels", "last_seen"),
-            ("dst_workload", "dst_labels", "last_seen"),
-        ],
-    )
-}
-
-/// Per workload, its labels in the newest row; `columns` are (workload, labels, time).
-fn newest_labels(frame: LazyFrame, columns: &[(&str, &str, &str)]) -> PolarsResult<WorkloadLabels> {
     let mut out = WorkloadLabels::new();
-    for &(workload, labels, time) in columns {
-        let df = frame
+    for (workload, labels) in [
+        ("src_workload", "src_labels"),
+        ("dst_workload", "dst_labels"),
+    ] {
+        let df = edges
             .clone()
             .select([
                 col(workload).alias("w"),
                 col(labels).alias("l"),
-                col(time).cast(DataType::Int64).alias("t"),
+                col("last_seen").cast(DataType::Int64).alias("t"),
             ])
             .filter(col("w").is_not_null())
             .sort(
@@ -152,6 +124,78 @@ fn newest_labels(frame: LazyFrame, columns: &[(&str, &str, &str)]) -> PolarsResu
         }
     }
     Ok(out)
+}
+
+/// What the `workloads` read model says of one workload: its newest inventory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkloadInventory {
+    pub workload_id: String,
+    pub hostname: String,
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Labels the host provides itself.
+    pub host_labels: BTreeMap<String, String>,
+}
+
+/// The newest inventory of every workload in the lake's `workloads` table (empty before
+/// ingest wrote it). Files are read one by one: writers name a map's entry fields
+/// differently (`keys`/`values` or `key`/`value`), so entries are taken by position.
+pub async fn inventory(lake: &Url) -> anyhow::Result<Vec<WorkloadInventory>> {
+    let url = table_url(lake, "workloads");
+    let Ok(files) = table_files(&url).await else {
+        return Ok(Vec::new());
+    };
+    let mut newest: BTreeMap<String, (i64, WorkloadInventory)> = BTreeMap::new();
+    for file in &files {
+        let df = LazyFrame::scan_parquet(PlRefPath::new(file.as_str()), ScanArgsParquet::default())
+            .and_then(|f| {
+                f.select([
+                    col("workload_id"),
+                    col("hostname"),
+                    col("addresses"),
+                    col("host_labels"),
+                    col("observed_at").cast(DataType::Int64),
+                ])
+                .collect()
+            })
+            .with_context(|| format!("cannot read {file}"))?;
+        let ids = df.column("workload_id")?.str()?;
+        let hostnames = df.column("hostname")?.str()?;
+        let addresses = df.column("addresses")?.list()?;
+        let labels = df.column("host_labels")?.list()?;
+        let times = df.column("observed_at")?.i64()?;
+        for i in 0..df.height() {
+            let (Some(id), t) = (ids.get(i), times.get(i).unwrap_or(i64::MIN)) else {
+                continue;
+            };
+            if newest.get(id).is_some_and(|(seen, _)| *seen >= t) {
+                continue;
+            }
+            let mut record = WorkloadInventory {
+                workload_id: id.to_string(),
+                hostname: hostnames.get(i).unwrap_or_default().to_string(),
+                ..Default::default()
+            };
+            if let Some(list) = addresses.get_as_series(i) {
+                let list = list.str()?;
+                record.addresses = (0..list.len())
+                    .filter_map(|j| list.get(j)?.parse().ok())
+                    .collect();
+            }
+            if let Some(entries) = labels.get_as_series(i) {
+                let fields = entries.struct_()?.fields_as_series();
+                if let [keys, values, ..] = fields.as_slice() {
+                    let (keys, values) = (keys.str()?, values.str()?);
+                    for j in 0..keys.len() {
+                        if let (Some(k), Some(v)) = (keys.get(j), values.get(j)) {
+                            record.host_labels.insert(k.to_string(), v.to_string());
+                        }
+                    }
+                }
+            }
+            newest.insert(id.to_string(), (t, record));
+        }
+    }
+    Ok(newest.into_values().map(|(_, r)| r).collect())
 }
 
 /// The `recommendations` table's rows for `items` (status `pending`).

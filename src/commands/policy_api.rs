@@ -135,6 +135,39 @@ pub enum LabelsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The label rules.
+    Rules {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Set a label rule (conditions all hold → labels assigned) and apply it to the
+    /// inventory at once; a label a person set stays.
+    RuleSet {
+        id: String,
+        /// Glob on the hostname, e.g. 'web-*'.
+        #[arg(long, default_value = "")]
+        hostname_glob: String,
+        /// A label the host provides, key=value.
+        #[arg(long, default_value = "")]
+        host_label: String,
+        /// A CIDR one of the workload's addresses is in.
+        #[arg(long, default_value = "")]
+        address_cidr: String,
+        /// Labels to assign, key=value (repeatable).
+        #[arg(long = "assign", required = true)]
+        assign: Vec<Label>,
+        /// Rules apply in ascending priority; a later one wins per key.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a label rule (labels it assigned stay until changed).
+    RuleDelete {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Quarantine a workload at once (a provisioned change), or lift it with --lift.
     Quarantine {
         workload: String,
@@ -205,14 +238,28 @@ impl Client {
     }
 
     /// A change: attributed to the actor, with the reason.
-    async fn post(&self, path: &str, mut body: Value) -> anyhow::Result<Value> {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.change(reqwest::Method::POST, path, body).await
+    }
+
+    /// A change without other fields (a deletion).
+    async fn send_attributed(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
+        self.change(method, path, json!({})).await
+    }
+
+    async fn change(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        mut body: Value,
+    ) -> anyhow::Result<Value> {
         let actor = self
             .actor
             .as_deref()
             .context("who is making this change? give --actor (or set BULKHEAD_ACTOR)")?;
         body["actor"] = json!(actor);
         body["reason"] = json!(self.reason);
-        Ok(self.send(reqwest::Method::POST, path, Some(body)).await?.0)
+        Ok(self.send(method, path, Some(body)).await?.0)
     }
 }
 
@@ -406,6 +453,45 @@ pub async fn labels(command: LabelsCommand) -> anyhow::Result<()> {
                     .await?;
                 println!("{workload}: mode {mode} (takes effect when the draft is provisioned)");
             }
+        }
+        LabelsCommand::Rules { api } => {
+            let rules = Client::new(&api)?.get("/api/v1/labels/rules").await?;
+            println!("{}", pretty(&rules));
+        }
+        LabelsCommand::RuleSet {
+            id,
+            hostname_glob,
+            host_label,
+            address_cidr,
+            assign,
+            priority,
+            api,
+        } => {
+            let assign: serde_json::Map<String, Value> = assign
+                .iter()
+                .map(|l| (l.key.clone(), json!(l.value)))
+                .collect();
+            let v = Client::new(&api)?
+                .post(
+                    "/api/v1/labels/rules",
+                    json!({"id": id, "hostname_glob": hostname_glob, "host_label": host_label,
+                           "address_cidr": address_cidr, "assign": assign, "priority": priority}),
+                )
+                .await?;
+            println!(
+                "label rule {id} set; {} labels changed",
+                v["labels_changed"]
+            );
+        }
+        LabelsCommand::RuleDelete { id, api } => {
+            let client = Client::new(&api)?;
+            client
+                .send_attributed(
+                    reqwest::Method::DELETE,
+                    &format!("/api/v1/labels/rules/{id}"),
+                )
+                .await?;
+            println!("label rule {id} deleted");
         }
         LabelsCommand::Quarantine {
             workload,

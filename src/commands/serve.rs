@@ -106,16 +106,16 @@ async fn recommend_periodically(
     }
 }
 
-/// Hands the engine what the lake knows now: host-provided labels of new workloads, and
-/// the recommendations table.
+/// Hands the engine what the lake knows now: the workloads' inventory (labels from hosts
+/// and label rules), and the recommendations table.
 async fn refresh(engine: &bulkhead_policy::Engine, lake: &url::Url) -> anyhow::Result<usize> {
-    let labels = bulkhead_recommender::lake::host_labels(lake).await?;
-    let adopted = engine
-        .adopt_host_labels(&labels)
+    let inventory = bulkhead_recommender::lake::inventory(lake).await?;
+    let labelled = engine
+        .adopt_inventory(&inventory)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot adopt host-provided labels: {e}"))?;
-    if adopted > 0 {
-        tracing::info!(labels = adopted, "host-provided labels adopted");
+        .map_err(|e| anyhow::anyhow!("cannot label workloads from their inventory: {e}"))?;
+    if labelled > 0 {
+        tracing::info!(labels = labelled, "workloads labelled from inventory");
     }
     engine
         .load_recommendations()
