@@ -50,6 +50,21 @@ pub struct Report {
     /// Exponent b of time ≈ a · edges^b (least squares over the sizes).
     pub growth_exponent: f64,
     pub simulation: SimulationResult,
+    pub simulation_from_rows: RowsSimulation,
+}
+
+/// `simulate` as the API runs it: flow rows read from Parquet, grouped into connection
+/// keys (polars), judged against the draft.
+#[derive(Debug, Serialize)]
+pub struct RowsSimulation {
+    pub rows: usize,
+    pub files: usize,
+    pub total_ms: Summary,
+    pub rows_per_s: f64,
+    /// Reading the same columns of the same files and counting the rows (the I/O and
+    /// decoding floor).
+    pub scan_only_ms: Summary,
+    pub ratio_to_scan_only: f64,
 }
 
 /// Peak resident memory of this process so far (VmHWM), MiB.
@@ -118,7 +133,12 @@ fn fit_exponent(points: &[(f64, f64)]) -> f64 {
 
 /// `sizes`: (workloads, hourly windows per connection); each measured `rounds` times,
 /// alternating with its baseline.
-pub fn run(sizes: &[(usize, usize)], simulation_workloads: usize, rounds: usize) -> Report {
+pub fn run(
+    sizes: &[(usize, usize)],
+    simulation_workloads: usize,
+    flow_rows: usize,
+    rounds: usize,
+) -> Report {
     let mut results = Vec::new();
     for &(workloads, windows) in sizes {
         let (dc, rows, labels) = estate(7, workloads, windows);
@@ -270,9 +290,153 @@ pub fn run(sizes: &[(usize, usize)], simulation_workloads: usize, rounds: usize)
         allowed,
         per_app
     );
+    let simulation_from_rows = simulate_rows(&draft, &flows, flow_rows, rounds);
     Report {
         sizes: results,
         growth_exponent,
         simulation,
+        simulation_from_rows,
     }
+}
+
+const ROWS_PER_FILE: usize = 5_000_000;
+
+/// Writes `rows` flow rows (the `flows` table's columns that simulation reads), cycling
+/// over `keys` and reported by the server's end, as Parquet files under a directory kept
+/// between runs; returns the files.
+fn flow_row_files(keys: &[FlowKey], rows: usize) -> Vec<String> {
+    use polars::prelude::{Column, DataFrame, ParquetWriter};
+    let dir = std::env::temp_dir().join(format!("bulkhead-bench-sim-{rows}-{}", keys.len()));
+    let files: Vec<String> = (0..rows.div_ceil(ROWS_PER_FILE))
+        .map(|i| {
+            dir.join(format!("part-{i:03}.parquet"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    if files.iter().all(|f| std::path::Path::new(f).exists()) {
+        return files;
+    }
+    std::fs::create_dir_all(&dir).expect("simulation rows dir");
+    let started = Instant::now();
+    for (i, file) in files.iter().enumerate() {
+        let range = i * ROWS_PER_FILE..((i + 1) * ROWS_PER_FILE).min(rows);
+        let key = |r: usize| &keys[r % keys.len()];
+        let text = |f: &dyn Fn(&FlowKey) -> Option<String>| -> Vec<Option<String>> {
+            range.clone().map(|r| f(key(r))).collect()
+        };
+        let host = text(&|k| k.dst_workload.clone().or_else(|| k.src_workload.clone()));
+        let mut df = DataFrame::new_infer_height(vec![
+            Column::new("host_id".into(), host),
+            Column::new("src_workload".into(), text(&|k| k.src_workload.clone())),
+            Column::new("src_ip".into(), text(&|k| Some(k.src_ip.to_string()))),
+            Column::new("dst_workload".into(), text(&|k| k.dst_workload.clone())),
+            Column::new("dst_ip".into(), text(&|k| Some(k.dst_ip.to_string()))),
+            Column::new(
+                "dst_port".into(),
+                range
+                    .clone()
+                    .map(|r| key(r).port as i32)
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "protocol".into(),
+                range
+                    .clone()
+                    .map(|r| key(r).protocol as i32)
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "first_seen".into(),
+                range
+                    .clone()
+                    .map(|r| 1_764_115_200_000_000i64 + r as i64)
+                    .collect::<Vec<_>>(),
+            ),
+        ])
+        .expect("simulation rows frame");
+        let out = std::fs::File::create(file).expect("simulation rows file");
+        ParquetWriter::new(out)
+            .finish(&mut df)
+            .expect("writing simulation rows");
+    }
+    println!(
+        "simulate: wrote {rows} flow rows in {} files in {:.1} s",
+        files.len(),
+        started.elapsed().as_secs_f64()
+    );
+    files
+}
+
+fn simulate_rows(
+    draft: &PolicyDocument,
+    keys: &[FlowKey],
+    rows: usize,
+    rounds: usize,
+) -> RowsSimulation {
+    use polars::prelude::{
+        LazyFrame, PlRefPath, PolarsResult, ScanArgsParquet, UnionArgs, col, concat,
+    };
+    let files = flow_row_files(keys, rows);
+    let scan = || -> PolarsResult<LazyFrame> {
+        let frames = files
+            .iter()
+            .map(|f| {
+                LazyFrame::scan_parquet(PlRefPath::new(f.as_str()), ScanArgsParquet::default())
+            })
+            .collect::<PolarsResult<Vec<_>>>()?;
+        concat(frames, UnionArgs::default())
+    };
+    let (mut total, mut scan_only) = (Vec::new(), Vec::new());
+    let mut judged = 0;
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        // File by file, so that the floor does not also pay for holding every row.
+        let mut counted = 0;
+        for file in &files {
+            let df =
+                LazyFrame::scan_parquet(PlRefPath::new(file.as_str()), ScanArgsParquet::default())
+                    .and_then(|f| {
+                        f.select([
+                            col("host_id"),
+                            col("src_workload"),
+                            col("src_ip"),
+                            col("dst_workload"),
+                            col("dst_ip"),
+                            col("dst_port"),
+                            col("protocol"),
+                        ])
+                        .collect()
+                    })
+                    .expect("scan");
+            counted += df.height();
+        }
+        assert_eq!(counted, rows);
+        scan_only.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        let grouped =
+            bulkhead_policy::simulate::flow_keys(scan().expect("scan")).expect("grouping");
+        let report = simulate(None, draft, &grouped);
+        total.push(started.elapsed().as_secs_f64() * 1e3);
+        judged = report.totals.flows;
+    }
+    let (total_ms, scan_only_ms) = (Summary::of(total), Summary::of(scan_only));
+    let result = RowsSimulation {
+        rows,
+        files: files.len(),
+        rows_per_s: rows as f64 / (total_ms.median / 1e3).max(1e-9),
+        ratio_to_scan_only: total_ms.median / scan_only_ms.median.max(1e-9),
+        total_ms,
+        scan_only_ms,
+    };
+    assert_eq!(judged as usize, rows, "every row judged once");
+    println!(
+        "simulate: {rows} flow rows from {} Parquet files: median {:.1} ms ({:.0} rows/s; scanning alone {:.1} ms, ratio {:.2})",
+        result.files,
+        result.total_ms.median,
+        result.rows_per_s,
+        result.scan_only_ms.median,
+        result.ratio_to_scan_only
+    );
+    result
 }

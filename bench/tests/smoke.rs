@@ -160,4 +160,6 @@ fn recommend_benchmark_runs_and_fits_an_exponent() {
     positive(&report, "growth_exponent");
     positive(&report, "simulation.keys_per_s");
     positive(&report, "simulation.decide_only_ms.median");
+    positive(&report, "simulation_from_rows.total_ms.median");
+    positive(&report, "simulation_from_rows.scan_only_ms.median");
 }
