@@ -958,10 +958,11 @@ cur.execute("SELECT count(*) AS n FROM flows")
 out["count"] = cur.fetchone()[0]
 cur.execute("SELECT count(*) AS n FROM flows WHERE dst_port = $1", parameters=(8080,))
 out["prepared"] = cur.fetchone()[0]
-# ADBC's GetObjects lists no tables (datafusion-flight-sql-server answers GetDbSchemas
-# only with a catalog filter); information_schema lists them.
-cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'lake' ORDER BY 1")
-out["tables"] = [r[0] for r in cur.fetchall()]
+# The tables as tools list them: GetObjects (GetCatalogs/GetDbSchemas/GetTables, no filter).
+objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+out["tables"] = sorted(t["table_name"] for c in objects for s in (c["catalog_db_schemas"] or [])
+                       for t in (s["db_schema_tables"] or []) if s["db_schema_name"] == "lake")
+out["flows_columns"] = conn.adbc_get_table_schema("flows").names
 try:
     cur.execute("CREATE TABLE x AS SELECT 1")
     out["write"] = "accepted"
@@ -1002,6 +1003,10 @@ print(json.dumps(out))
     for t in ["flows", "edges", "workloads", "status"] {
         assert!(v["tables"].as_array().unwrap().contains(&json!(t)), "{v}");
     }
+    assert!(
+        v["flows_columns"].as_array().unwrap().contains(&json!("src_ip")),
+        "{v}"
+    );
     let write = v["write"].as_str().unwrap();
     assert!(
         write.contains("not supported"),

@@ -1,0 +1,4 @@
+pub mod config;
+pub mod service;
+pub mod session;
+pub mod state;
