@@ -1004,7 +1004,10 @@ print(json.dumps(out))
         assert!(v["tables"].as_array().unwrap().contains(&json!(t)), "{v}");
     }
     assert!(
-        v["flows_columns"].as_array().unwrap().contains(&json!("src_ip")),
+        v["flows_columns"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("src_ip")),
         "{v}"
     );
     let write = v["write"].as_str().unwrap();
@@ -1092,4 +1095,62 @@ fn sql_command_prints_table_csv_json_parquet_and_errors() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sql_queries_stop_at_the_time_limit() {
+    let Some(lake) = lake() else { return };
+    let mut config = ServeConfig::local("127.0.0.1:0".parse().unwrap());
+    config.flight_listen = Some("127.0.0.1:0".parse().unwrap());
+    let limits = Limits {
+        query_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let engine = Engine::new(LakeLocation::new(&lake.dir), limits).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = Server::builder(engine, config)
+        .start(async move {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+    let flight = running.flight_addr.unwrap();
+    // A cross join of the flows with themselves: far longer than half a second; then a
+    // quick query on the same server still answers.
+    let script = r#"
+import json, sys, time
+import adbc_driver_flightsql.dbapi as flight_sql
+conn = flight_sql.connect(sys.argv[1])
+cur = conn.cursor()
+out = {}
+started = time.monotonic()
+try:
+    cur.execute("SELECT count(*) FROM flows a, flows b WHERE a.bytes + b.bytes > 0")
+    out["slow"] = str(cur.fetchone()[0])
+except Exception as e:
+    out["slow"] = str(e)
+out["seconds"] = time.monotonic() - started
+cur.execute("SELECT 41 + 1")
+out["quick"] = cur.fetchone()[0]
+print(json.dumps(out))
+"#;
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", script, &format!("grpc://{flight}")])
+        .output()
+        .await
+        .expect("python3 with adbc-driver-flightsql (dev/setup)");
+    let _ = stop_tx.send(());
+    running.wait().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        v["slow"].as_str().unwrap().contains("time limit"),
+        "the slow query must fail with the limit named: {v}"
+    );
+    assert!(v["seconds"].as_f64().unwrap() < 30.0, "{v}");
+    assert_eq!(v["quick"], json!(42), "{v}");
 }

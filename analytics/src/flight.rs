@@ -1,8 +1,8 @@
 //! Arrow Flight SQL over the same engine (`datafusion-flight-sql-server`): statements,
 //! prepared statements, catalog metadata (`GetTables`, `GetSqlInfo`, …) for ADBC, JDBC
 //! and every tool built on them. Each request gets a fresh session from [`Engine`]
-//! (so the per-query memory cap applies), read-only SQL options, and the bearer token
-//! when one is configured.
+//! (so the per-query memory cap applies), read-only SQL options, the per-query time
+//! limit, and the bearer token when one is configured.
 
 use async_trait::async_trait;
 use datafusion::execution::SessionState;
@@ -55,7 +55,9 @@ pub fn service(
     engine: Engine,
     token: Option<String>,
 ) -> arrow_flight::flight_service_server::FlightServiceServer<FlightSqlService> {
+    let timeout = engine.limits().query_timeout;
     let service = FlightSqlService::new_with_provider(Box::new(LakeSessions { engine, token }))
-        .with_sql_options(read_only());
+        .with_sql_options(read_only())
+        .with_query_timeout(timeout);
     arrow_flight::flight_service_server::FlightServiceServer::new(service)
 }

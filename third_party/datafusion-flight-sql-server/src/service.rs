@@ -71,6 +71,8 @@ pub struct FlightSqlService {
     provider: Box<dyn SessionStateProvider>,
     sql_options: Option<SQLOptions>,
     config: FlightSqlServiceConfig,
+    /// Bulkhead patch: a query's stream fails once it has run this long.
+    query_timeout: Option<std::time::Duration>,
 }
 
 impl FlightSqlService {
@@ -85,6 +87,17 @@ impl FlightSqlService {
             provider,
             sql_options: None,
             config: FlightSqlServiceConfig::default(),
+            query_timeout: None,
+        }
+    }
+
+    /// Bulkhead patch: fails a query whose results are not all out within `limit` (the
+    /// stream ends with an error naming the limit), so one slow query cannot hold the
+    /// server's resources.
+    pub fn with_query_timeout(self, limit: std::time::Duration) -> Self {
+        Self {
+            query_timeout: Some(limit),
+            ..self
         }
     }
 
@@ -282,6 +295,10 @@ impl ArrowFlightSqlService for FlightSqlService {
             .map_err(df_error_to_status)?;
 
         let arrow_stream = stream.map_err(|e| FlightError::ExternalError(e.into()));
+        let arrow_stream = match self.query_timeout {
+            Some(limit) => with_deadline(arrow_stream, limit).boxed(),
+            None => arrow_stream.boxed(),
+        };
 
         let flight_data_stream = FlightDataEncoderBuilder::new()
             .with_schema(arrow_schema)
@@ -1181,4 +1198,31 @@ fn requested_catalogs(ctx: &SessionContext, named: Option<String>) -> Vec<String
         Some(name) => vec![name],
         None => ctx.catalog_names(),
     }
+}
+
+/// `stream`, ended with an error once `limit` has passed since the query started
+/// (Bulkhead patch).
+fn with_deadline<S>(
+    stream: S,
+    limit: std::time::Duration,
+) -> impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send
+where
+    S: futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
+{
+    let end = tokio::time::Instant::now() + limit;
+    futures::stream::unfold((Box::pin(stream), false), move |(mut stream, over)| async move {
+        if over {
+            return None;
+        }
+        match tokio::time::timeout_at(end, stream.next()).await {
+            Ok(Some(item)) => Some((item, (stream, false))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(FlightError::ExternalError(
+                    format!("the query exceeded its time limit of {limit:?}").into(),
+                )),
+                (stream, true),
+            )),
+        }
+    })
 }
