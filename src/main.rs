@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Gen(args) => commands::gen_flows::run(&settings, args).await,
             Command::Topics(command) => commands::topics::run(&settings, command).await,
-            Command::Policy(command) => commands::policy::run(&settings, command).await,
+            Command::Policy(command) => commands::policy::run(command).await,
             Command::Labels(command) => commands::policy_api::labels(command).await,
             Command::Recommend(args) => commands::recommend::run(&settings, args).await,
             Command::Demo(args) => commands::demo::run(&settings, args).await,

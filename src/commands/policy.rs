@@ -1,8 +1,7 @@
 //! `bulkhead policy validate|keygen`: offline work on policy files and signing keys;
 //! `bulkhead policy list|show|diff|accept|reject|provision|simulate|rollback|versions|
-//! export|history`: thin clients of the policy engine's HTTP API (`--api`); `bulkhead
-//! policy serve`: the policy engine's API on its own (`bulkhead serve` mounts the same
-//! routes).
+//! export|history`: thin clients of the policy engine's HTTP API (`--api`) that
+//! `bulkhead serve` runs.
 
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
@@ -32,16 +31,13 @@ pub enum PolicyCommand {
     },
     #[command(flatten)]
     Api(super::policy_api::ApiCommand),
-    /// Run the policy engine and its HTTP API alone (state rebuilt from the control topic).
-    Serve(super::policy_api::ServeArgs),
 }
 
-pub async fn run(settings: &crate::config::Settings, command: PolicyCommand) -> anyhow::Result<()> {
+pub async fn run(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
         PolicyCommand::Validate { files } => validate(&files),
         PolicyCommand::Keygen { out, name, force } => keygen(&out, &name, force),
         PolicyCommand::Api(command) => super::policy_api::run(command).await,
-        PolicyCommand::Serve(args) => super::policy_api::serve(settings, args).await,
     }
 }
 

@@ -1,12 +1,8 @@
-//! Thin clients of the policy engine's HTTP API, and `policy serve`.
-
-use std::sync::Arc;
+//! Thin clients of the policy engine's HTTP API (`bulkhead serve` runs the engine).
 
 use anyhow::Context as _;
 use bulkhead_schemas::policy::Label;
 use serde_json::{Value, json};
-
-use crate::config::Settings;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
@@ -512,48 +508,4 @@ pub async fn labels(command: LabelsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[derive(clap::Args, Debug)]
-pub struct ServeArgs {
-    /// Address to serve the API on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: String,
-    /// The policy signing key (PKCS#8 PEM); created on first start.
-    #[arg(
-        long,
-        env = "BULKHEAD_POLICY_KEY_FILE",
-        default_value = "bulkhead-policy.pem"
-    )]
-    pub key_file: std::path::PathBuf,
-    /// The lake (for simulation and the recommendations table).
-    #[arg(long, env = "BULKHEAD_LAKE")]
-    pub lake: Option<String>,
-}
-
-pub async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
-    let lake = args
-        .lake
-        .as_deref()
-        .map(bulkhead_recommender::lake::lake_url)
-        .transpose()?;
-    let engine = bulkhead_policy::Engine::start(bulkhead_policy::EngineConfig {
-        kafka: settings.kafka.clone(),
-        key_file: args.key_file,
-        lake,
-    })
-    .await?;
-    engine.load_recommendations().await?;
-    let app = bulkhead_policy::router(Arc::new(engine));
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!(
-        "policy engine API on http://{}/api/v1",
-        listener.local_addr()?
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(super::shutdown_signal())
-        .await
-        .context("the API server stopped")
 }
