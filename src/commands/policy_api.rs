@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// The Bulkhead API (bulkhead serve, or bulkhead policy serve).
+    /// The Bulkhead API (bulkhead serve).
     #[arg(
         long,
         env = "BULKHEAD_API",
