@@ -393,22 +393,3 @@ impl ServerBuilder {
         })
     }
 }
-
-/// Runs `bulkhead serve` until `shutdown`.
-pub async fn run(
-    args: ServeArgs,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let config = ServeConfig::from_args(&args)?;
-    let engine = args.engine.engine()?;
-    let running = Server::builder(engine, config).start(shutdown).await?;
-    eprintln!(
-        "serving the HTTP API on {}{}",
-        running.http_addr,
-        running
-            .flight_addr
-            .map(|a| format!(" and Flight SQL on {a}"))
-            .unwrap_or_default()
-    );
-    running.wait().await
-}

@@ -188,6 +188,28 @@ struct App {
 }
 
 impl Datacenter {
+    /// Every connection as a simulation input, with whether it is legitimate.
+    pub fn flow_keys(&self) -> Vec<(bulkhead_policy::simulate::FlowKey, bool)> {
+        self.connections
+            .iter()
+            .map(|c| {
+                let id = |p: Peer| self.workload_id(p).map(str::to_string);
+                (
+                    bulkhead_policy::simulate::FlowKey {
+                        src_workload: id(c.src),
+                        src_ip: self.ip(c.src),
+                        dst_workload: id(c.dst),
+                        dst_ip: self.ip(c.dst),
+                        port: c.port,
+                        protocol: c.protocol,
+                        flows: c.flows,
+                    },
+                    c.kind.legitimate(),
+                )
+            })
+            .collect()
+    }
+
     pub fn generate(spec: &DcSpec) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
         let mut workloads: Vec<DcWorkload> = Vec::new();

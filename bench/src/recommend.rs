@@ -15,7 +15,7 @@ use bulkhead_schemas::policy::{
 use polars::prelude::IntoLazy as _;
 use serde::Serialize;
 
-use crate::datacenter::{Datacenter, DcSpec, Peer};
+use crate::datacenter::{Datacenter, DcSpec};
 use crate::stats::Summary;
 
 #[derive(Debug, Serialize)]
@@ -227,22 +227,7 @@ pub fn run(
             enforce_outbound: false,
         })
         .collect();
-    let flows: Vec<FlowKey> = dc
-        .connections
-        .iter()
-        .map(|c| {
-            let id = |p: Peer| dc.workload_id(p).map(str::to_string);
-            FlowKey {
-                src_workload: id(c.src),
-                src_ip: dc.ip(c.src),
-                dst_workload: id(c.dst),
-                dst_ip: dc.ip(c.dst),
-                port: c.port,
-                protocol: c.protocol,
-                flows: c.flows,
-            }
-        })
-        .collect();
+    let flows: Vec<FlowKey> = dc.flow_keys().into_iter().map(|(key, _)| key).collect();
     let (mut simulate_ms, mut decide_ms) = (Vec::new(), Vec::new());
     let (mut allowed, mut per_app) = (0usize, 0usize);
     for _ in 0..rounds.max(1) {

@@ -13,7 +13,7 @@ use bulkhead_recommender::{
 };
 use bulkhead_schemas::policy::PolicySigner;
 use bulkhead_schemas::proto::{self, control_event::Event};
-pub use datacenter::{Datacenter, DcSpec, Peer};
+pub use datacenter::{Datacenter, DcSpec};
 use polars::prelude::IntoLazy as _;
 
 /// 2025-11-26T00:00:00Z.
@@ -58,24 +58,7 @@ pub fn recommendations(dc: &Datacenter) -> Recommendations {
 
 /// Every connection as a simulation input, with its legitimacy.
 pub fn flow_keys(dc: &Datacenter) -> Vec<(FlowKey, bool)> {
-    dc.connections
-        .iter()
-        .map(|c| {
-            let id = |p: Peer| dc.workload_id(p).map(str::to_string);
-            (
-                FlowKey {
-                    src_workload: id(c.src),
-                    src_ip: dc.ip(c.src),
-                    dst_workload: id(c.dst),
-                    dst_ip: dc.ip(c.dst),
-                    port: c.port,
-                    protocol: c.protocol,
-                    flows: c.flows,
-                },
-                c.kind.legitimate(),
-            )
-        })
-        .collect()
+    dc.flow_keys()
 }
 
 pub fn signer() -> PolicySigner {
