@@ -16,6 +16,7 @@
 //! named `bhl<net>-<host>` (never `bh-*`, which the test suite sweeps); `down` kills every
 //! process inside them and deletes them, and is safe to repeat.
 
+pub mod demo;
 pub mod host;
 
 use std::collections::BTreeMap;
