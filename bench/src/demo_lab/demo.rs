@@ -335,6 +335,8 @@ impl Demo {
         command
             .args(["--kafka", &self.options.kafka])
             .args(["--topic-prefix", &self.options.topic_prefix])
+            // The Delta kernel logs every snapshot at info: keep the logs readable.
+            .args(["--log", "info,buoyant_kernel=warn,deltalake=warn"])
             .args(args)
             .env("NO_COLOR", "1")
             .env_remove("BULKHEAD_CONFIG")
@@ -430,6 +432,39 @@ impl Demo {
             traffic_for: self.options.traffic_for,
         })?;
         Ok(self.lab.insert(lab))
+    }
+
+    /// Labels the lab's workloads in the policy engine (the lab's ground truth, as a CMDB
+    /// import would): the engine's rules name labels, and the enforcers resolve labels
+    /// from the provisioned policy only, never from what a host says of itself.
+    pub fn label_workloads(&mut self) -> anyhow::Result<usize> {
+        let hosts: Vec<(String, Vec<String>)> = self
+            .lab
+            .as_ref()
+            .context("the lab is not up")?
+            .hosts
+            .iter()
+            .filter(|h| h.agent && !h.labels.is_empty())
+            .map(|h| {
+                let labels = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                (h.name.clone(), labels)
+            })
+            .collect();
+        let api = format!("http://{}", self.options.listen);
+        for (name, labels) in &hosts {
+            let mut args = vec!["labels", "set", name.as_str()];
+            args.extend(labels.iter().map(String::as_str));
+            args.extend([
+                "--api",
+                &api,
+                "--actor",
+                "bulkhead-demo",
+                "--reason",
+                "the lab's labels, set by bulkhead demo",
+            ]);
+            self.run_to_end(&format!("labels-{name}"), &args)?;
+        }
+        Ok(hosts.len())
     }
 
     /// Waits until serve answers `/healthz`.
