@@ -178,8 +178,10 @@ await test('accepting recommendations, simulating and provisioning blocks the ro
     const text = await card.innerText();
     const full = await card.locator('pre').last().textContent();
     const rogueRule = [text, full].some((t) => t.includes(rogue.ip) || /rogue|unlabeled/i.test(t));
+    // Suspicious patterns are findings to review, never rules to accept.
+    const suspicious = /"kind": "suspicious"/.test(full ?? '');
     const id = await card.getAttribute('data-rec-id');
-    await card.getByRole('button', { name: rogueRule ? 'Reject' : 'Accept' }).click();
+    await card.getByRole('button', { name: rogueRule || suspicious ? 'Reject' : 'Accept' }).click();
     await page.waitForFunction((id) => !document.querySelector(`article.rec[data-rec-id="${id}"]`), id, { timeout: 15_000 });
   }
   check(await page.locator('[aria-live=assertive] .error').count() === 0, await page.locator('.error').first().innerText().catch(() => ''));

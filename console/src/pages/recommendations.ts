@@ -158,7 +158,7 @@ export function recommendationsPage(): Page {
           h('p', {}, 'Simulate replays recent flows against the draft; provisioning signs it and publishes it to every enforcer.'),
           h('div', { class: 'actions' },
             h('label', {}, 'Days ', simDays),
-            h('button', { type: 'button', onclick: () => act('simulate', async () => renderSimulation(await api.simulate(Number(simDays.value) || 1, { actor: settings.actor, reason: 'simulation from the console' }))) }, 'Simulate'),
+            h('button', { type: 'button', onclick: () => act('simulate', async () => renderSimulation(await api.simulate(Number(simDays.value) || 1))) }, 'Simulate'),
             h('button', {
               type: 'button', class: 'primary',
               onclick: async () => {
