@@ -1,9 +1,10 @@
 //! `bulkhead demo` end to end, as root, with the real broker, real namespaces, real
 //! nftables and a real browser: the demo starts (`--ci`, its own lab net, ports and topic
 //! prefix), the console's Playwright script (console/e2e/demo.test.mjs, Debian's
-//! Chromium) drives it — map, explorer, modes, accepting recommendations, simulating and
-//! provisioning, quarantine — and checks blocking with real connection attempts from the
-//! lab's namespaces; then SIGTERM stops the demo, which must leave no namespace and no
+//! Chromium) drives it — map, explorer, accepting recommendations, simulating and
+//! provisioning in visibility only (the rogue host's attempts become potentially blocked),
+//! full enforcement (blocked), quarantine — and checks blocking with real connection
+//! attempts from the lab's namespaces; then SIGTERM stops the demo, which must leave no namespace and no
 //! process behind. Screenshots: `<target dir>/tmp/demo-e2e/` (CARGO_TARGET_TMPDIR).
 
 use std::io::{BufRead as _, BufReader};
@@ -270,6 +271,10 @@ fn demo_runs_the_console_browser_test_and_leaves_nothing_behind() {
         "recommendations",
         "simulate",
         "provisioned",
+        "explorer-potentially-blocked",
+        "workloads-full",
+        "explorer-blocked",
+        "versions",
         "quarantine",
     ] {
         let shot = artifacts.join(format!("{page}.png"));

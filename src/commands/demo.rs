@@ -161,7 +161,9 @@ fn run_blocking(options: DemoOptions, stop: &AtomicBool, ci: bool) -> anyhow::Re
         steps.done(&options.console_url());
         steps.begin("labelling the lab's workloads in the policy engine");
         let labelled = running.label_workloads().map_err(Interrupted::Failed)?;
-        steps.done(&format!("{labelled} workloads (app, env, role)"));
+        steps.done(&format!(
+            "{labelled} workloads (app, env, role), mode visibility_only"
+        ));
         steps.begin("waiting for the first flows and edges in the lake");
         running.wait_for_flows(stop, Duration::from_secs(180))?;
         steps.done(&format!("lake {}", options.lake.display()));

@@ -435,8 +435,10 @@ impl Demo {
     }
 
     /// Labels the lab's workloads in the policy engine (the lab's ground truth, as a CMDB
-    /// import would): the engine's rules name labels, and the enforcers resolve labels
-    /// from the provisioned policy only, never from what a host says of itself.
+    /// import would) and puts them in `visibility_only` (as a newly paired agent is): the
+    /// engine's rules name labels, and the enforcers resolve labels from the provisioned
+    /// policy only, never from what a host says of itself. Takes effect when the first
+    /// policy is provisioned; until then every flow is `unknown`.
     pub fn label_workloads(&mut self) -> anyhow::Result<usize> {
         let hosts: Vec<(String, Vec<String>)> = self
             .lab
@@ -463,6 +465,21 @@ impl Demo {
                 "the lab's labels, set by bulkhead demo",
             ]);
             self.run_to_end(&format!("labels-{name}"), &args)?;
+            self.run_to_end(
+                &format!("mode-{name}"),
+                &[
+                    "labels",
+                    "mode",
+                    name,
+                    "visibility_only",
+                    "--api",
+                    &api,
+                    "--actor",
+                    "bulkhead-demo",
+                    "--reason",
+                    "new lab agents start in visibility only",
+                ],
+            )?;
         }
         Ok(hosts.len())
     }
