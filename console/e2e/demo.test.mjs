@@ -7,7 +7,8 @@
 // artefact directory.
 //
 //   BULKHEAD_CONSOLE_URL   the console (e.g. http://127.0.0.1:8080/), required
-//   BULKHEAD_LAB_DIR       the lab's state directory (default /run/bulkhead-lab)
+//   BULKHEAD_LAB_DIR       the lab's state directory (default /var/lib/bulkhead/demo/lab,
+//                          where `bulkhead demo` keeps it)
 //   BULKHEAD_TOKEN         API token, when `serve` wants one
 //   BULKHEAD_ARTIFACTS     screenshot directory (default console/test-artifacts)
 //   CHROMIUM               browser (default /usr/bin/chromium)
@@ -22,7 +23,7 @@ import { chromium } from 'playwright-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.BULKHEAD_CONSOLE_URL;
-const LAB_DIR = process.env.BULKHEAD_LAB_DIR ?? '/run/bulkhead-lab';
+const LAB_DIR = process.env.BULKHEAD_LAB_DIR ?? '/var/lib/bulkhead/demo/lab';
 const ARTIFACTS = resolve(process.env.BULKHEAD_ARTIFACTS ?? join(here, '..', 'test-artifacts'));
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 /** How long enforcement may take to reach the hosts before the test calls it "never". */
