@@ -229,7 +229,13 @@ fn demo_runs_the_console_browser_test_and_leaves_nothing_behind() {
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
         {
-            panic!("bulkhead demo exited ({status}) before it was ready");
+            while let Ok(line) = received.recv_timeout(Duration::from_millis(200)) {
+                demo.output.push(line);
+            }
+            panic!(
+                "bulkhead demo exited ({status}) before it was ready:\n{}",
+                demo.output.join("\n")
+            );
         }
         assert!(
             Instant::now() < deadline,
