@@ -12,7 +12,8 @@ use std::time::Duration;
 use bulkhead_bench::demo_lab::demo::{self, Demo, DemoOptions, Interrupted};
 use bulkhead_bench::demo_lab::{DEFAULT_NET, LabState};
 use bulkhead_bench::lab::LAB_KAFKA;
-use bulkhead_collector::config::parse_duration;
+
+use super::recommend::parse_duration_secs;
 
 use crate::config::Settings;
 
@@ -82,8 +83,14 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
         lake: args.lake.unwrap_or_else(|| args.state_dir.join("lake")),
         state_dir: args.state_dir,
         console_dir: args.console_dir,
-        recommend_every: args.recommend_every,
-        traffic_for: parse_duration("--traffic-for", &args.traffic_for)?,
+        recommend_every: Duration::from_secs(
+            parse_duration_secs(&args.recommend_every)
+                .map_err(|e| anyhow::anyhow!("--recommend-every {e}"))?,
+        ),
+        traffic_for: Duration::from_secs(
+            parse_duration_secs(&args.traffic_for)
+                .map_err(|e| anyhow::anyhow!("--traffic-for {e}"))?,
+        ),
     };
     options.validate()?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -56,8 +56,8 @@ pub struct DemoOptions {
     pub lake: PathBuf,
     /// The console's built assets (console/dist).
     pub console_dir: PathBuf,
-    /// How often `serve` reruns the recommender (serve's syntax: 30s, 2m).
-    pub recommend_every: String,
+    /// How often `serve` reruns the recommender (whole seconds, at least one).
+    pub recommend_every: Duration,
     /// How long the lab's background traffic runs before it stops by itself.
     pub traffic_for: Duration,
 }
@@ -91,12 +91,11 @@ impl DemoOptions {
                 self.listen
             );
         }
-        let every = self.recommend_every.trim();
-        if every.is_empty() || every.starts_with('0') {
-            bail!(
-                "--recommend-every {:?}: the demo needs a periodic recommender (e.g. 30s)",
-                self.recommend_every
-            );
+        if self.recommend_every.as_secs() == 0 {
+            bail!("--recommend-every is 0: the demo needs a periodic recommender (e.g. 30s)");
+        }
+        if self.traffic_for.as_secs() == 0 {
+            bail!("--traffic-for is 0: the demo needs the lab's traffic (e.g. 8h)");
         }
         Ok(())
     }
@@ -295,6 +294,7 @@ impl Demo {
             ],
         )?;
         let flight = o.flight_listen.map(|a| a.to_string()).unwrap_or_default();
+        let every = format!("{}s", o.recommend_every.as_secs());
         demo.spawn(
             "serve",
             &[
@@ -310,7 +310,7 @@ impl Demo {
                 "--policy-key-file",
                 &o.policy_key().display().to_string(),
                 "--recommend-every",
-                &o.recommend_every,
+                &every,
                 "--recommend-since",
                 "1h",
             ],
@@ -678,7 +678,7 @@ mod tests {
             state_dir: PathBuf::from("/tmp/demo"),
             lake: PathBuf::from("/tmp/demo/lake"),
             console_dir: PathBuf::from("console/dist"),
-            recommend_every: "30s".into(),
+            recommend_every: Duration::from_secs(30),
             traffic_for: Duration::from_secs(3600),
         }
     }
@@ -708,7 +708,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("--flight-listen"), "{e}");
         let e = DemoOptions {
-            recommend_every: "0".into(),
+            recommend_every: Duration::ZERO,
             ..options()
         }
         .validate()
