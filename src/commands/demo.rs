@@ -95,8 +95,28 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
     options.validate()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // SIGHUP too: a closed terminal must not leave the lab behind (its processes are
+    // detached and would outlive the demo) — unless started under nohup.
+    let mut hangup = if demo::hangup_ignored() {
+        None
+    } else {
+        Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        )?)
+    };
     tokio::spawn(async move {
-        super::shutdown_signal().await;
+        let hung_up = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = super::shutdown_signal() => {}
+            _ = hung_up => tracing::info!("SIGHUP received"),
+        }
         flag.store(true, Ordering::SeqCst);
     });
     tokio::task::block_in_place(|| run_blocking(options, &stop, args.ci))
@@ -226,15 +246,17 @@ fn print_what_to_try(options: &DemoOptions, lab: Option<&LabState>) {
     println!(
         "\nBulkhead is running. Open the console: {url}\n\n\
          What to try:\n\
-         1. Map: crm and shop (web → app → db), infra (dns, monitoring), the internet, and the\n   \
-            unlabeled rogue host {rogue} scanning the estate. Click a group for its roles.\n\
-         2. Workloads: set the estate hosts' mode to `full` (default deny inbound).\n\
-         3. Recommendations: accept the rules for crm, shop and infra, reject what involves\n   \
-            the rogue host; Simulate shows what the draft would block; Provision signs it\n   \
-            and every agent's enforcer applies it within seconds.\n\
-         4. Explorer: the rogue host's attempts go from potentially_blocked to blocked\n   \
-            (decision filter), and a real attempt now times out:\n   \
+         1. Map: crm, shop and infra with their connections, the internet reaching the web\n   \
+            tiers, and the unlabeled rogue host {rogue} touching everything. Click a group for\n   \
+            its roles. Every decision is `unknown`: nothing is provisioned yet.\n\
+         2. Recommendations: accept the rules for crm, shop and infra, reject suspicious\n   \
+            findings and anything about the rogue host; Simulate shows what the draft would\n   \
+            block; Provision signs it and every agent applies it within seconds.\n\
+         3. Explorer → SQL: the rogue host's attempts on the crm database are now\n   \
+            potentially_blocked (the hosts are in visibility only) and still connect:\n   \
             ip netns exec {rogue_ns} timeout 2 bash -c 'exec 3<>/dev/tcp/{db}/5432'\n\
+         4. Workloads: set the estate hosts to `full` and provision again: the attempts are\n   \
+            blocked and the command above times out, while web → app → db keeps working.\n\
          5. Workloads: Quarantine a host (e.g. app-shop); it is cut off at once.\n\n\
          SQL over the lake: bulkhead sql --lake {lake} \"SELECT policy_decision, count(*) FROM flows GROUP BY 1\"\n\
          Logs: {logs} and {lablogs}. Ctrl-C stops everything.",

@@ -156,6 +156,18 @@ pub fn preflight(options: &DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether this process was started with SIGHUP ignored (`nohup`): then a closed
+/// terminal is not a reason to stop.
+pub fn hangup_ignored() -> bool {
+    // SAFETY: sigaction(2) with a null new action only reads the current disposition
+    // into `current`, a zeroed struct this function owns.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 fn reachable(brokers: &str) -> bool {
     use std::net::ToSocketAddrs as _;
     brokers.split(',').any(|b| {
