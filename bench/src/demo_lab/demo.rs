@@ -372,6 +372,17 @@ impl Demo {
             .stdout(file.try_clone()?)
             .stderr(file)
             .process_group(0);
+        // And should the demo itself be killed (SIGKILL, a crash), they stop with it
+        // rather than hold the ports and the consumer group. (The lab's detached
+        // processes are removed by the next demo's start, or `bulkhead lab down`.)
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; nothing else runs
+        // between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let child = command
             .spawn()
             .with_context(|| format!("cannot start bulkhead {name}"))?;
