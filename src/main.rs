@@ -49,7 +49,8 @@ enum Command {
     /// Flows carry the owning process and the DNS name of the remote end; the host
     /// inventory goes to the compacted inventory topic. Needs root and Linux 6.6+.
     Collect(bulkhead_collector::CollectArgs),
-    /// Run the pieces that exist end to end against a broker and show what they do.
+    /// Everything on one machine: Kafka topics, ingest, serve with the console, and the
+    /// lab estate with an agent on every host; Ctrl-C tears it all down (needs root).
     Demo(commands::demo::DemoArgs),
     /// Enforce the signed policy on this host with nftables (table inet bulkhead), and
     /// report status.

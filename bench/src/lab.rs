@@ -20,7 +20,9 @@ pub const LAB_BRIDGE: &str = "bhlab0";
 pub const LAB_GATEWAY: &str = "10.250.0.1";
 pub const LAB_KAFKA: &str = "10.250.0.1:9094";
 
-fn required() -> bool {
+/// Whether this run requires every test to run (CI, `BULKHEAD_REQUIRE_ALL=1`): a missing
+/// prerequisite is then a failure, never a skip.
+pub fn required() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
         || std::env::var_os("BULKHEAD_REQUIRE_ALL").is_some_and(|v| v == "1")
 }

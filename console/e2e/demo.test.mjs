@@ -1,11 +1,14 @@
 // Browser test of the console on the running demo (Playwright with Debian's Chromium):
 // the map shows the lab's apps and their edges; accepting the recommendations, simulating
-// and provisioning through the UI blocks the rogue host's traffic, and quarantine from the
-// UI cuts a host off — both checked by real connection attempts from the lab's network
-// namespaces, not by the UI. Screenshots of every page go to the artefact directory.
+// and provisioning through the UI marks the rogue host's attempts potentially blocked while
+// the hosts are in visibility only, and blocks them once the hosts are in full enforcement;
+// quarantine from the UI cuts a host off. Blocking is checked by real connection attempts
+// from the lab's network namespaces, not by the UI. Screenshots of every page go to the
+// artefact directory.
 //
 //   BULKHEAD_CONSOLE_URL   the console (e.g. http://127.0.0.1:8080/), required
-//   BULKHEAD_LAB_DIR       the lab's state directory (default /run/bulkhead-lab)
+//   BULKHEAD_LAB_DIR       the lab's state directory (default /var/lib/bulkhead/demo/lab,
+//                          where `bulkhead demo` keeps it)
 //   BULKHEAD_TOKEN         API token, when `serve` wants one
 //   BULKHEAD_ARTIFACTS     screenshot directory (default console/test-artifacts)
 //   CHROMIUM               browser (default /usr/bin/chromium)
@@ -20,7 +23,7 @@ import { chromium } from 'playwright-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.BULKHEAD_CONSOLE_URL;
-const LAB_DIR = process.env.BULKHEAD_LAB_DIR ?? '/run/bulkhead-lab';
+const LAB_DIR = process.env.BULKHEAD_LAB_DIR ?? '/var/lib/bulkhead/demo/lab';
 const ARTIFACTS = resolve(process.env.BULKHEAD_ARTIFACTS ?? join(here, '..', 'test-artifacts'));
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 /** How long enforcement may take to reach the hosts before the test calls it "never". */
@@ -145,28 +148,55 @@ await test('before any policy the rogue host reaches the crm database', async ()
   check(connects('app-crm', 'db-crm', 5432), 'app-crm → db-crm:5432 does not connect');
 });
 
-await test('workloads: every estate host reports, modes set to full', async () => {
+/** The decisions the lake holds for flows from `from` to `to`:`port`, through the Explorer's SQL tab. */
+async function decisions(from, to, port) {
+  await open('explorer');
+  await page.getByRole('tab', { name: 'SQL' }).click();
+  await page.locator('#sql').fill(
+    `SELECT policy_decision, count(*) AS flows FROM flows WHERE src_ip = '${host(from).ip}' AND dst_ip = '${host(to).ip}' AND dst_port = ${port} GROUP BY policy_decision ORDER BY policy_decision`,
+  );
+  await page.getByRole('button', { name: 'Run SQL' }).click();
+  await page.locator('.results-box table, .results-box .notice:not(:has-text("Running"))').first().waitFor({ timeout: 30_000 });
+  check(await page.locator('.results-box .error').count() === 0, await page.locator('.results-box').innerText());
+  return page.locator('.results-box').innerText();
+}
+
+/** Sets every labelled estate host's mode on the Workloads page. */
+async function setModes(estate, mode) {
   await open('workloads');
-  const estate = lab.hosts.filter((h) => h.agent && Object.keys(h.labels).length > 0);
+  for (const h of estate) {
+    await page.locator(`tr[data-workload="${h.name}"] select[name=mode]`).selectOption(mode);
+    await page.waitForTimeout(200);
+  }
+  await eventually(`modes show ${mode}`, async () => {
+    const modes = await page.locator('tr[data-workload] select[name=mode]').evaluateAll((s) => s.map((x) => x.value));
+    return modes.filter((m) => m === mode).length >= estate.length;
+  }, 30_000);
+  check(await page.locator('.error').count() === 0, await page.locator('.error').first().innerText().catch(() => ''));
+}
+
+async function provision() {
+  await open('recommendations');
+  await page.getByRole('button', { name: 'Provision' }).click();
+  await page.locator('dialog').getByRole('button', { name: 'Provision' }).click();
+  await page.locator('.provision .ok').waitFor({ timeout: 30_000 });
+}
+
+const estate = lab.hosts.filter((h) => h.agent && Object.keys(h.labels).length > 0);
+
+await test('workloads: every estate host reports, in visibility only', async () => {
+  await open('workloads');
   await eventually('every labelled lab host is listed', async () => {
     const ids = await page.locator('tr[data-workload]').evaluateAll((rows) => rows.map((r) => r.dataset.workload));
     return estate.every((h) => ids.includes(h.name));
   }, 60_000);
   await noApiError();
-  for (const h of estate) {
-    const row = page.locator(`tr[data-workload="${h.name}"]`);
-    await row.locator('select[name=mode]').selectOption('full');
-    await page.waitForTimeout(300);
-  }
-  await eventually('modes show full', async () => {
-    const modes = await page.locator('tr[data-workload] select[name=mode]').evaluateAll((s) => s.map((x) => x.value));
-    return modes.filter((m) => m === 'full').length >= estate.length;
-  }, 20_000);
-  check(await page.locator('.error').count() === 0, await page.locator('.error').first().innerText().catch(() => ''));
+  const modes = await page.locator('tr[data-workload] select[name=mode]').evaluateAll((s) => s.map((x) => x.value));
+  check(modes.filter((m) => m === 'visibility_only').length >= estate.length, `modes: ${modes.join(', ')}`);
   await shot('workloads');
 });
 
-await test('accepting recommendations, simulating and provisioning blocks the rogue host', async () => {
+await test('accepting recommendations, simulating and provisioning: the rogue host is potentially blocked', async () => {
   await open('recommendations');
   const rogue = host('rogue');
   await eventually('pending recommendations arrive', async () => (await page.locator('article.rec').count()) > 0, 180_000);
@@ -178,8 +208,10 @@ await test('accepting recommendations, simulating and provisioning blocks the ro
     const text = await card.innerText();
     const full = await card.locator('pre').last().textContent();
     const rogueRule = [text, full].some((t) => t.includes(rogue.ip) || /rogue|unlabeled/i.test(t));
+    // Suspicious patterns are findings to review, never rules to accept.
+    const suspicious = /"kind": "suspicious"/.test(full ?? '');
     const id = await card.getAttribute('data-rec-id');
-    await card.getByRole('button', { name: rogueRule ? 'Reject' : 'Accept' }).click();
+    await card.getByRole('button', { name: rogueRule || suspicious ? 'Reject' : 'Accept' }).click();
     await page.waitForFunction((id) => !document.querySelector(`article.rec[data-rec-id="${id}"]`), id, { timeout: 15_000 });
   }
   check(await page.locator('[aria-live=assertive] .error').count() === 0, await page.locator('.error').first().innerText().catch(() => ''));
@@ -192,11 +224,27 @@ await test('accepting recommendations, simulating and provisioning blocks the ro
   await page.locator('dialog').getByRole('button', { name: 'Provision' }).click();
   await page.locator('.provision .ok').waitFor({ timeout: 30_000 });
   await shot('provisioned');
+  // Visibility only: the policy is known, nothing is dropped yet.
+  await eventually('the rogue host\'s attempts on db-crm:5432 show as potentially blocked', async () =>
+    (await decisions('rogue', 'db-crm', 5432)).includes('potentially_blocked'));
+  await shot('explorer-potentially-blocked');
+  check(connects('rogue', 'db-crm', 5432), 'rogue → db-crm:5432 was dropped in visibility only');
+});
+
+await test('full enforcement blocks the rogue host and keeps the app working', async () => {
+  await setModes(estate, 'full');
+  await shot('workloads-full');
+  await provision();
   await eventually('rogue → db-crm:5432 is blocked', () => !connects('rogue', 'db-crm', 5432));
   check(connects('app-crm', 'db-crm', 5432), 'app-crm → db-crm:5432 was blocked too: the accepted rules do not allow it');
   check(connects('web-crm', 'app-crm', 8080), 'web-crm → app-crm:8080 was blocked too');
+  check(connects('web-shop', 'app-shop', 8080), 'web-shop → app-shop:8080 was blocked too');
+  await eventually('the rogue host\'s attempts show as blocked', async () =>
+    /(^|\s)blocked/.test(await decisions('rogue', 'db-crm', 5432)));
+  await shot('explorer-blocked');
   await open('recommendations');
   await page.locator('tr[data-version]').first().waitFor({ timeout: 20_000 });
+  check(await page.locator('tr[data-version]').count() >= 2, 'the version history does not list both provisioned versions');
   await shot('versions');
 });
 
@@ -213,10 +261,7 @@ await test('quarantine from the UI cuts a host off', async () => {
   } catch {
     // The policy engine may carry quarantine in the next provisioned version.
     console.log('     quarantine did not apply by itself within 45 s; provisioning it from the UI');
-    await open('recommendations');
-    await page.getByRole('button', { name: 'Provision' }).click();
-    await page.locator('dialog').getByRole('button', { name: 'Provision' }).click();
-    await page.locator('.provision .ok').waitFor({ timeout: 30_000 });
+    await provision();
     await eventually('app-shop is cut off after provisioning', () => !connects('web-shop', 'app-shop', 8080));
   }
   check(!connects('app-shop', 'db-shop', 3306), 'quarantined app-shop still reaches db-shop:3306');

@@ -110,7 +110,8 @@ export const api = {
   draft: () => call<unknown>('GET', `${V1}/policy/draft`),
   active: () => call<unknown>('GET', `${V1}/policy/active`),
   diff: () => call<PolicyDiff>('GET', `${V1}/policy/diff`),
-  simulate: (days: number, a: Attribution) => call<Simulation>('POST', `${V1}/policy/simulate`, { days, ...a }),
+  // Simulation changes nothing, so it carries no attribution (docs/http-api.md: `{"days":1}`).
+  simulate: (days: number) => call<Simulation>('POST', `${V1}/policy/simulate`, { days }),
   provision: (a: Attribution) =>
     call<{ version: number; content_sha256?: string }>('POST', `${V1}/policy/provision`, a),
   versions: () =>

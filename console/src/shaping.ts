@@ -384,6 +384,10 @@ export function describeRule(rule: unknown): string {
   if (rule === null || rule === undefined) return '';
   if (typeof rule !== 'object') return String(rule);
   const r = rule as Record<string, unknown>;
+  // A diff entry (GET /api/v1/policy/diff): the rule with the ruleset it belongs to.
+  if (typeof r.ruleset === 'string' && r.rule && typeof r.rule === 'object') {
+    return `${r.ruleset}: ${describeRule(r.rule)}`;
+  }
   const actors = (v: unknown): string => {
     if (!Array.isArray(v)) return v === undefined ? '?' : describeActor(v);
     return v.map(describeActor).join(' | ');

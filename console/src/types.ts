@@ -52,12 +52,28 @@ export interface ExplorerRequest {
   limit: number;
 }
 
+/** A workload entry of a policy document (GET /api/v1/policy/draft|active). */
+export interface DraftWorkload {
+  workload_id: string;
+  labels?: Labels;
+  mode?: string;
+  quarantined?: boolean;
+}
+
+/** The parts of a policy document the console reads. */
+export interface PolicyDocument {
+  workloads?: DraftWorkload[];
+  [key: string]: unknown;
+}
+
 export interface EnforcerStatus {
   last_heartbeat?: string | null;
   heartbeat_age_s?: number | null;
   applied_version?: number | null;
   rule_count?: number | null;
   last_error?: string | null;
+  /** The mode the enforcer runs. */
+  mode?: string | null;
 }
 
 export interface Workload {

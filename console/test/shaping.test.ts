@@ -3,6 +3,7 @@ import {
   InputError,
   buildGraph,
   csvCell,
+  describeRule,
   dominantDecision,
   edgeWidth,
   explorerRequest,
@@ -189,5 +190,14 @@ describe('label edits', () => {
     expect(parseLabelSet('app=crm role=db, env=prod')).toEqual({ app: 'crm', role: 'db', env: 'prod' });
     expect(() => parseLabelSet('app')).toThrow(/"app" is not key=value/);
     expect(() => parseLabelSet('App=x')).toThrow(/must start with a letter/);
+  });
+});
+
+describe('describeRule', () => {
+  it('reads rules and the diff entries that carry their ruleset', () => {
+    const rule = { consumers: [{ labels: ['role=app'] }], providers: [{ labels: ['role=db'] }], services: ['tcp/5432'] };
+    expect(describeRule(rule)).toBe('role=app → role=db on tcp/5432');
+    expect(describeRule({ ruleset: 'crm-prod', rule })).toBe('crm-prod: role=app → role=db on tcp/5432');
+    expect(describeRule({ consumers: [{ ip_list: 'internet' }], providers: [{ any: true }] })).toBe('ip list internet → any');
   });
 });

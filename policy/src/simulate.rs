@@ -1,7 +1,8 @@
 //! Simulation: replay observed flows against the draft and compare with the active
 //! policy, per app. Flows come from the lake's `flows` table (polars scans the files
-//! deltalake lists), one row per connection end; each connection is counted once, at the
-//! end that reported it as the server (or the client when the server is no workload).
+//! deltalake lists), one row per direction of a connection per reporting end; each
+//! connection is counted once, from the server's record of its requests (or the client's
+//! when the server is no workload).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -159,10 +160,22 @@ pub async fn load_flows(lake: &url::Url, since_us: i64) -> anyhow::Result<Vec<Fl
 }
 
 /// Groups a flows frame (the `flows` table's columns) into [`FlowKey`]s.
+///
+/// A flows row is one direction of a connection as one end saw it, so a connection has
+/// up to four rows. Counted: the server's row of the requests (`local_is_server`, the
+/// packets went to the reporting host), or — when the server is no workload — the
+/// client's row of the requests (packets from the reporting host). Replies never count:
+/// judged as connections they would run from the server to the client's ephemeral port.
 pub fn flow_keys(flows: LazyFrame) -> PolarsResult<Vec<FlowKey>> {
-    let reporter = when(col("dst_workload").is_not_null())
-        .then(col("host_id").eq(col("dst_workload")))
-        .otherwise(col("host_id").eq(col("src_workload")).fill_null(lit(true)));
+    let server = col("local_is_server").fill_null(lit(false));
+    let server_saw_request = server.clone().and(col("host_id").eq(col("dst_workload")));
+    let client_saw_request = server
+        .not()
+        .and(col("host_id").eq(col("src_workload")))
+        .and(col("dst_workload").is_null());
+    let reporter = server_saw_request
+        .or(client_saw_request)
+        .fill_null(lit(false));
     let df = flows
         .filter(reporter)
         .group_by([
@@ -204,4 +217,40 @@ pub fn flow_keys(flows: LazyFrame) -> PolarsResult<Vec<FlowKey>> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One connection app-crm → db-crm:5432 seen by both ends in both directions, and one
+    /// from app-crm to an outside server, seen by app-crm only: two connections.
+    #[test]
+    fn each_connection_counts_once_and_replies_never() {
+        let df = df!(
+            "host_id" => ["db-crm", "db-crm", "app-crm", "app-crm", "app-crm", "app-crm"],
+            "src_workload" => [Some("app-crm"), Some("db-crm"), Some("app-crm"), Some("db-crm"), Some("app-crm"), None],
+            "src_ip" => ["10.0.0.2", "10.0.0.3", "10.0.0.2", "10.0.0.3", "10.0.0.2", "192.0.2.9"],
+            "dst_workload" => [Some("db-crm"), Some("app-crm"), Some("db-crm"), Some("app-crm"), None, Some("app-crm")],
+            "dst_ip" => ["10.0.0.3", "10.0.0.2", "10.0.0.3", "10.0.0.2", "192.0.2.9", "10.0.0.2"],
+            "src_port" => [40000i64, 5432, 40000, 5432, 40001, 443],
+            "dst_port" => [5432i64, 40000, 5432, 40000, 443, 40001],
+            "protocol" => [6i64, 6, 6, 6, 6, 6],
+            "local_is_server" => [true, true, false, false, false, false],
+        )
+        .unwrap();
+        let keys = flow_keys(df.lazy()).unwrap();
+        let mut seen: Vec<(String, String, u32)> = keys
+            .iter()
+            .map(|k| (k.src_ip.to_string(), k.dst_ip.to_string(), k.port))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("10.0.0.2".to_string(), "10.0.0.3".to_string(), 5432),
+                ("10.0.0.2".to_string(), "192.0.2.9".to_string(), 443),
+            ]
+        );
+    }
 }

@@ -62,6 +62,11 @@ pub async fn table_files(url: &Url) -> anyhow::Result<Vec<String>> {
 
 /// The `edges` rows last seen at or after `since_us` (microseconds since the epoch), and
 /// the newest labels each workload had in them.
+///
+/// The label maps are read file by file and left out of the concatenated rows: Parquet
+/// writers name a map's entry fields differently (`keys`/`values` from the first commit's
+/// Arrow schema, `key`/`value` after delta-rs casts to the table schema), and polars
+/// refuses to stack the two struct types.
 pub async fn load_edges(lake: &Url, since_us: i64) -> anyhow::Result<(LazyFrame, WorkloadLabels)> {
     let url = table_url(lake, "edges");
     let files = table_files(&url).await?;
@@ -69,21 +74,32 @@ pub async fn load_edges(lake: &Url, since_us: i64) -> anyhow::Result<(LazyFrame,
         !files.is_empty(),
         "the edges table at {url} has no data files yet"
     );
-    let frames = files
-        .iter()
-        .map(|f| LazyFrame::scan_parquet(PlRefPath::new(f.as_str()), ScanArgsParquet::default()))
-        .collect::<PolarsResult<Vec<_>>>()
-        .with_context(|| format!("cannot scan the parquet files of {url}"))?;
-    let edges = concat(frames, UnionArgs::default())?
-        .filter(col("last_seen").cast(DataType::Int64).gt_eq(lit(since_us)));
-    let labels = labels_of(edges.clone())
-        .with_context(|| format!("cannot read workload labels from {url}"))?;
+    let recent = col("last_seen").cast(DataType::Int64).gt_eq(lit(since_us));
+    let mut newest: BTreeMap<String, (i64, BTreeMap<String, String>)> = BTreeMap::new();
+    let mut frames = Vec::with_capacity(files.len());
+    for file in &files {
+        let frame =
+            LazyFrame::scan_parquet(PlRefPath::new(file.as_str()), ScanArgsParquet::default())
+                .with_context(|| format!("cannot scan {file}"))?
+                .filter(recent.clone());
+        for (id, (t, labels)) in labels_of(frame.clone())
+            .with_context(|| format!("cannot read workload labels from {file}"))?
+        {
+            if newest.get(&id).is_none_or(|(seen, _)| *seen < t) {
+                newest.insert(id, (t, labels));
+            }
+        }
+        frames.push(frame.drop(polars::prelude::cols(["src_labels", "dst_labels"])));
+    }
+    let edges = concat(frames, UnionArgs::default())?;
+    let labels = newest.into_iter().map(|(id, (_, l))| (id, l)).collect();
     Ok((edges, labels))
 }
 
-/// The newest labels of every workload in the edges (source and destination sides).
-fn labels_of(edges: LazyFrame) -> PolarsResult<WorkloadLabels> {
-    let mut out = WorkloadLabels::new();
+/// The newest labels of every workload in one file's edges (source and destination
+/// sides), with when they were seen.
+fn labels_of(edges: LazyFrame) -> PolarsResult<BTreeMap<String, (i64, BTreeMap<String, String>)>> {
+    let mut out = BTreeMap::new();
     for (workload, labels) in [
         ("src_workload", "src_labels"),
         ("dst_workload", "dst_labels"),
@@ -102,17 +118,26 @@ fn labels_of(edges: LazyFrame) -> PolarsResult<WorkloadLabels> {
             )
             .collect()?;
         let ids = df.column("w")?.str()?;
+        let times = df.column("t")?.i64()?;
         let lists = df.column("l")?.list()?;
         for i in 0..df.height() {
             let Some(id) = ids.get(i) else { continue };
-            if out.contains_key(id) {
+            let t = times.get(i).unwrap_or(i64::MIN);
+            if out
+                .get(id)
+                .is_some_and(|(seen, _): &(i64, BTreeMap<String, String>)| *seen >= t)
+            {
                 continue;
             }
             let mut map = BTreeMap::new();
             if let Some(entries) = lists.get_as_series(i) {
                 let entries = entries.struct_()?;
-                let keys = entries.field_by_name("keys")?;
-                let values = entries.field_by_name("values")?;
+                let keys = entries
+                    .field_by_name("keys")
+                    .or_else(|_| entries.field_by_name("key"))?;
+                let values = entries
+                    .field_by_name("values")
+                    .or_else(|_| entries.field_by_name("value"))?;
                 let (keys, values) = (keys.str()?, values.str()?);
                 for j in 0..keys.len() {
                     if let (Some(k), Some(v)) = (keys.get(j), values.get(j)) {
@@ -120,7 +145,7 @@ fn labels_of(edges: LazyFrame) -> PolarsResult<WorkloadLabels> {
                     }
                 }
             }
-            out.insert(id.to_string(), map);
+            out.insert(id.to_string(), (t, map));
         }
     }
     Ok(out)

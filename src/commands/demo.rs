@@ -1,334 +1,270 @@
-//! `bulkhead demo`: the pipeline pieces that exist, end to end against a real broker.
-//!
-//! 1. Creates the topics, generates a seeded estate and publishes its inventory and flows
-//!    exactly as collectors would.
-//! 2. Reads those flows back from Kafka, decodes them into Arrow columns and summarises
-//!    them (the ingest path's first half).
-//! 3. Validates a policy, signs it, publishes it on the policy topic, reads it back and
-//!    verifies it as an enforcer does, then shows a forged and a stale copy refused.
+//! `bulkhead demo`: the whole system on one machine — ingest, serve (API, console, policy
+//! engine, periodic recommender) and the lab estate with an agent on every host — until
+//! Ctrl-C or SIGTERM, then everything torn down (bulkhead_bench::demo_lab::demo does the
+//! work; this module shows the steps). `--synthetic` runs the older root-free pipeline.
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use arrow_array::cast::AsArray as _;
-use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array as _, ArrayRef, Int64Array, RecordBatch, StringArray};
-use bulkhead_bench::workload::{Estate, FlowSpec};
-use bulkhead_kafka::admin::{self, TopicOptions};
-use bulkhead_kafka::rdkafka::Message as _;
-use bulkhead_kafka::{Consumer, ConsumerOptions, KafkaConfig, Offsets, Producer};
-use bulkhead_schemas::lake::FlowColumns;
-use bulkhead_schemas::policy::{PolicyDocument, PolicySigner, PolicyVerifier, PolicyVersion};
-use bulkhead_schemas::proto::{FlowBatch, SignedPolicy};
-use bulkhead_schemas::topics::{POLICY_KEY, Topic};
-use prost::Message as _;
+use bulkhead_bench::demo_lab::demo::{self, Demo, DemoOptions, Interrupted};
+use bulkhead_bench::demo_lab::{DEFAULT_NET, LabState};
+use bulkhead_bench::lab::LAB_KAFKA;
+
+use super::recommend::parse_duration_secs;
 
 use crate::config::Settings;
 
-const EXAMPLE_POLICY: &str = include_str!("../../examples/policy.yaml");
-
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Hosts in the synthetic estate.
-    #[arg(long, default_value_t = 30)]
-    pub hosts: usize,
-    /// Flow records to publish and read back.
-    #[arg(long, default_value_t = 200_000)]
-    pub flows: u64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Policy to sign and publish [default: examples/policy.yaml, built in].
-    #[arg(long, value_name = "FILE")]
-    pub policy: Option<std::path::PathBuf>,
+    /// Third octet of the lab's addresses, 10.250.<net>.0/24 (220-254).
+    #[arg(long, default_value_t = DEFAULT_NET)]
+    pub net: u8,
+    /// The broker's lab listener, which the agents in the lab's namespaces use.
+    #[arg(long, default_value = LAB_KAFKA)]
+    pub agent_kafka: String,
+    /// HTTP API and console listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Arrow Flight SQL listen address (empty: off).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub flight_listen: String,
+    /// The policy signing key (made on first run), logs and the lab's state.
+    #[arg(
+        long,
+        default_value = "/var/lib/bulkhead/demo",
+        env = "BULKHEAD_DEMO_DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// The lake [default: <state-dir>/lake].
+    #[arg(long)]
+    pub lake: Option<PathBuf>,
+    /// The console's built assets (console/build makes them).
+    #[arg(long, default_value = "console/dist")]
+    pub console_dir: PathBuf,
+    /// How often serve reruns the recommender (new traffic, new recommendations).
+    #[arg(long, default_value = "60s")]
+    pub recommend_every: String,
+    /// The lab's background traffic stops by itself after this long.
+    #[arg(long, default_value = "8h")]
+    pub traffic_for: String,
+    /// Non-interactive (tests, CI): plain progress lines, `demo ready: <url>` on stdout
+    /// once the recommender has run; stop it with SIGTERM.
+    #[arg(long)]
+    pub ci: bool,
+    /// Run the older synthetic pipeline instead (no root, no lab): publish a generated
+    /// estate's flows, read them back, sign and verify a policy.
+    #[arg(long)]
+    pub synthetic: bool,
+    #[command(flatten, next_help_heading = "With --synthetic")]
+    pub synthetic_args: super::demo_synthetic::SyntheticArgs,
 }
 
 pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
-    let kafka = &settings.kafka;
-    step(&format!("Kafka at {}", kafka.brokers));
-    let probe = kafka.clone();
-    tokio::task::spawn_blocking(move || admin::list_topics(&probe, ""))
-        .await?
-        .with_context(|| {
-            format!(
-                "no Kafka broker answers at {} (start one: dev/kafka/up)",
-                kafka.brokers
-            )
-        })?;
-    super::topics::create_all(kafka, &TopicOptions::default()).await?;
-
-    step(&format!(
-        "Publishing a synthetic estate: {} hosts, {} flow records (seed {})",
-        args.hosts, args.flows, args.seed
-    ));
-    let estate = Estate::generate(args.seed, args.hosts);
-    let spec = FlowSpec::recent(args.seed, args.flows, 300);
-    let flows_topic = kafka.topic(Topic::Flows);
-    let reader = Consumer::new(
-        kafka,
-        &ConsumerOptions::group(format!("bulkhead-demo-{}", std::process::id())),
-    )?;
-    let before = watermarks(&reader, &flows_topic).await?;
-    let report = super::gen_flows::publish(kafka, &estate, &spec, true).await?;
-    let secs = report.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "  {} records in {} batches, {:.1} MB of protobuf (zstd on the wire), {:.2} s: {:.0} records/s into Kafka",
-        report.records,
-        report.batches,
-        report.encoded_bytes as f64 / 1e6,
-        secs,
-        report.records as f64 / secs
-    );
-
-    step("Reading the flows back from Kafka into Arrow");
-    let after = watermarks(&reader, &flows_topic).await?;
-    let flows = read_back(&reader, &flows_topic, &before, &after, report.batches).await?;
-    summarise(&flows, report.records, report.flow_bytes)?;
-
-    step("Policy: validate, sign, publish, verify as an enforcer would");
-    policy_round_trip(kafka, args.policy.as_deref()).await?;
-
-    step("Next");
-    println!("  bulkhead topics list            # what is on the broker");
-    println!("  bulkhead gen --to stdout --flows 5 | head   # flows as JSON lines");
-    println!("  bulkhead policy validate examples/policy.yaml");
-    Ok(())
-}
-
-fn step(title: &str) {
-    println!("\n== {title}");
-}
-
-async fn watermarks(consumer: &Consumer, topic: &str) -> anyhow::Result<Offsets> {
-    let marks = consumer.watermarks(topic, Duration::from_secs(30))?;
-    Ok(marks
-        .into_iter()
-        .map(|(partition, (_, high))| ((topic.to_string(), partition), high))
-        .collect())
-}
-
-/// Reads every message between `from` and `to` (per partition) into Arrow columns.
-async fn read_back(
-    consumer: &Consumer,
-    topic: &str,
-    from: &Offsets,
-    to: &Offsets,
-    expected: u64,
-) -> anyhow::Result<RecordBatch> {
-    consumer.assign(from)?;
-    let mut columns = FlowColumns::with_capacity(0);
-    let mut remaining: HashMap<i32, i64> = to
-        .iter()
-        .filter(|(k, high)| from.get(k).is_some_and(|low| low < high))
-        .map(|((_, p), high)| (*p, *high))
-        .collect();
-    let bar = super::progress(expected, "batches");
-    while !remaining.is_empty() {
-        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .context("no message from Kafka for 30 s while reading back")??;
-        if let Some(payload) = message.payload() {
-            let batch = FlowBatch::decode(payload).with_context(|| {
-                format!(
-                    "{topic}/{} offset {}: not a FlowBatch",
-                    message.partition(),
-                    message.offset()
-                )
-            })?;
-            columns.append_batch(&batch)?;
-        }
-        bar.inc(1);
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|high| message.offset() + 1 >= *high)
-        {
-            remaining.remove(&message.partition());
-        }
+    if args.synthetic {
+        return super::demo_synthetic::run(settings, args.synthetic_args).await;
     }
-    bar.finish_and_clear();
-    Ok(columns.finish()?)
-}
-
-fn summarise(
-    flows: &RecordBatch,
-    produced_records: u64,
-    produced_bytes: u64,
-) -> anyhow::Result<()> {
-    let bytes = flows
-        .column_by_name("bytes")
-        .context("bytes column")?
-        .as_primitive::<Int64Type>();
-    let total_bytes: i64 = bytes.iter().flatten().sum();
-    println!(
-        "  {} rows × {} columns; bytes sum {} (published {}): {}",
-        flows.num_rows(),
-        flows.num_columns(),
-        total_bytes,
-        produced_bytes,
-        if flows.num_rows() as u64 == produced_records && total_bytes as u64 == produced_bytes {
-            "exact"
-        } else {
-            "MISMATCH"
-        }
-    );
-    anyhow::ensure!(
-        flows.num_rows() as u64 == produced_records,
-        "read back {} rows, published {produced_records}",
-        flows.num_rows()
-    );
-
-    // The heaviest server-side edges (what the dependency map will draw).
-    let col = |name: &str| flows.column_by_name(name).expect("flows schema column");
-    let (src, dst, port) = (
-        col("src_ip").as_string::<i32>().clone(),
-        col("dst_ip").as_string::<i32>().clone(),
-        col("dst_port").as_primitive::<Int32Type>().clone(),
-    );
-    let (server, process) = (
-        col("local_is_server").as_boolean().clone(),
-        col("process_name").as_string::<i32>().clone(),
-    );
-    let mut edges: HashMap<(&str, &str, i32, &str), (i64, i64)> = HashMap::new();
-    for row in 0..flows.num_rows() {
-        if !server.value(row) {
-            continue;
-        }
-        let process = if process.is_null(row) {
-            "?"
-        } else {
-            process.value(row)
+    let flight_listen = match args.flight_listen.trim() {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|e| {
+            anyhow::anyhow!("--flight-listen {text:?}: expected host:port or empty ({e})")
+        })?),
+    };
+    let options = DemoOptions {
+        bulkhead: std::env::current_exe()?,
+        kafka: settings.kafka.brokers.clone(),
+        agent_kafka: args.agent_kafka,
+        topic_prefix: settings.kafka.topic_prefix.clone(),
+        net: args.net,
+        listen: args.listen,
+        flight_listen,
+        lake: args.lake.unwrap_or_else(|| args.state_dir.join("lake")),
+        state_dir: args.state_dir,
+        console_dir: args.console_dir,
+        recommend_every: Duration::from_secs(
+            parse_duration_secs(&args.recommend_every)
+                .map_err(|e| anyhow::anyhow!("--recommend-every {e}"))?,
+        ),
+        traffic_for: Duration::from_secs(
+            parse_duration_secs(&args.traffic_for)
+                .map_err(|e| anyhow::anyhow!("--traffic-for {e}"))?,
+        ),
+    };
+    options.validate()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // SIGHUP too: a closed terminal must not leave the lab behind (its processes are
+    // detached and would outlive the demo) — unless started under nohup.
+    let mut hangup = if demo::hangup_ignored() {
+        None
+    } else {
+        Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        )?)
+    };
+    tokio::spawn(async move {
+        let hung_up = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
         };
-        let entry = edges
-            .entry((src.value(row), dst.value(row), port.value(row), process))
-            .or_default();
-        entry.0 += 1;
-        entry.1 += bytes.value(row);
-    }
-    let mut top: Vec<_> = edges.into_iter().collect();
-    top.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(&b.0)));
-    top.truncate(8);
-    let table = RecordBatch::try_from_iter([
-        (
-            "src_ip",
-            Arc::new(StringArray::from_iter_values(top.iter().map(|e| e.0.0))) as ArrayRef,
-        ),
-        (
-            "dst_ip",
-            Arc::new(StringArray::from_iter_values(top.iter().map(|e| e.0.1))) as ArrayRef,
-        ),
-        (
-            "dst_port",
-            Arc::new(Int64Array::from_iter_values(
-                top.iter().map(|e| i64::from(e.0.2)),
-            )) as ArrayRef,
-        ),
-        (
-            "server_process",
-            Arc::new(StringArray::from_iter_values(top.iter().map(|e| e.0.3))) as ArrayRef,
-        ),
-        (
-            "flows",
-            Arc::new(Int64Array::from_iter_values(top.iter().map(|e| e.1.0))) as ArrayRef,
-        ),
-        (
-            "bytes",
-            Arc::new(Int64Array::from_iter_values(top.iter().map(|e| e.1.1))) as ArrayRef,
-        ),
-    ])?;
-    println!(
-        "  heaviest edges (server side):\n{}",
-        arrow_cast::pretty::pretty_format_batches(&[table])?
-    );
-    Ok(())
+        tokio::select! {
+            _ = super::shutdown_signal() => {}
+            _ = hung_up => tracing::info!("SIGHUP received"),
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    tokio::task::block_in_place(|| run_blocking(options, &stop, args.ci))
 }
 
-async fn policy_round_trip(
-    kafka: &KafkaConfig,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    let (text, name) = match file {
-        Some(path) => (
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-            path.display().to_string(),
-        ),
-        None => (
-            EXAMPLE_POLICY.to_string(),
-            "examples/policy.yaml".to_string(),
-        ),
-    };
-    let document = PolicyDocument::load(&text, &name)?;
-    println!(
-        "  {name}: valid, {} rulesets, {} rules, {} deny rules",
-        document.rulesets.len(),
-        document.rules().count(),
-        document.deny_rules.len()
-    );
+/// One step at a time, each with a spinner (or a plain line in --ci).
+struct Steps {
+    ci: bool,
+    current: Option<indicatif::ProgressBar>,
+}
 
-    let signer = PolicySigner::generate();
-    let topic = kafka.topic(Topic::Policy);
-    let producer = Producer::new(kafka)?;
-    let reader = Consumer::new(
-        kafka,
-        &ConsumerOptions::group(format!("bulkhead-demo-policy-{}", std::process::id())),
-    )?;
-    let high = watermarks(&reader, &topic).await?;
-    // Versions on a shared demo broker keep rising: take the next after what is there.
-    let version = high.values().copied().max().unwrap_or(0) as u64 + 1;
-    let signed = signer.sign(&PolicyVersion::new(
-        version,
-        version - 1,
-        "bulkhead-demo",
-        "demo",
-        document,
+impl Steps {
+    fn begin(&mut self, what: &str) {
+        self.done("");
+        if self.ci || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!("demo: {what} …");
+            return;
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .expect("the template is valid"),
+        );
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.current = Some(bar);
+    }
+
+    fn done(&mut self, note: &str) {
+        if let Some(bar) = self.current.take() {
+            let msg = bar.message();
+            bar.finish_with_message(if note.is_empty() {
+                format!("{msg}: done")
+            } else {
+                format!("{msg}: {note}")
+            });
+        } else if !note.is_empty() {
+            eprintln!("demo:   {note}");
+        }
+    }
+}
+
+fn run_blocking(options: DemoOptions, stop: &AtomicBool, ci: bool) -> anyhow::Result<()> {
+    let mut steps = Steps { ci, current: None };
+    steps.begin("checking root, ip, nft, the broker and its lab listener, console assets");
+    demo::preflight(&options)?;
+    steps.done(&format!(
+        "broker {} (lab listener {})",
+        options.kafka, options.agent_kafka
     ));
-    let delivery = producer
-        .send(&topic, POLICY_KEY.as_bytes(), &signed.encode_to_vec())
-        .await?;
-    println!(
-        "  published version {version} signed by key {} to {topic} (offset {})",
-        signer.key_id(),
-        delivery.offset
-    );
 
-    reader.assign(
-        &[((topic.clone(), delivery.partition), delivery.offset)]
-            .into_iter()
-            .collect(),
-    )?;
-    let message = tokio::time::timeout(Duration::from_secs(30), reader.recv())
-        .await
-        .context("policy read back")??;
-    let bytes = message.payload().unwrap_or_default().to_vec();
-    let verifier = PolicyVerifier::new([signer.verifying_key()]);
-    let accepted = verifier.verify_bytes(&bytes, None)?;
-    println!(
-        "  enforcer view: accepted version {} (content sha256 {})",
-        accepted.version,
-        hex::encode(&accepted.content_sha256[..8])
-    );
+    steps.begin("creating topics, starting ingest and serve");
+    let mut running = Demo::start(options.clone())?;
+    steps.done(&format!(
+        "policy key {}, logs in {}",
+        options.policy_key().display(),
+        options.logs_dir().display()
+    ));
 
-    let mut forged = SignedPolicy::decode(bytes.as_slice())?;
-    let last = forged.payload.len() - 1;
-    forged.payload[last] ^= 0x01;
-    println!(
-        "  forged copy (one bit flipped): refused: {}",
-        verifier.verify(&forged, None).unwrap_err()
-    );
-    println!(
-        "  replayed copy after applying it: refused: {}",
-        verifier
-            .verify_bytes(&bytes, Some(accepted.version))
-            .unwrap_err()
-    );
-    let unsigned = SignedPolicy {
-        signature: vec![],
-        ..SignedPolicy::decode(bytes.as_slice())?
+    let result = (|| -> Result<(), Interrupted> {
+        steps.begin(&format!(
+            "bringing the lab up on 10.250.{}.0/24 (10 hosts, an agent in each)",
+            options.net
+        ));
+        running.lab_up().map_err(Interrupted::Failed)?;
+        steps.done("traffic on");
+        steps.begin("waiting for the HTTP API");
+        running.wait_for_api(stop, Duration::from_secs(120))?;
+        steps.done(&options.console_url());
+        steps.begin("labelling the lab's workloads in the policy engine");
+        let labelled = running.label_workloads().map_err(Interrupted::Failed)?;
+        steps.done(&format!(
+            "{labelled} workloads (app, env, role), mode visibility_only"
+        ));
+        steps.begin("waiting for the first flows and edges in the lake");
+        running.wait_for_flows(stop, Duration::from_secs(180))?;
+        steps.done(&format!("lake {}", options.lake.display()));
+        steps.begin("running the recommender once");
+        let summary = running.recommend_once(stop)?;
+        steps.done(&summary);
+        Ok(())
+    })();
+    let outcome = match result {
+        Ok(()) => {
+            print_what_to_try(&options, running.lab());
+            if ci {
+                println!("demo ready: {}", options.console_url());
+            }
+            running.run_until(stop)
+        }
+        Err(Interrupted::Stopped) => Ok(()),
+        Err(Interrupted::Failed(e)) => Err(e),
     };
-    println!(
-        "  unsigned copy: refused: {}",
-        verifier.verify(&unsigned, None).unwrap_err()
+    steps.done("");
+    eprintln!("demo: tearing down (lab down, serve and ingest stopped) …");
+    let teardown = running.stop();
+    eprintln!(
+        "demo: removed {} namespaces and {} lab processes; stopped {}",
+        teardown.namespaces,
+        teardown.lab_processes,
+        teardown.children.join(", ")
     );
-    Ok(())
+    if !teardown.problems.is_empty() {
+        let problems = teardown.problems.join("; ");
+        return match outcome {
+            Ok(()) => Err(anyhow::anyhow!(
+                "teardown left something behind: {problems}"
+            )),
+            Err(e) => Err(e.context(format!("and the teardown: {problems}"))),
+        };
+    }
+    outcome
+}
+
+fn print_what_to_try(options: &DemoOptions, lab: Option<&LabState>) {
+    let ip = |name: &str| {
+        lab.and_then(|l| l.host(name))
+            .map(|h| h.ip.to_string())
+            .unwrap_or_else(|| name.to_string())
+    };
+    let ns = |name: &str| {
+        lab.and_then(|l| l.host(name))
+            .map(|h| h.ns.clone())
+            .unwrap_or_else(|| name.to_string())
+    };
+    let url = options.console_url();
+    println!(
+        "\nBulkhead is running. Open the console: {url}\n\n\
+         What to try:\n\
+         1. Map: crm, shop and infra with their connections, the internet reaching the web\n   \
+            tiers, and the unlabeled rogue host {rogue} touching everything. Click a group for\n   \
+            its roles. Every decision is `unknown`: nothing is provisioned yet.\n\
+         2. Recommendations: accept the rules for crm, shop and infra, reject suspicious\n   \
+            findings and anything about the rogue host; Simulate shows what the draft would\n   \
+            block; Provision signs it and every agent applies it within seconds.\n\
+         3. Explorer → SQL: the rogue host's attempts on the crm database are now\n   \
+            potentially_blocked (the hosts are in visibility only) and still connect:\n   \
+            ip netns exec {rogue_ns} timeout 2 bash -c 'exec 3<>/dev/tcp/{db}/5432'\n\
+         4. Workloads: set the estate hosts to `full` and provision again: the attempts are\n   \
+            blocked and the command above times out, while web → app → db keeps working.\n\
+         5. Workloads: Quarantine a host (e.g. app-shop); it is cut off at once.\n\n\
+         SQL over the lake: bulkhead sql --lake {lake} \"SELECT policy_decision, count(*) FROM flows GROUP BY 1\"\n\
+         Logs: {logs} and {lablogs}. Ctrl-C stops everything.",
+        rogue = ip("rogue"),
+        rogue_ns = ns("rogue"),
+        db = ip("db-crm"),
+        lake = options.lake.display(),
+        logs = options.logs_dir().display(),
+        lablogs = options.lab_dir().join("logs").display(),
+    );
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod collect;
 pub mod demo;
+pub mod demo_synthetic;
 pub mod enforce;
 pub mod gen_flows;
 pub mod ingest;

@@ -322,20 +322,39 @@ fn serve_dns(socket: UdpSocket, zone: &BTreeMap<String, IpAddr>) {
     }
 }
 
+/// A UDP socket that was never bound: `connect` gives it an ephemeral port, as the C
+/// library's resolver does. (An explicit `bind` to port 0 would make the collector take
+/// the client for a server: it learns servers from bind(2).)
+fn unbound_udp_socket(server: IpAddr) -> Option<UdpSocket> {
+    use std::os::fd::FromRawFd as _;
+    let family = if server.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned by the
+    // UdpSocket from here on (closed when it drops).
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh, valid datagram socket that nothing else owns.
+    Some(unsafe { UdpSocket::from_raw_fd(fd) })
+}
+
 /// Resolves `name` through the lab's DNS server (one UDP query, bounded wait).
 pub fn resolve(server: IpAddr, name: &str) -> Option<IpAddr> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    let socket = unbound_udp_socket(server)?;
+    socket.connect(SocketAddr::new(server, 53)).ok()?;
     socket.set_read_timeout(Some(CONNECT_TIMEOUT)).ok()?;
     let id = (SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .ok()?
         .subsec_nanos()
         & 0xffff) as u16;
-    socket
-        .send_to(&dns_query(id, name), SocketAddr::new(server, 53))
-        .ok()?;
+    socket.send(&dns_query(id, name)).ok()?;
     let mut buf = [0u8; 512];
-    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    let n = socket.recv(&mut buf).ok()?;
     dns_parse_answer(id, &buf[..n]).map(IpAddr::V4)
 }
 

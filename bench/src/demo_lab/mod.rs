@@ -16,6 +16,7 @@
 //! named `bhl<net>-<host>` (never `bh-*`, which the test suite sweeps); `down` kills every
 //! process inside them and deletes them, and is safe to repeat.
 
+pub mod demo;
 pub mod host;
 
 use std::collections::BTreeMap;
@@ -511,8 +512,28 @@ fn make_namespace(host: &LabHost, net: u8) -> anyhow::Result<()> {
     let _ = sh(&["ip", "link", "del", &host.veth]);
     let _ = sh(&["ip", "netns", "del", ns]);
     sh(&["ip", "netns", "add", ns])?;
+    // The estate is IPv4-only: without IPv6, no link-local neighbour discovery chatter
+    // fills the map and the recommendations with fe80:: addresses. Set before eth0 exists
+    // so that it starts without an IPv6 address.
+    for key in ["all", "default"] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+        ])?;
+    }
     sh(&[
         "ip", "link", "add", &host.veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])?;
+    // Its bridge end too (it would solicit routers and join multicast groups on the link).
+    sh(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv6.conf.{}.disable_ipv6=1", host.veth),
     ])?;
     sh(&["ip", "link", "set", &host.veth, "master", LAB_BRIDGE, "up"])?;
     sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;

@@ -114,7 +114,7 @@ export function recommendationsPage(): Page {
         ? table('Effect of the draft per application', ['App', 'Newly blocked', 'Newly allowed', 'Examples'],
             apps.map((a) => [a.app, a.newly_blocked, a.newly_allowed, (a.examples ?? []).slice(0, 3).map((x) => typeof x === 'string' ? x : JSON.stringify(x)).join('; ')]))
         : notice('The draft changes no observed flow.'),
-      sim.totals ? h('p', { class: 'totals' }, 'Totals: ', Object.entries(sim.totals).map(([k, v]) => `${k.replace(/_/g, ' ')} ${v}`).join(', ')) : null);
+      sim.totals ? h('p', { class: 'totals' }, 'Totals: ', Object.entries(sim.totals).map(([k, v]) => `${k.replace(/_/g, ' ')} ${formatTotal(v)}`).join(', ')) : null);
   }
 
   function renderVersions(versions: PolicyVersionInfo[]): void {
@@ -126,7 +126,7 @@ export function recommendationsPage(): Page {
           h('tbody', {}, sorted.map((v, i) => h('tr', { 'data-version': String(v.version) },
             h('th', { scope: 'row' }, String(v.version)),
             h('td', {}, String(v.content_sha256 ?? '').slice(0, 12)),
-            h('td', {}, String(v.provisioned_at ?? v.created_at ?? v.at ?? '')),
+            h('td', {}, versionTime(v)),
             h('td', {}, String(v.actor ?? v.provisioned_by ?? '')),
             h('td', {}, i === 0 ? 'current' : h('button', {
               type: 'button',
@@ -158,7 +158,7 @@ export function recommendationsPage(): Page {
           h('p', {}, 'Simulate replays recent flows against the draft; provisioning signs it and publishes it to every enforcer.'),
           h('div', { class: 'actions' },
             h('label', {}, 'Days ', simDays),
-            h('button', { type: 'button', onclick: () => act('simulate', async () => renderSimulation(await api.simulate(Number(simDays.value) || 1, { actor: settings.actor, reason: 'simulation from the console' }))) }, 'Simulate'),
+            h('button', { type: 'button', onclick: () => act('simulate', async () => renderSimulation(await api.simulate(Number(simDays.value) || 1))) }, 'Simulate'),
             h('button', {
               type: 'button', class: 'primary',
               onclick: async () => {
@@ -185,4 +185,19 @@ export function recommendationsPage(): Page {
     unmount() {},
   };
   return page;
+}
+
+/** A simulation total: a number, or counts by decision (`{"allowed": 3, "blocked": 1}`). */
+function formatTotal(v: unknown): string {
+  if (v && typeof v === 'object') {
+    return `(${Object.entries(v as Record<string, unknown>).map(([k, n]) => `${k.replace(/_/g, ' ')} ${String(n)}`).join(', ')})`;
+  }
+  return String(v);
+}
+
+/** When a version was provisioned: the API gives `created_unix_ns`. */
+function versionTime(v: PolicyVersionInfo): string {
+  const ns = v.created_unix_ns;
+  if (typeof ns === 'number' && ns > 0) return new Date(ns / 1e6).toISOString().replace('T', ' ').slice(0, 19) + ' UTC';
+  return String(v.provisioned_at ?? v.created_at ?? '');
 }

@@ -5,7 +5,7 @@ import { api, settings } from '../api';
 import { confirmDialog, errorBox, fill, h, notice } from '../dom';
 import type { Page } from '../page';
 import { InputError, formatLabels, parseLabelSet } from '../shaping';
-import type { LabelSuggestion, Workload } from '../types';
+import type { DraftWorkload, LabelSuggestion, PolicyDocument, Workload } from '../types';
 
 const MODES = ['idle', 'visibility_only', 'selective', 'full'];
 /** A heartbeat older than this many seconds is shown as stale. */
@@ -14,6 +14,9 @@ const STALE_S = 60;
 export function workloadsPage(): Page {
   let workloads: Workload[] = [];
   let suggestions: LabelSuggestion[] = [];
+  /** What the draft policy says of each workload (mode, quarantine): a mode set here
+   *  takes effect when the draft is provisioned, so the select shows the draft's. */
+  let drafted = new Map<string, DraftWorkload>();
   let filter = '';
   const drafts = new Map<string, string>();
   const body = h('div', { class: 'workloads' });
@@ -65,7 +68,9 @@ export function workloadsPage(): Page {
         drafts.delete(w.id);
       });
     };
-    const quarantined = Boolean(w.quarantined);
+    const quarantined = Boolean(drafted.get(w.id)?.quarantined ?? w.quarantined);
+    const running = w.enforcer?.mode ?? w.mode ?? 'visibility_only';
+    const wanted = drafted.get(w.id)?.mode ?? running;
     return h('tr', { 'data-workload': w.id },
       h('th', { scope: 'row' }, name(w), w.hostname && w.hostname !== w.id ? h('div', { class: 'muted' }, w.id) : null),
       h('td', {}, (w.ips ?? []).join(', ')),
@@ -80,7 +85,8 @@ export function workloadsPage(): Page {
       h('td', {}, h('select', {
         name: 'mode', 'aria-label': `Enforcement mode of ${name(w)}`,
         onchange: (e: Event) => act('set mode', () => api.setMode(w.id, who('mode set in the console'), (e.target as HTMLSelectElement).value)),
-      }, MODES.map((m) => h('option', { value: m, selected: m === (w.mode ?? 'visibility_only') }, m.replace('_', ' '))))),
+      }, MODES.map((m) => h('option', { value: m, selected: m === wanted }, m.replace('_', ' ')))),
+        wanted !== running ? h('div', { class: 'muted', role: 'note' }, `runs ${running.replace('_', ' ')} until provisioned`) : null),
       h('td', {}, statusCell(w)),
       h('td', {}, h('button', {
         type: 'button', class: quarantined ? '' : 'danger', 'aria-pressed': String(quarantined),
@@ -134,8 +140,14 @@ export function workloadsPage(): Page {
         h('section', { 'aria-labelledby': 'sug-h' }, h('h2', { id: 'sug-h' }, 'Label suggestions'), suggestionsBox));
     },
     async refresh() {
-      const [w, s] = await Promise.all([api.workloads(), api.suggestions().catch(() => [] as LabelSuggestion[])]);
+      const [w, s, draft] = await Promise.all([
+        api.workloads(),
+        api.suggestions().catch(() => [] as LabelSuggestion[]),
+        // A server without the policy engine (serve --no-policy) has no draft.
+        api.draft().catch(() => null),
+      ]);
       workloads = [...w].sort((a, b) => name(a).localeCompare(name(b)));
+      drafted = new Map(((draft as PolicyDocument | null)?.workloads ?? []).map((d) => [d.workload_id, d]));
       suggestions = s;
       render();
       renderSuggestions();
