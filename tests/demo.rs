@@ -165,6 +165,17 @@ fn demo_runs_the_console_browser_test_and_leaves_nothing_behind() {
         "the broker has no lab listener on {}: restart it with dev/kafka/down && dev/kafka/up",
         support::LAB_KAFKA
     );
+    // Two worktrees sharing one CARGO_TARGET_DIR overwrite each other's target/debug/bulkhead.
+    let help = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["demo", "--help"])
+        .output()
+        .expect("the bulkhead binary runs");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--ci"),
+        "{} has no `demo --ci`: it is not this tree's build (another build with the same \
+         CARGO_TARGET_DIR replaced it?)",
+        env!("CARGO_BIN_EXE_bulkhead")
+    );
     let kafka = kit.config("demo");
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("demo");
