@@ -102,19 +102,7 @@ fn step(title: &str) {
 }
 
 async fn watermarks(consumer: &Consumer, topic: &str) -> anyhow::Result<Offsets> {
-    // Topics created a moment ago may not have their partition leaders yet.
-    let mut attempts = 0;
-    let marks = loop {
-        match consumer.watermarks(topic, Duration::from_secs(30)) {
-            Ok(marks) => break marks,
-            Err(e) if attempts < 20 => {
-                attempts += 1;
-                tracing::debug!(error = %e, "watermarks not available yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let marks = consumer.watermarks(topic, Duration::from_secs(30))?;
     Ok(marks
         .into_iter()
         .map(|(partition, (_, high))| ((topic.to_string(), partition), high))
