@@ -90,6 +90,15 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
+/// Removes a file when the test ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Stops the demo even when an assertion fails, and shows its output then.
 struct Running {
     child: Option<Child>,
@@ -165,6 +174,25 @@ fn demo_runs_the_console_browser_test_and_leaves_nothing_behind() {
         "the broker has no lab listener on {}: restart it with dev/kafka/down && dev/kafka/up",
         support::LAB_KAFKA
     );
+    // Two worktrees sharing one CARGO_TARGET_DIR overwrite each other's target/debug/bulkhead:
+    // run a link of this build (it survives a replacement), after checking it is this tree's.
+    let bulkhead = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bulkhead-demo-test-{}", std::process::id()));
+    let _ = std::fs::remove_file(&bulkhead);
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_bulkhead"), &bulkhead).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_bulkhead"), &bulkhead).expect("a copy of bulkhead");
+    }
+    let _remove_link = RemoveOnDrop(bulkhead.clone());
+    let help = Command::new(&bulkhead)
+        .args(["demo", "--help"])
+        .output()
+        .expect("the bulkhead binary runs");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--ci"),
+        "{} has no `demo --ci`: it is not this tree's build (another build with the same \
+         CARGO_TARGET_DIR replaced it?)",
+        env!("CARGO_BIN_EXE_bulkhead")
+    );
     let kafka = kit.config("demo");
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("demo");
@@ -172,7 +200,7 @@ fn demo_runs_the_console_browser_test_and_leaves_nothing_behind() {
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-e2e");
     let _ = std::fs::remove_dir_all(&artifacts);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+    let mut child = Command::new(&bulkhead)
         .args([
             "--kafka",
             &kit.brokers,

@@ -7,7 +7,9 @@
 //! collectors would publish them (both ends of a connection report it).
 //!
 //! [`lab`] builds test hosts (network namespaces on a bridge) for end-to-end tests and
-//! benchmarks; [`demo_lab`] is the persistent lab estate behind `bulkhead lab`. `bulkhead gen` is the command-line face of [`workload`].
+//! benchmarks; [`demo_lab`] is the persistent lab estate behind `bulkhead lab`, and
+//! [`demo_lab::demo`] runs `bulkhead demo` around it (ingest and serve as children).
+//! `bulkhead gen` is the command-line face of [`workload`].
 
 pub mod collector;
 pub mod datacenter;

@@ -10,6 +10,17 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{KafkaConfig, KafkaError};
 
+/// Errors that mean "no leader elected yet" (a new topic): worth retrying briefly.
+fn leader_pending(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition | Code::LeaderNotAvailable | Code::UnknownTopicOrPartition
+        )
+    )
+}
+
 /// How a consumer joins.
 #[derive(Clone, Debug)]
 pub struct ConsumerOptions {
@@ -128,14 +139,24 @@ impl Consumer {
             .fetch_metadata(Some(topic), timeout)
             .map_err(|e| KafkaError::request(format!("metadata of {topic}"), e))?;
         let mut out = BTreeMap::new();
+        let deadline = std::time::Instant::now() + timeout;
         for t in metadata.topics() {
             for p in t.partitions() {
-                let marks = self
-                    .inner
-                    .fetch_watermarks(topic, p.id(), timeout)
-                    .map_err(|e| {
-                        KafkaError::request(format!("watermarks of {topic}/{}", p.id()), e)
-                    })?;
+                let marks = loop {
+                    match self.inner.fetch_watermarks(topic, p.id(), timeout) {
+                        Ok(marks) => break marks,
+                        // A topic created a moment ago has no partition leader yet.
+                        Err(e) if leader_pending(&e) && std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        Err(e) => {
+                            return Err(KafkaError::request(
+                                format!("watermarks of {topic}/{}", p.id()),
+                                e,
+                            ));
+                        }
+                    }
+                };
                 out.insert(p.id(), marks);
             }
         }
