@@ -734,7 +734,7 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
     let (batches, expected) = synthetic(55, 90_000, 500);
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    let producing = spawn_producer(&config, batches, 3, Duration::from_millis(150));
+    let producing = spawn_producer(&config, batches, 3, Duration::from_millis(400));
     let fast = [
         "--commit-interval-secs",
         "0.5",

@@ -291,7 +291,7 @@ const ROWS_PER_FILE: usize = 5_000_000;
 /// between runs; returns the files.
 fn flow_row_files(keys: &[FlowKey], rows: usize) -> Vec<String> {
     use polars::prelude::{Column, DataFrame, ParquetWriter};
-    let dir = std::env::temp_dir().join(format!("bulkhead-bench-sim-{rows}-{}", keys.len()));
+    let dir = std::env::temp_dir().join(format!("bulkhead-bench-sim-v2-{rows}-{}", keys.len()));
     let files: Vec<String> = (0..rows.div_ceil(ROWS_PER_FILE))
         .map(|i| {
             dir.join(format!("part-{i:03}.parquet"))
@@ -317,6 +317,14 @@ fn flow_row_files(keys: &[FlowKey], rows: usize) -> Vec<String> {
             Column::new("src_ip".into(), text(&|k| Some(k.src_ip.to_string()))),
             Column::new("dst_workload".into(), text(&|k| k.dst_workload.clone())),
             Column::new("dst_ip".into(), text(&|k| Some(k.dst_ip.to_string()))),
+            // The server's record when the server is a workload, else the client's.
+            Column::new(
+                "local_is_server".into(),
+                range
+                    .clone()
+                    .map(|r| key(r).dst_workload.is_some())
+                    .collect::<Vec<_>>(),
+            ),
             Column::new(
                 "dst_port".into(),
                 range

@@ -493,8 +493,8 @@ impl Demo {
                 &[
                     "labels",
                     "mode",
-                    name,
                     "visibility_only",
+                    name,
                     "--api",
                     &api,
                     "--actor",
