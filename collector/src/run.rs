@@ -71,7 +71,38 @@ struct State {
     dropped_reported: u64,
     inventory: Option<HostInventory>,
     started_unix_ns: u64,
-    last_proc_scan: Option<Instant>,
+    /// The last /proc scan: when, and the owners it found. Sockets older than the
+    /// collector are all in the first scan, so between scans flows are attributed from
+    /// it rather than left without an owner.
+    proc_scan: Option<(Instant, ProcOwners)>,
+}
+
+/// Socket owners from /proc: connected sockets by tuple, listeners by (protocol, port).
+#[derive(Default)]
+struct ProcOwners {
+    by_tuple: HashMap<SockTuple, u32>,
+    listeners: HashMap<(u8, u16), u32>,
+}
+
+impl ProcOwners {
+    fn scan() -> Self {
+        let rows = inventory::proc_sockets();
+        let inodes = inventory::socket_owners();
+        let mut owners = Self::default();
+        for (proto, row) in rows {
+            let Some(&pid) = inodes.get(&row.inode) else {
+                continue;
+            };
+            let tuple = normalize(proc_tuple(proto, &row));
+            let unconnected = row.rport == 0 && row.remote.is_unspecified();
+            if (proto == 6 && row.state == 0x0a) || (proto == 17 && unconnected) {
+                owners.listeners.insert((proto, row.lport), pid);
+            } else {
+                owners.by_tuple.insert(tuple, pid);
+            }
+        }
+        owners
+    }
 }
 
 /// How often /proc may be scanned for owners of sockets older than the collector.
@@ -175,7 +206,7 @@ impl Collector {
             dropped_reported: 0,
             inventory: None,
             started_unix_ns: bulkhead_schemas::now_unix_ns(),
-            last_proc_scan: None,
+            proc_scan: None,
             config,
             kernel,
             publisher,
@@ -420,8 +451,9 @@ impl State {
     }
 
     /// Sockets opened before the collector started were never seen by the socket hooks:
-    /// for TCP/UDP flows still without an owner, look the socket up in /proc (at most
-    /// once per [`PROC_SCAN_INTERVAL`]) and remember what is found.
+    /// for TCP/UDP flows still without an owner, look the socket up in the last /proc
+    /// scan (rescanned at most once per [`PROC_SCAN_INTERVAL`]) and remember what is
+    /// found.
     fn attribute_from_proc(
         &mut self,
         flows: &[RawFlow],
@@ -432,30 +464,20 @@ impl State {
             .iter()
             .zip(processes.iter())
             .any(|(f, p)| p.is_none() && (f.key.proto == 6 || f.key.proto == 17));
-        if !missing
-            || self
-                .last_proc_scan
-                .is_some_and(|t| now.duration_since(t) < PROC_SCAN_INTERVAL)
-        {
+        if !missing {
             return;
         }
-        self.last_proc_scan = Some(now);
-        let rows = inventory::proc_sockets();
-        let inodes = inventory::socket_owners();
-        let mut by_tuple: HashMap<SockTuple, u32> = HashMap::new();
-        let mut listeners: HashMap<(u8, u16), u32> = HashMap::new();
-        for (proto, row) in rows {
-            let Some(&pid) = inodes.get(&row.inode) else {
-                continue;
-            };
-            let tuple = normalize(proc_tuple(proto, &row));
-            let unconnected = row.rport == 0 && row.remote.is_unspecified();
-            if (proto == 6 && row.state == 0x0a) || (proto == 17 && unconnected) {
-                listeners.insert((proto, row.lport), pid);
-            } else {
-                by_tuple.insert(tuple, pid);
-            }
+        if self
+            .proc_scan
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= PROC_SCAN_INTERVAL)
+        {
+            self.proc_scan = Some((now, ProcOwners::scan()));
         }
+        let Some((_, scanned)) = &self.proc_scan else {
+            return;
+        };
+        let (by_tuple, listeners) = (&scanned.by_tuple, &scanned.listeners);
         let mut owners: HashMap<u32, Option<crate::bpf::abi::Owner>> = HashMap::new();
         for (flow, process) in flows.iter().zip(processes.iter_mut()) {
             if process.is_some() || !(flow.key.proto == 6 || flow.key.proto == 17) {
