@@ -87,7 +87,9 @@ async fn recommend_periodically(
     every: Duration,
     since_secs: u64,
 ) {
-    let mut tick = tokio::time::interval(every);
+    // The first run one interval after start: at start `refresh` already loaded what
+    // the lake has, and a fresh lake has no edges yet.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
