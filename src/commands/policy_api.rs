@@ -238,11 +238,6 @@ impl Client {
         self.change(reqwest::Method::POST, path, body).await
     }
 
-    /// A change without other fields (a deletion).
-    async fn send_attributed(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
-        self.change(method, path, json!({})).await
-    }
-
     async fn change(
         &self,
         method: reqwest::Method,
@@ -482,9 +477,10 @@ pub async fn labels(command: LabelsCommand) -> anyhow::Result<()> {
         LabelsCommand::RuleDelete { id, api } => {
             let client = Client::new(&api)?;
             client
-                .send_attributed(
+                .change(
                     reqwest::Method::DELETE,
                     &format!("/api/v1/labels/rules/{id}"),
+                    json!({}),
                 )
                 .await?;
             println!("label rule {id} deleted");
