@@ -128,7 +128,7 @@ async fn build_lake(config: KafkaConfig) -> Lake {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        if engine.tables().contains(&"flows") {
+        if engine.tables().await.unwrap().contains(&"flows") {
             let n = scalar(&engine, "SELECT count(*) FROM flows").await;
             if n >= flows {
                 assert_eq!(n, flows, "ingest wrote every flow once");
@@ -147,14 +147,14 @@ async fn build_lake(config: KafkaConfig) -> Lake {
     let _ = child.wait();
 
     // The tables other components write, as small real Delta tables with the lake's schemas.
-    if !engine.tables().contains(&"edges") {
+    if !engine.tables().await.unwrap().contains(&"edges") {
         write_edges(&engine, &dir).await;
     }
-    if !engine.tables().contains(&"workloads") {
+    if !engine.tables().await.unwrap().contains(&"workloads") {
         write_table(&dir, "workloads", workloads_batch(&estate, now)).await;
     }
     // No enforcer reports in this lake: ingest's `status` read model exists but is empty.
-    let status_rows = if engine.tables().contains(&"status") {
+    let status_rows = if engine.tables().await.unwrap().contains(&"status") {
         scalar(&engine, "SELECT count(*) FROM status").await
     } else {
         0
@@ -468,7 +468,7 @@ const ANALYST_QUERIES: &[(&str, &str)] = &[
 async fn every_table_is_queryable_and_analyst_queries_equal_duckdb() {
     let Some(lake) = lake() else { return };
     let engine = engine(&lake.dir);
-    let tables = engine.tables();
+    let tables = engine.tables().await.unwrap();
     for t in ["flows", "edges", "workloads", "status"] {
         assert!(tables.contains(&t), "{t} missing from {tables:?}");
     }
@@ -534,7 +534,7 @@ async fn partition_pruning_and_new_commits_without_restart() {
     .await;
     let engine = self::engine(scratch.path());
     assert_eq!(scalar(&engine, "SELECT count(*) FROM status").await, 1);
-    assert!(!engine.tables().contains(&"workloads"));
+    assert!(!engine.tables().await.unwrap().contains(&"workloads"));
     write_table(
         scratch.path(),
         "status",

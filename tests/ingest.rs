@@ -103,12 +103,31 @@ fn start_ingest(config: &KafkaConfig, lake: &Path, run: usize, extra: &[&str]) -
         "{}-ingest-{run}.log",
         lake.file_name().unwrap().to_string_lossy()
     ));
+    spawn_ingest(config, lake.as_os_str(), log, extra, &[])
+}
+
+/// `bulkhead ingest --lake <lake>` in group `ingest-test` (unless `extra` names another),
+/// logging to `log`, with `env` added.
+fn spawn_ingest(
+    config: &KafkaConfig,
+    lake: &std::ffi::OsStr,
+    log: PathBuf,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Ingest {
     let file = std::fs::File::create(&log).unwrap();
+    let group = if extra.contains(&"--group") {
+        &[][..]
+    } else {
+        &["--group", "ingest-test"][..]
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(["ingest", "--lake"])
         .arg(lake)
-        .args(["--metrics-addr", "", "--group", "ingest-test"])
+        .args(["--metrics-addr", ""])
+        .args(group)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("BULKHEAD_KAFKA", &config.brokers)
         .env("BULKHEAD_TOPIC_PREFIX", &config.topic_prefix)
         .env_remove("BULKHEAD_CONFIG")
@@ -784,6 +803,19 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
     let view = read_lake(&lake).await.unwrap();
     assert_exact(&view, &expected);
     assert_edges_match_flows(&lake, &expected, false).await;
+    // The group's offsets catch up with the lake too (a lag monitor shows zero), even
+    // for partitions whose last rows an earlier owner wrote while the group rebalanced.
+    let topic = config.topic(Topic::Flows);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bulkhead_bench::ingest::caught_up(&config, "ingest-test", &topic).unwrap() {
+        c.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "group offsets still lag the lake:\n{}",
+            c.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     c.stop();
 }
 
@@ -1296,4 +1328,284 @@ async fn read_models_decisions_and_ip_lists_come_from_verified_policy_only() {
         log.contains("policy message refused") && log.contains("not a trusted policy key"),
         "the forged version is refused and said so:\n{log}"
     );
+}
+
+/// A local S3-compatible server (moto's server mode, from PyPI; dev/setup installs it)
+/// holding one bucket. Killed on drop.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("moto_server (PyPI moto[server], installed by dev/setup): {e}")
+            });
+        let server = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let script = format!(
+            "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')",
+            server.endpoint
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating bucket {bucket}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server
+    }
+
+    /// The standard variables that point S3 clients (object_store, delta-rs) at it.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: requests hang as in an outage.
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `bulkhead <args>` with `env` and returns stdout (panics with stderr on failure).
+fn bulkhead_with_env(args: &[&str], env: &[(&str, String)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("BULKHEAD_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("bulkhead {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "bulkhead {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `bulkhead sql --lake <lake> --format json <sql>`: the rows as JSON objects.
+fn sql_rows(lake: &str, sql: &str, env: &[(&str, String)]) -> Vec<serde_json::Value> {
+    bulkhead_with_env(&["sql", "--lake", lake, "--format", "json", sql], env)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect()
+}
+
+/// Answers a user compares between two lakes: totals, batches, the dependency map.
+const SAME_ANSWER_QUERIES: &[&str] = &[
+    "SELECT count(*) AS n, sum(bytes) AS b, sum(packets) AS p, \
+     count(DISTINCT concat_ws('|', host_id, agent_instance_id, batch_seq)) AS batches FROM flows",
+    "SELECT src_workload, dst_workload, dst_port, sum(flows) AS f, sum(bytes) AS b FROM edges \
+     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    "SELECT policy_decision, count(*) AS n FROM flows GROUP BY 1 ORDER BY 1",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lake_on_s3_works_like_a_directory_through_kills_and_an_outage() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-s3");
+    topics(&config, 3).await;
+    let (batches, expected) = synthetic(77, 60_000, 500);
+    let estate = Estate::generate(77, 30);
+    let producer = Producer::new(&config).unwrap();
+    for inventory in estate.inventories(1_764_115_000_000_000_000) {
+        producer
+            .send(
+                &config.topic(Topic::Inventory),
+                inventory.host_id.as_bytes(),
+                &inventory.encode_to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    let s3 = S3Server::start("bulkhead-lake");
+    let env = s3.env();
+    let s3_lake = "s3://bulkhead-lake/team/lake";
+    let dir = tempfile::tempdir().unwrap();
+    let local_lake = dir.path().join("lake");
+    let producing = spawn_producer(&config, batches, 10, Duration::from_millis(100));
+    let fast = [
+        "--commit-interval-secs",
+        "0.5",
+        "--commit-flows",
+        "4000",
+        "-X",
+        "session.timeout.ms=6000",
+    ];
+    // The reference: the same topic into a directory, by a group of its own.
+    let mut local = spawn_ingest(
+        &config,
+        local_lake.as_os_str(),
+        dir.path().join("local-ingest.log"),
+        &[&fast[..], &["--group", "ingest-s3-local"]].concat(),
+        &[],
+    );
+    let s3_ingest = |run: usize| {
+        spawn_ingest(
+            &config,
+            s3_lake.as_ref(),
+            dir.path().join(format!("s3-ingest-{run}.log")),
+            &[&fast[..], &["--group", "ingest-s3"]].concat(),
+            &env,
+        )
+    };
+    let s3_rows = || -> i64 {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(["sql", "--lake", s3_lake, "--format", "csv"])
+            .arg("SELECT count(*) FROM flows")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Kill the S3 ingest after its first commits, then freeze the server for a while
+    // under the restarted one: progress stops, nothing acknowledged is lost.
+    let mut ingest = s3_ingest(0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while s3_rows() == 0 {
+        ingest.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "nothing committed to S3:\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    ingest.kill();
+    let before_outage = s3_rows();
+    eprintln!("killed with {before_outage} rows in the S3 lake");
+    let mut ingest = s3_ingest(1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s3.signal(libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ingest.assert_running();
+    s3.signal(libc::SIGCONT);
+    producing.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        ingest.assert_running();
+        local.assert_running();
+        let rows = s3_rows();
+        assert!(rows <= expected.rows, "{rows} rows: more than produced");
+        if rows == expected.rows
+            && read_lake(&local_lake)
+                .await
+                .is_some_and(|v| v.rows == expected.rows)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the S3 lake has {rows} of {} rows:\n{}",
+            expected.rows,
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Both lakes give the same answers, and the right ones.
+    let local_lake_arg = local_lake.to_str().unwrap();
+    for sql in SAME_ANSWER_QUERIES {
+        assert_eq!(
+            sql_rows(s3_lake, sql, &env),
+            sql_rows(local_lake_arg, sql, &[]),
+            "{sql}"
+        );
+    }
+    let totals = &sql_rows(s3_lake, SAME_ANSWER_QUERIES[0], &env)[0];
+    assert_eq!(
+        (
+            totals["n"].as_i64(),
+            totals["b"].as_i64(),
+            totals["p"].as_i64()
+        ),
+        (
+            Some(expected.rows),
+            Some(expected.bytes),
+            Some(expected.packets)
+        ),
+        "{totals}"
+    );
+    assert_eq!(
+        totals["batches"].as_i64(),
+        Some(expected.batches.len() as i64)
+    );
+    // Maintenance and the recommender work on S3 too; compaction changes no answer.
+    let compacted = bulkhead_with_env(&["lake", "compact", "--lake", s3_lake], &env);
+    eprintln!("{compacted}");
+    assert_eq!(
+        sql_rows(s3_lake, SAME_ANSWER_QUERIES[0], &env)[0],
+        *totals,
+        "after compaction"
+    );
+    let recommend = |lake: &str, env: &[(&str, String)]| {
+        let text = bulkhead_with_env(
+            &[
+                "recommend",
+                "--lake",
+                lake,
+                "--since",
+                "100000d",
+                "--dry-run",
+                "--json",
+            ],
+            env,
+        );
+        let items: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let mut rules: Vec<String> = items.iter().map(|i| i["rule"].to_string()).collect();
+        rules.sort();
+        rules
+    };
+    let from_s3 = recommend(s3_lake, &env);
+    assert!(!from_s3.is_empty(), "no recommendations from the S3 lake");
+    assert_eq!(
+        from_s3,
+        recommend(local_lake_arg, &[]),
+        "recommendations differ"
+    );
+    ingest.stop();
+    local.stop();
 }

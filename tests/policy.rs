@@ -196,7 +196,7 @@ async fn recommend_review_simulate_provision_quarantine_rollback_through_the_cli
             );
         }
         let engine = Engine::new(LakeLocation::new(&lake), Limits::default()).unwrap();
-        if engine.tables().contains(&"edges")
+        if engine.tables().await.unwrap().contains(&"edges")
             && count(&engine, "SELECT count(*) FROM flows").await >= flows
         {
             break;

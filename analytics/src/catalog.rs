@@ -8,7 +8,7 @@
 //! ingest is visible to the next query, with no restart, and a query sees one snapshot.
 //! Tables that appear later (a writer creating `edges`) are picked up the same way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,47 +19,71 @@ use deltalake::DeltaTable;
 use tokio::sync::Mutex;
 use url::Url;
 
-/// Where the lake lives: a local directory (the tables are its subdirectories).
+/// Where the lake lives: a local directory or an object-store prefix (`s3://bucket/lake/`);
+/// the tables are its children.
 #[derive(Clone, Debug)]
 pub struct LakeLocation {
-    root: PathBuf,
+    /// A directory URL, ending in '/'.
+    root: Url,
 }
 
 impl LakeLocation {
-    /// A lake at `dir` (it may not exist yet: tables appear when ingest first commits).
+    /// A lake at local directory `dir` (it may not exist yet: tables appear when ingest
+    /// first commits); a relative path is taken against the working directory.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        let root: PathBuf = dir.into();
-        let root = std::path::absolute(&root).unwrap_or(root);
+        let dir: PathBuf = dir.into();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let root = Url::from_directory_path(&dir)
+            .unwrap_or_else(|()| Url::parse("file:///").expect("a valid URL"));
         Self { root }
     }
 
-    pub fn root(&self) -> &std::path::Path {
+    /// The lake named by `--lake`: a directory, a `file://` URL or `s3://bucket/prefix`.
+    pub fn parse(text: &str) -> std::result::Result<Self, bulkhead_schemas::lake::LakeUrlError> {
+        bulkhead_schemas::lake::lake_url(text).map(|root| Self { root })
+    }
+
+    pub fn url(&self) -> &Url {
         &self.root
     }
 
-    /// The URL of table `name`.
-    pub fn table_url(&self, name: &str) -> Result<Url> {
-        let dir = self.root.join(name);
-        Url::from_directory_path(&dir).map_err(|()| {
-            DataFusionError::Configuration(format!(
-                "lake directory {} is not an absolute path",
-                dir.display()
-            ))
-        })
+    /// The directory, for a local lake.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        (self.root.scheme() == "file")
+            .then(|| self.root.to_file_path().ok())
+            .flatten()
     }
 
-    /// Whether table `name` has a Delta log (has been committed to at least once).
-    pub fn has_table(&self, name: &str) -> bool {
-        self.root.join(name).join("_delta_log").is_dir()
+    /// The URL of table `name`.
+    pub fn table_url(&self, name: &str) -> Url {
+        bulkhead_schemas::lake::table_url(&self.root, name)
+    }
+
+    /// Whether table `name` has a Delta log (has been committed to at least once). Local
+    /// lakes answer from the file system; object stores by listing the table's log.
+    pub async fn has_table(&self, name: &str) -> Result<bool> {
+        if let Some(dir) = self.local_dir() {
+            return Ok(dir.join(name).join("_delta_log").is_dir());
+        }
+        let url = self.table_url(name);
+        let store = deltalake::DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.build_storage())
+            .map_err(|e| delta_error(name, e))?;
+        store
+            .is_delta_table_location()
+            .await
+            .map_err(|e| delta_error(name, e))
     }
 
     /// The lake tables that exist now, in the order of `bulkhead_schemas::lake::TABLES`.
-    pub fn existing_tables(&self) -> Vec<&'static str> {
-        bulkhead_schemas::lake::TABLES
-            .iter()
-            .map(|t| t.name)
-            .filter(|name| self.has_table(name))
-            .collect()
+    pub async fn existing_tables(&self) -> Result<Vec<&'static str>> {
+        let mut out = Vec::new();
+        for spec in bulkhead_schemas::lake::TABLES {
+            if self.has_table(spec.name).await? {
+                out.push(spec.name);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -74,6 +98,10 @@ struct OpenTable {
 pub struct LakeSchema {
     location: LakeLocation,
     open: Mutex<HashMap<&'static str, OpenTable>>,
+    /// Tables known to exist, for DataFusion's synchronous listing (`SHOW TABLES`, Flight
+    /// SQL `GetTables`). Local lakes list their directory instead; an object-store lake's
+    /// set grows as [`Self::latest`] or [`Self::existing_tables`] find tables.
+    known: std::sync::RwLock<BTreeSet<&'static str>>,
     /// Used to register each table's object store with the shared runtime.
     session: std::sync::OnceLock<datafusion::execution::SessionState>,
 }
@@ -81,7 +109,7 @@ pub struct LakeSchema {
 impl std::fmt::Debug for LakeSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LakeSchema")
-            .field("root", &self.location.root)
+            .field("root", &self.location.root.as_str())
             .finish()
     }
 }
@@ -91,6 +119,7 @@ impl LakeSchema {
         Self {
             location,
             open: Mutex::new(HashMap::new()),
+            known: Default::default(),
             session: std::sync::OnceLock::new(),
         }
     }
@@ -104,15 +133,55 @@ impl LakeSchema {
         &self.location
     }
 
+    /// Whether the lake has table `name` now (remembered for listings).
+    pub async fn has_table(&self, name: &str) -> Result<bool> {
+        let Some(spec) = bulkhead_schemas::lake::table(name) else {
+            return Ok(false);
+        };
+        let exists = self.location.has_table(spec.name).await?;
+        if exists {
+            self.remember(spec.name);
+        }
+        Ok(exists)
+    }
+
+    /// The lake tables that exist now (see [`LakeLocation::existing_tables`]).
+    pub async fn existing_tables(&self) -> Result<Vec<&'static str>> {
+        let tables = self.location.existing_tables().await?;
+        for name in &tables {
+            self.remember(name);
+        }
+        Ok(tables)
+    }
+
+    fn remember(&self, name: &'static str) {
+        if let Ok(mut known) = self.known.write() {
+            known.insert(name);
+        }
+    }
+
+    /// Tables to list without waiting: the directory's for a local lake, else those found.
+    fn listed_tables(&self) -> Vec<&'static str> {
+        match self.location.local_dir() {
+            Some(dir) => bulkhead_schemas::lake::TABLES
+                .iter()
+                .map(|t| t.name)
+                .filter(|name| dir.join(name).join("_delta_log").is_dir())
+                .collect(),
+            None => self
+                .known
+                .read()
+                .map(|k| k.iter().copied().collect())
+                .unwrap_or_default(),
+        }
+    }
+
     /// The provider of table `name` at the log's latest version, or `None` if the lake
     /// has no such table (yet).
     pub async fn latest(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let Some(spec) = bulkhead_schemas::lake::table(name) else {
             return Ok(None);
         };
-        if !self.location.has_table(spec.name) {
-            return Ok(None);
-        }
         let mut open = self.open.lock().await;
         if let Some(entry) = open.get_mut(spec.name) {
             let before = entry.table.version();
@@ -129,7 +198,10 @@ impl LakeSchema {
             }
             return Ok(Some(entry.provider.clone()));
         }
-        let url = self.location.table_url(spec.name)?;
+        if !self.has_table(spec.name).await? {
+            return Ok(None);
+        }
+        let url = self.location.table_url(spec.name);
         let table = deltalake::open_table(url)
             .await
             .map_err(|e| delta_error(spec.name, e))?;
@@ -157,11 +229,7 @@ fn delta_error(table: &str, e: deltalake::DeltaTableError) -> DataFusionError {
 #[async_trait]
 impl SchemaProvider for LakeSchema {
     fn table_names(&self) -> Vec<String> {
-        self.location
-            .existing_tables()
-            .into_iter()
-            .map(String::from)
-            .collect()
+        self.listed_tables().into_iter().map(String::from).collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
@@ -169,6 +237,6 @@ impl SchemaProvider for LakeSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        bulkhead_schemas::lake::table(name).is_some() && self.location.has_table(name)
+        self.listed_tables().contains(&name)
     }
 }

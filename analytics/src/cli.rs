@@ -13,7 +13,8 @@ use crate::output::{self, Format};
 /// The lake and the limits every query runs under (shared by `sql` and `serve`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct EngineArgs {
-    /// The lake: a local directory (or file:// URL) holding the Delta tables.
+    /// The lake holding the Delta tables: a local directory, a file:// URL, or an S3 prefix
+    /// (`s3://bucket/lake`; credentials, region and endpoint from the `AWS_*` variables).
     #[arg(long, env = "BULKHEAD_LAKE", value_name = "DIR|URL")]
     pub lake: String,
     /// Memory for all queries together (MiB).
@@ -65,21 +66,9 @@ impl EngineArgs {
     }
 }
 
-/// Reads `--lake`: a directory or a file:// URL (other schemes are not supported yet).
+/// Reads `--lake`: a directory, a file:// URL or an S3 prefix.
 pub fn parse_lake(text: &str) -> anyhow::Result<LakeLocation> {
-    if text.contains("://") {
-        let url = url::Url::parse(text).map_err(|e| anyhow::anyhow!("--lake {text}: {e}"))?;
-        if url.scheme() != "file" {
-            anyhow::bail!(
-                "--lake {text}: only local lakes (a directory or file:// URL) can be queried so far"
-            );
-        }
-        let path = url
-            .to_file_path()
-            .map_err(|()| anyhow::anyhow!("--lake {text}: not a local path"))?;
-        return Ok(LakeLocation::new(path));
-    }
-    Ok(LakeLocation::new(text))
+    Ok(LakeLocation::parse(text)?)
 }
 
 /// `bulkhead sql` flags.
@@ -104,10 +93,12 @@ pub async fn run_sql(args: SqlArgs) -> anyhow::Result<()> {
         anyhow::bail!("--format parquet writes a file: give it with --output FILE");
     }
     let engine = args.engine.engine()?;
-    if !engine.lake().location().root().is_dir() {
+    if let Some(root) = engine.lake().location().local_dir()
+        && !root.is_dir()
+    {
         anyhow::bail!(
             "--lake {}: no such directory (ingest creates it on its first commit)",
-            engine.lake().location().root().display()
+            root.display()
         );
     }
     match &args.query {
@@ -156,8 +147,8 @@ async fn repl(engine: &Engine, format: Format) -> anyhow::Result<()> {
     let _ = editor.load_history(&history);
     eprintln!(
         "bulkhead sql over {} — tables: {}. End statements with ';', \\d lists tables, \\q quits.",
-        engine.lake().location().root().display(),
-        engine.tables().join(", ")
+        engine.lake().location().url(),
+        engine.tables().await?.join(", ")
     );
     let mut statement = String::new();
     loop {
@@ -183,7 +174,10 @@ async fn repl(engine: &Engine, format: Format) -> anyhow::Result<()> {
                 "\\q" | "quit" | "exit" => break,
                 "\\d" => {
                     let _ = editor.add_history_entry(trimmed);
-                    println!("{}", engine.tables().join("\n"));
+                    match engine.tables().await {
+                        Ok(tables) => println!("{}", tables.join("\n")),
+                        Err(e) => eprintln!("error: {e}"),
+                    }
                     continue;
                 }
                 _ => {}
@@ -261,6 +255,12 @@ mod tests {
             Cli::try_parse_from(["x", "serve", "--lake", "l", "--tls-cert", "c.pem"]).is_err(),
             "a certificate needs its key"
         );
-        assert!(crate::cli::parse_lake("s3://bucket/lake").is_err());
+        let s3 = crate::cli::parse_lake("s3://bucket/lake").unwrap();
+        assert_eq!(s3.table_url("flows").as_str(), "s3://bucket/lake/flows/");
+        assert!(s3.local_dir().is_none());
+        let err = crate::cli::parse_lake("ftp://host/lake")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--lake") && err.contains("\"ftp\""), "{err}");
     }
 }

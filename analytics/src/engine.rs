@@ -114,7 +114,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("lake", &self.lake.location().root())
+            .field("lake", &self.lake.location().url().as_str())
             .field("limits", &self.limits)
             .finish()
     }
@@ -167,8 +167,19 @@ impl Engine {
     }
 
     /// The lake tables that exist now.
-    pub fn tables(&self) -> Vec<&'static str> {
-        self.lake.location().existing_tables()
+    pub async fn tables(&self) -> Result<Vec<&'static str>, QueryError> {
+        self.lake
+            .existing_tables()
+            .await
+            .map_err(|e| QueryError::Internal(e.to_string()))
+    }
+
+    /// Whether the lake has table `name` now.
+    pub async fn has_table(&self, name: &str) -> Result<bool, QueryError> {
+        self.lake
+            .has_table(name)
+            .await
+            .map_err(|e| QueryError::Internal(e.to_string()))
     }
 
     /// Bytes held by all running queries.

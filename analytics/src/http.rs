@@ -218,8 +218,9 @@ async fn metrics() -> Response {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    let root = state.engine.lake().location().root();
-    if !root.is_dir() {
+    if let Some(root) = state.engine.lake().location().local_dir()
+        && !root.is_dir()
+    {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -227,19 +228,25 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         )
         .into_response();
     }
-    match state.engine.collect("SELECT 1").await {
-        Ok(_) => {
-            axum::Json(json!({"status": "ready", "tables": state.engine.tables()})).into_response()
-        }
+    let ready = async {
+        state.engine.collect("SELECT 1").await?;
+        state.engine.tables().await
+    };
+    match ready.await {
+        Ok(tables) => axum::Json(json!({"status": "ready", "tables": tables})).into_response(),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
             .into_response(),
     }
 }
 
 async fn tables(State(state): State<ApiState>) -> Response {
+    let existing = match state.engine.tables().await {
+        Ok(existing) => existing,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let tables: Vec<Value> = bulkhead_schemas::lake::TABLES
         .iter()
-        .filter(|t| state.engine.lake().location().has_table(t.name))
+        .filter(|t| existing.contains(&t.name))
         .map(|t| {
             json!({
                 "name": t.name,
@@ -436,9 +443,9 @@ async fn known_label_keys(engine: &Engine) -> Result<BTreeSet<String>, ApiError>
         .iter()
         .map(|k| k.to_string())
         .collect();
-    let sql = if engine.lake().location().has_table("workloads") {
+    let sql = if engine.has_table("workloads").await? {
         queries::WORKLOAD_LABEL_KEYS_SQL
-    } else if engine.lake().location().has_table("edges") {
+    } else if engine.has_table("edges").await? {
         queries::EDGE_LABEL_KEYS_SQL
     } else {
         return Ok(keys);
@@ -459,7 +466,7 @@ async fn explorer(State(state): State<ApiState>, body: Bytes) -> Response {
         let limit = state.rows.check(request.limit)?;
         let keys = known_label_keys(&state.engine).await?;
         let sql = queries::explorer_sql(&request, &keys, limit)?;
-        if !state.engine.lake().location().has_table("flows") {
+        if !state.engine.has_table("flows").await? {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no_table",
@@ -510,7 +517,7 @@ async fn map(
         let keys = known_label_keys(&state.engine).await?;
         let group = queries::group_keys(&request, &keys)?;
         let range = queries::TimeRange::parse(request.from.as_deref(), request.to.as_deref())?;
-        if !state.engine.lake().location().has_table("edges") {
+        if !state.engine.has_table("edges").await? {
             return Ok::<_, ApiError>(axum::Json(
                 json!({"nodes": [], "edges": [], "group_by": group}),
             ));
@@ -552,12 +559,11 @@ async fn map(
 
 async fn workloads(State(state): State<ApiState>) -> Response {
     let run = async {
-        let location = state.engine.lake().location();
-        if !location.has_table("workloads") {
+        if !state.engine.has_table("workloads").await? {
             return Ok::<_, ApiError>(axum::Json(json!([])));
         }
         let mut status: BTreeMap<String, Value> = BTreeMap::new();
-        if location.has_table("status") {
+        if state.engine.has_table("status").await? {
             for r in rows_of(&state.engine.collect(queries::STATUS_SQL).await?)? {
                 let host = r[0].as_str().unwrap_or_default().to_string();
                 status.insert(

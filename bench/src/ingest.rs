@@ -231,7 +231,9 @@ impl Drop for IngestChild {
 }
 
 /// Whether `group` has committed every partition of `topic` up to its high watermark.
-fn caught_up(config: &KafkaConfig, group: &str, topic: &str) -> Result<bool, BoxError> {
+/// Whether consumer group `group` has committed every partition of `topic` up to its
+/// high watermark (the lag a Kafka monitor shows is zero).
+pub fn caught_up(config: &KafkaConfig, group: &str, topic: &str) -> Result<bool, BoxError> {
     let mut client = config.client_config();
     client.set("group.id", group);
     let consumer: BaseConsumer = client.create()?;

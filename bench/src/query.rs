@@ -150,7 +150,7 @@ impl Drop for DuckDb {
 }
 
 async fn count_flows(engine: &Engine) -> i64 {
-    if !engine.tables().contains(&"flows") {
+    if !engine.tables().await.unwrap().contains(&"flows") {
         return 0;
     }
     let batches = engine

@@ -1,7 +1,6 @@
 //! What `bulkhead ingest` is configured with: flags (and `BULKHEAD_*` variables), checked
 //! by a pure [`IngestConfig::from_args`] before anything connects or touches the lake.
 
-use std::path::Path;
 use std::time::Duration;
 
 use url::Url;
@@ -9,8 +8,9 @@ use url::Url;
 /// Flags of `bulkhead ingest`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct IngestArgs {
-    /// The lake: a local directory (created if missing) or a file:// URL. The `flows`
-    /// table is the Delta table `<lake>/flows`.
+    /// The lake: a local directory (created if missing), a file:// URL, or an S3 prefix
+    /// (`s3://bucket/lake`; credentials, region and endpoint from the standard `AWS_*`
+    /// variables). The `flows` table is the Delta table `<lake>/flows`.
     #[arg(long, env = "BULKHEAD_LAKE", value_name = "DIR|URL")]
     pub lake: String,
     /// Consumer group; ingest processes of one group share the flow partitions.
@@ -83,7 +83,8 @@ pub struct ConfigError(pub String);
 impl IngestConfig {
     /// Checks the flags without side effects (no file system, no network).
     pub fn from_args(args: &IngestArgs) -> Result<Self, ConfigError> {
-        let lake = lake_url(&args.lake)?;
+        let lake =
+            bulkhead_schemas::lake::lake_url(&args.lake).map_err(|e| ConfigError(e.to_string()))?;
         if args.group_id.trim().is_empty() {
             return Err(ConfigError("--group must not be empty".into()));
         }
@@ -126,52 +127,8 @@ impl IngestConfig {
 
     /// The URL of the table called `name` in the lake.
     pub fn table_url(&self, name: &str) -> Url {
-        lake_table_url(&self.lake, name)
+        bulkhead_schemas::lake::table_url(&self.lake, name)
     }
-}
-
-/// `<lake>/<name>/`.
-pub fn lake_table_url(lake: &Url, name: &str) -> Url {
-    let mut url = lake.clone();
-    url.set_path(&format!("{}{name}/", url.path()));
-    url
-}
-
-/// The lake root as a directory URL: a path (made absolute against the working
-/// directory, without touching it) or a `file://` URL.
-pub fn lake_url(text: &str) -> Result<Url, ConfigError> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(ConfigError(
-            "--lake is empty: give a directory or file:// URL".into(),
-        ));
-    }
-    let url = if text.contains("://") {
-        let url = Url::parse(text)
-            .map_err(|e| ConfigError(format!("--lake {text:?} is not a valid URL: {e}")))?;
-        if url.scheme() != "file" {
-            return Err(ConfigError(format!(
-                "--lake {text:?}: scheme {:?} is not supported by this build (local directories and file:// URLs are)",
-                url.scheme()
-            )));
-        }
-        url
-    } else {
-        let path = std::path::absolute(Path::new(text))
-            .map_err(|e| ConfigError(format!("--lake {text:?}: {e}")))?;
-        Url::from_directory_path(&path).map_err(|()| {
-            ConfigError(format!(
-                "--lake {text:?}: {} cannot be a directory URL",
-                path.display()
-            ))
-        })?
-    };
-    let mut url = url;
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
 }
 
 #[cfg(test)]

@@ -31,11 +31,11 @@ use prost::Message as _;
 use tokio::sync::watch;
 use url::Url;
 
-use crate::config::lake_table_url;
 use crate::enrich::SharedInventory;
 use crate::policy::SharedPolicy;
 use crate::telemetry;
 use crate::writer::{LakeError, SnapshotTable};
+use bulkhead_schemas::lake::table_url as lake_table_url;
 
 /// The latest heartbeat of every enforcer.
 #[derive(Debug, Default)]

@@ -296,6 +296,7 @@ pub async fn run(
         edges_table,
         newest_us: 0,
         partitions: BTreeMap::new(),
+        group_offsets_owed: BTreeMap::new(),
         rebalances,
         buffered_since: None,
         summary: Summary::default(),
@@ -304,6 +305,8 @@ pub async fn run(
         policy,
     };
     let mut stop = stop_rx;
+    let mut group_offsets_tick = tokio::time::interval(Duration::from_secs(1));
+    group_offsets_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = ingest
             .buffered_since
@@ -312,6 +315,9 @@ pub async fn run(
             biased;
             _ = stopped(&mut stop) => break,
             _ = sleep_until(deadline) => ingest.commit(&consumer, false).await?,
+            _ = group_offsets_tick.tick(), if !ingest.group_offsets_owed.is_empty() => {
+                ingest.commit_group_offsets(&consumer);
+            }
             message = consumer.recv() => {
                 match message {
                     Ok(message) => {
@@ -400,6 +406,10 @@ struct Ingest {
     dlq_topic: String,
     consumer_name: String,
     partitions: BTreeMap<i32, PartitionState>,
+    /// Group offsets (next offset per partition) the lake already covers but the group
+    /// has not been told: a commit refused during a rebalance, or a partition taken over
+    /// after its last rows were written by the previous owner. Paid on the next tick.
+    group_offsets_owed: BTreeMap<i32, i64>,
     rebalances: Arc<Mutex<Rebalances>>,
     buffered_since: Option<Instant>,
     summary: Summary,
@@ -419,6 +429,7 @@ impl Ingest {
             Err(_) => Vec::new(),
         };
         for partition in revoked {
+            self.group_offsets_owed.remove(&partition);
             if let Some(state) = self.partitions.remove(&partition)
                 && state.buffered()
             {
@@ -453,7 +464,31 @@ impl Ingest {
             partition,
             PartitionState::synced(table_offset, edges_offset),
         );
+        if let Some(last) = table_offset {
+            self.group_offsets_owed.insert(partition, last + 1);
+        }
         Ok(())
+    }
+
+    /// Tells the group the offsets the lake covers (see `group_offsets_owed`), for the
+    /// partitions this process still holds; kept owed if the group refuses (a rebalance
+    /// in progress) and tried again on the next tick.
+    fn commit_group_offsets(&mut self, consumer: &FlowConsumer) {
+        self.group_offsets_owed
+            .retain(|partition, _| self.partitions.contains_key(partition));
+        if self.group_offsets_owed.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, next) in &self.group_offsets_owed {
+            let _ = list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next));
+        }
+        match consumer.commit(&list, rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => self.group_offsets_owed.clear(),
+            // The table is the truth; the group offset is a hint for tools and lag
+            // monitors, so a refusal is retried, not fatal.
+            Err(e) => tracing::debug!(error = %e, "group offsets not committed yet; retrying"),
+        }
     }
 
     fn low_watermark(&self, consumer: &FlowConsumer, partition: i32) -> i64 {
@@ -717,21 +752,14 @@ impl Ingest {
             }
         }
         // The lake holds the rows: now the group may move on.
-        let mut list = TopicPartitionList::new();
         let mut lags = Vec::new();
         for partition in pending.keys() {
             if let Some(last) = self.partitions.get(partition).and_then(|s| s.table_offset) {
-                let _ =
-                    list.add_partition_offset(&self.topic, *partition, Offset::Offset(last + 1));
+                self.group_offsets_owed.insert(*partition, last + 1);
                 lags.push((*partition, last));
             }
         }
-        if list.count() > 0
-            && let Err(e) = consumer.commit(&list, rdkafka::consumer::CommitMode::Sync)
-        {
-            // The table is the truth; the group offset is only a hint for tools.
-            tracing::warn!(error = %e, "committing group offsets failed (the lake has the data)");
-        }
+        self.commit_group_offsets(consumer);
         self.report_lag(consumer, &lags);
         telemetry::buffered(0);
         Ok(())

@@ -5,10 +5,8 @@
 //! is the truth about what is written. [`SnapshotTable`] overwrites a small read model
 //! (`workloads`, `status`, `policy`) as a whole.
 
-use std::sync::Arc;
-
-use arrow_array::RecordBatch;
-use arrow_ord::sort::{SortColumn, lexsort_to_indices};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_row::{RowConverter, SortField};
 use arrow_schema::ArrowError;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -217,23 +215,38 @@ pub fn sort_rows(rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     sort_rows_by(rows, SORT_COLUMNS)
 }
 
-/// Rows ordered by `sort_columns`.
+/// Rows ordered by `sort_columns` (ascending, nulls first).
+///
+/// The key columns are encoded once into arrow's byte-comparable row format and the
+/// indices sorted by those bytes: a multi-column sort then compares flat byte strings
+/// instead of dispatching per column per comparison (several times faster than
+/// `lexsort_to_indices` on the string keys here).
 pub fn sort_rows_by(rows: &RecordBatch, sort_columns: &[&str]) -> Result<RecordBatch, ArrowError> {
     if rows.num_rows() < 2 {
         return Ok(rows.clone());
     }
-    let columns: Vec<SortColumn> = sort_columns
+    let columns: Vec<ArrayRef> = sort_columns
         .iter()
         .map(|name| {
             rows.column_by_name(name)
-                .map(|values| SortColumn {
-                    values: Arc::clone(values),
-                    options: None,
-                })
+                .cloned()
                 .ok_or_else(|| ArrowError::SchemaError(format!("no column {name} to sort by")))
         })
         .collect::<Result<_, _>>()?;
-    let indices = lexsort_to_indices(&columns, None)?;
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let keys = converter.convert_columns(&columns)?;
+    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
+    order.sort_unstable_by(|a, b| {
+        keys.row(*a as usize)
+            .cmp(&keys.row(*b as usize))
+            .then(a.cmp(b))
+    });
+    let indices = arrow_array::UInt32Array::from(order);
     arrow_select::take::take_record_batch(rows, &indices)
 }
 
@@ -307,5 +320,53 @@ impl SnapshotTable {
             .map_err(delta)?;
         self.table = written;
         Ok(self.table.version().map_or(0, |v| v as i64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int32Array, StringArray};
+    use arrow_ord::sort::{SortColumn, lexsort_to_indices};
+    use std::sync::Arc;
+
+    #[test]
+    fn rows_sort_like_lexsort_nulls_first() {
+        let ips = [
+            "10.0.0.2",
+            "10.0.0.10",
+            "fd00::1",
+            "10.0.0.2",
+            "192.168.1.1",
+        ];
+        let n = 2_000;
+        let src: StringArray = (0..n)
+            .map(|i| (i % 7 != 0).then(|| ips[(i * 7919) % ips.len()]))
+            .collect();
+        let dst: StringArray = (0..n).map(|i| Some(ips[(i * 31) % ips.len()])).collect();
+        let port: Int32Array = (0..n).map(|i| Some(((i * 104_729) % 5) as i32)).collect();
+        let schema = Arc::new(arrow_schema::Schema::new(vec![
+            arrow_schema::Field::new("src_ip", arrow_schema::DataType::Utf8, true),
+            arrow_schema::Field::new("dst_ip", arrow_schema::DataType::Utf8, false),
+            arrow_schema::Field::new("dst_port", arrow_schema::DataType::Int32, false),
+        ]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(src), Arc::new(dst), Arc::new(port)])
+                .unwrap();
+        let sorted = sort_rows(&batch).unwrap();
+        let reference = lexsort_to_indices(
+            &batch
+                .columns()
+                .iter()
+                .map(|c| SortColumn {
+                    values: c.clone(),
+                    options: None,
+                })
+                .collect::<Vec<_>>(),
+            None,
+        )
+        .unwrap();
+        let expected = arrow_select::take::take_record_batch(&batch, &reference).unwrap();
+        assert_eq!(sorted, expected);
     }
 }

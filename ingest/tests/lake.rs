@@ -7,12 +7,12 @@ use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray as _;
 use arrow_array::types::Int64Type;
 use bulkhead_bench::workload::{Estate, FlowSpec};
-use bulkhead_ingest::config::lake_url;
 use bulkhead_ingest::writer::{FlowsTable, app_id, sort_rows};
 use bulkhead_ingest::{IngestConfig, Summary};
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::{Producer, require_kafka};
 use bulkhead_schemas::lake::FlowColumns;
+use bulkhead_schemas::lake::lake_url;
 use bulkhead_schemas::proto::FlowBatch;
 use bulkhead_schemas::topics::Topic;
 use datafusion::prelude::SessionContext;
@@ -77,7 +77,7 @@ fn rows_are_sorted_by_ips_then_port() {
 async fn commits_record_offsets_per_partition_and_rows_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake_url(dir.path().to_str().unwrap()).unwrap();
-    let url = bulkhead_ingest::config::lake_table_url(&lake, "flows");
+    let url = bulkhead_schemas::lake::table_url(&lake, "flows");
     let mut table = FlowsTable::open(&url).await.unwrap();
     assert_eq!(table.committed_offset("t", 0).await.unwrap(), None);
     let batches = flows(2, 3_000);
@@ -120,7 +120,7 @@ async fn a_lake_that_cannot_be_written_is_a_clear_error() {
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, b"a file where the lake should be").unwrap();
     let lake = lake_url(blocker.to_str().unwrap()).unwrap();
-    let url = bulkhead_ingest::config::lake_table_url(&lake, "flows");
+    let url = bulkhead_schemas::lake::table_url(&lake, "flows");
     let err = match FlowsTable::open(&url).await {
         Ok(mut table) => table
             .commit(rows_of(&flows(3, 100)), "t", &[(0, 1)])
@@ -181,7 +181,7 @@ async fn the_loop_ingests_from_kafka_and_commits_on_shutdown() {
             .await
         }
     });
-    let url = bulkhead_ingest::config::lake_table_url(&lake, "flows");
+    let url = bulkhead_schemas::lake::table_url(&lake, "flows");
     let deadline = Instant::now() + Duration::from_secs(90);
     while count_and_bytes(&url).await.map_or(0, |(n, _)| n) < 6_000 {
         assert!(Instant::now() < deadline, "no size commits within 90 s");

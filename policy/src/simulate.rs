@@ -146,7 +146,20 @@ pub fn simulate(
 /// (see the module documentation) and grouped by endpoints and service.
 pub async fn load_flows(lake: &url::Url, since_us: i64) -> anyhow::Result<Vec<FlowKey>> {
     let url = bulkhead_recommender::lake::table_url(lake, "flows");
-    let files = bulkhead_recommender::lake::table_files(&url).await?;
+    // Whole days before `since` cannot hold a flow first seen after it: skip their files
+    // (an object-store lake then fetches only the days asked for).
+    let since_date = chrono::DateTime::from_timestamp_micros(since_us)
+        .map(|t| t.date_naive().format("%Y-%m-%d").to_string());
+    let files = bulkhead_recommender::lake::table_files_where(&url, |path| {
+        let date = path
+            .split('/')
+            .find_map(|segment| segment.strip_prefix("date="));
+        match (date, since_date.as_deref()) {
+            (Some(date), Some(since)) => date >= since,
+            _ => true,
+        }
+    })
+    .await?;
     if files.is_empty() {
         return Ok(Vec::new());
     }

@@ -10,7 +10,9 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use deltalake::DeltaTable;
+use deltalake::logstore::object_store::ObjectStoreExt as _;
 use deltalake::protocol::SaveMode;
+use futures::StreamExt as _;
 use polars::prelude::{
     DataType, LazyFrame, PlRefPath, PolarsResult, ScanArgsParquet, SortMultipleOptions, UnionArgs,
     col, concat, lit,
@@ -19,45 +21,150 @@ use url::Url;
 
 use crate::{Recommendation, WorkloadLabels};
 
-/// `<lake>/<name>/`.
-pub fn table_url(lake: &Url, name: &str) -> Url {
-    let mut url = lake.clone();
-    let path = url.path().trim_end_matches('/').to_string();
-    url.set_path(&format!("{path}/{name}/"));
-    url
-}
+pub use bulkhead_schemas::lake::table_url;
 
-/// The lake root given as a path or `file://` URL.
+/// The lake root named by `--lake`: a path, a `file://` URL or an S3 prefix.
 pub fn lake_url(text: &str) -> anyhow::Result<Url> {
-    if text.contains("://") {
-        let url = Url::parse(text).with_context(|| format!("--lake {text:?} is not a URL"))?;
-        anyhow::ensure!(
-            url.scheme() == "file",
-            "--lake {text:?}: only local lakes (paths or file://) are supported here"
-        );
-        return Ok(url);
-    }
-    let path = std::path::absolute(text)
-        .with_context(|| format!("--lake {text:?} is not a usable path"))?;
-    Url::from_directory_path(&path)
-        .map_err(|_| anyhow::anyhow!("--lake {text:?} is not a usable directory path"))
+    Ok(bulkhead_schemas::lake::lake_url(text)?)
 }
 
-/// The parquet files of a Delta table's current version, as local paths.
+/// The parquet files of a Delta table's current version, as local paths (see
+/// [`table_files_where`]).
 pub async fn table_files(url: &Url) -> anyhow::Result<Vec<String>> {
+    table_files_where(url, |_| true).await
+}
+
+/// The parquet files of a Delta table's current version whose path in the table
+/// (`date=2026-11-26/hour=5/part-….parquet`) passes `keep`, as local paths.
+///
+/// polars reads local files only, so a table in an object store is read through a local
+/// cache (under the system's temporary directory): Delta data files never change once
+/// written, so a file fetched once stays valid, and cached files no longer in the table
+/// (compacted, vacuumed) are removed.
+pub async fn table_files_where(
+    url: &Url,
+    keep: impl Fn(&str) -> bool,
+) -> anyhow::Result<Vec<String>> {
     let table = deltalake::open_table(url.clone()).await.with_context(|| {
         format!("cannot open the Delta table at {url} (has ingest written it yet?)")
     })?;
-    let files = table
+    let uris: Vec<String> = table
         .get_file_uris()
         .with_context(|| format!("cannot list the files of {url}"))?
+        .collect();
+    if url.scheme() == "file" {
+        return Ok(uris
+            .into_iter()
+            .map(|uri| {
+                uri.strip_prefix("file://")
+                    .map(str::to_string)
+                    .unwrap_or(uri)
+            })
+            .filter(|path| keep(path))
+            .collect());
+    }
+    let table_root = url.as_str().trim_end_matches('/');
+    let live: Vec<String> = uris
+        .iter()
         .map(|uri| {
-            uri.strip_prefix("file://")
-                .map(str::to_string)
+            uri.strip_prefix(table_root)
                 .unwrap_or(uri)
+                .trim_start_matches('/')
+                .to_string()
         })
         .collect();
-    Ok(files)
+    let cache = cache_dir(url);
+    prune_cache(&cache, &live);
+    let wanted: Vec<(String, std::path::PathBuf)> = live
+        .iter()
+        .filter(|path| keep(path))
+        .map(|relative| (relative.clone(), cache.join(relative)))
+        .collect();
+    let store = table.object_store();
+    futures::stream::iter(
+        wanted
+            .into_iter()
+            .map(|(relative, local)| fetch_to_cache(store.clone(), url.clone(), relative, local)),
+    )
+    .buffered(8)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect()
+}
+
+/// Fetches `relative` (a file of the table at `url`) to `local` unless it is there.
+async fn fetch_to_cache(
+    store: deltalake::logstore::ObjectStoreRef,
+    url: Url,
+    relative: String,
+    local: std::path::PathBuf,
+) -> anyhow::Result<String> {
+    if !local.exists() {
+        let location = deltalake::Path::parse(&relative)
+            .with_context(|| format!("{url}: bad file path {relative}"))?;
+        let fetch = async { store.get(&location).await?.bytes().await };
+        let bytes = fetch
+            .await
+            .with_context(|| format!("cannot fetch {url}{relative}"))?;
+        write_atomically(&local, &bytes)?;
+    }
+    Ok(local.to_string_lossy().into_owned())
+}
+
+/// `<tmp>/bulkhead-lake-cache/<scheme>[@<endpoint>]/<bucket>/<path>`: one table's cached
+/// files (the endpoint, when `AWS_ENDPOINT_URL` names one, keeps two servers' buckets of
+/// the same name apart).
+fn cache_dir(url: &Url) -> std::path::PathBuf {
+    let mut dir = std::env::temp_dir().join("bulkhead-lake-cache");
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .and_then(|e| Url::parse(&e).ok())
+        .and_then(|e| Some(format!("{}_{}", e.host_str()?, e.port_or_known_default()?)));
+    dir.push(match endpoint {
+        Some(endpoint) => format!("{}@{endpoint}", url.scheme()),
+        None => url.scheme().to_string(),
+    });
+    dir.push(url.host_str().unwrap_or("_"));
+    for segment in url.path_segments().into_iter().flatten() {
+        if !segment.is_empty() && segment != ".." {
+            dir.push(segment);
+        }
+    }
+    dir
+}
+
+/// Writes `bytes` to `path` through a temporary sibling, so that a reader never sees a
+/// half-written file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let parent = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(format!(".{}.partial", std::process::id()));
+    std::fs::write(&partial, bytes)
+        .with_context(|| format!("cannot write {}", std::path::Path::new(&partial).display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Removes cached files of the table that its current version no longer has.
+fn prune_cache(cache: &std::path::Path, live: &[String]) {
+    let live: std::collections::HashSet<std::path::PathBuf> =
+        live.iter().map(|relative| cache.join(relative)).collect();
+    let mut pending = vec![cache.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if !live.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
 }
 
 /// The `edges` rows last seen at or after `since_us` (microseconds since the epoch), and
@@ -300,7 +407,9 @@ pub fn recommendations_batch(items: &[Recommendation]) -> anyhow::Result<RecordB
 /// set of candidates; accepted/rejected state lives in the control events).
 pub async fn write_recommendations(lake: &Url, items: &[Recommendation]) -> anyhow::Result<i64> {
     let url = table_url(lake, "recommendations");
-    if let Ok(path) = url.to_file_path() {
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
     }

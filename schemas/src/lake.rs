@@ -73,6 +73,76 @@ pub fn table(name: &str) -> Option<&'static TableSpec> {
     TABLES.iter().find(|t| t.name == name)
 }
 
+/// Object-store schemes a lake may live under (besides local directories and `file://`).
+/// Credentials, region and endpoint come from the standard `AWS_*` environment variables
+/// (`AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP=true` for S3-compatible servers).
+pub const LAKE_OBJECT_STORE_SCHEMES: &[&str] = &["s3", "s3a"];
+
+/// A `--lake` that cannot name a lake; says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("--lake {text:?}: {problem}")]
+pub struct LakeUrlError {
+    pub text: String,
+    pub problem: String,
+}
+
+/// The lake root named by `--lake` as a directory URL (ending in `/`): a path (made
+/// absolute against the working directory, without touching it), a `file://` URL, or an
+/// object-store prefix such as `s3://bucket/lake`.
+pub fn lake_url(text: &str) -> Result<url::Url, LakeUrlError> {
+    let text = text.trim();
+    let error = |problem: String| LakeUrlError {
+        text: text.to_string(),
+        problem,
+    };
+    if text.is_empty() {
+        return Err(error(
+            "empty: give a directory, a file:// URL or s3://bucket/prefix".into(),
+        ));
+    }
+    let mut url = if text.contains("://") {
+        let url = url::Url::parse(text).map_err(|e| error(format!("not a valid URL: {e}")))?;
+        match url.scheme() {
+            "file" => {}
+            scheme if LAKE_OBJECT_STORE_SCHEMES.contains(&scheme) => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(error(format!(
+                        "no bucket: expected {scheme}://bucket/prefix"
+                    )));
+                }
+            }
+            scheme => {
+                return Err(error(format!(
+                    "scheme {scheme:?} is not supported (local directories, file:// and {} are)",
+                    LAKE_OBJECT_STORE_SCHEMES
+                        .iter()
+                        .map(|s| format!("{s}://"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        url
+    } else {
+        let path = std::path::absolute(text).map_err(|e| error(e.to_string()))?;
+        url::Url::from_directory_path(&path)
+            .map_err(|()| error(format!("{} cannot be a directory URL", path.display())))?
+    };
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// `<lake>/<name>/`: the URL of table `name` in the lake rooted at `lake`.
+pub fn table_url(lake: &url::Url, name: &str) -> url::Url {
+    let mut url = lake.clone();
+    let path = format!("{}/{name}/", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url
+}
+
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
@@ -601,6 +671,34 @@ mod tests {
     use super::*;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int32Type, Int64Type};
+
+    #[test]
+    fn lake_urls_name_directories_and_object_store_prefixes() {
+        assert_eq!(lake_url("/var/lake").unwrap().as_str(), "file:///var/lake/");
+        assert_eq!(
+            lake_url("file:///tmp/x").unwrap().as_str(),
+            "file:///tmp/x/"
+        );
+        let s3 = lake_url("s3://bucket/team/lake").unwrap();
+        assert_eq!(s3.as_str(), "s3://bucket/team/lake/");
+        assert_eq!(
+            table_url(&s3, "flows").as_str(),
+            "s3://bucket/team/lake/flows/"
+        );
+        assert_eq!(
+            table_url(&lake_url("s3://bucket").unwrap(), "edges").as_str(),
+            "s3://bucket/edges/"
+        );
+        for (bad, problem) in [
+            ("", "empty"),
+            ("gs://b/lake", "scheme \"gs\" is not supported"),
+            ("s3:///lake", "no bucket"),
+            ("s3://", "no bucket"),
+        ] {
+            let e = lake_url(bad).unwrap_err().to_string();
+            assert!(e.contains(problem), "{bad:?}: {e}");
+        }
+    }
 
     fn record(i: u32) -> FlowRecord {
         FlowRecord {

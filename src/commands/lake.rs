@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use bulkhead_ingest::config::{lake_table_url, lake_url};
 use bulkhead_ingest::maintenance;
+use bulkhead_schemas::lake::{lake_url, table_url};
 
 /// Lake maintenance (each operation is one atomic Delta commit).
 #[derive(Debug, clap::Subcommand)]
@@ -40,7 +40,7 @@ pub enum LakeCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct TableArgs {
-    /// The lake (directory or file:// URL), as given to `bulkhead ingest`.
+    /// The lake (directory, file:// URL or s3://bucket/prefix), as given to `bulkhead ingest`.
     #[arg(long, env = "BULKHEAD_LAKE", value_name = "DIR|URL")]
     pub lake: String,
     /// The table.
@@ -53,7 +53,7 @@ impl TableArgs {
         if bulkhead_schemas::lake::table(&self.table).is_none() {
             anyhow::bail!("--table {:?} is not a lake table", self.table);
         }
-        Ok(lake_table_url(&lake_url(&self.lake)?, &self.table))
+        Ok(table_url(&lake_url(&self.lake)?, &self.table))
     }
 }
 

@@ -15,7 +15,7 @@ use crate::config::Settings;
 
 #[derive(clap::Args, Debug)]
 pub struct RecommendArgs {
-    /// The lake root (a path or file:// URL) holding the `edges` table.
+    /// The lake root (a path, file:// URL or s3://bucket/prefix) holding the `edges` table.
     #[arg(long, env = "BULKHEAD_LAKE")]
     pub lake: String,
     /// Look at edges last seen within this long before now: 90m, 24h, 7d.
@@ -57,7 +57,8 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
             ));
         }
     };
-    Ok(n * scale)
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?}: too long a duration"))
 }
 
 pub async fn run(settings: &Settings, args: RecommendArgs) -> anyhow::Result<()> {
