@@ -27,7 +27,7 @@
 //! it still lands in its own window (in the commit that covers its offset — never
 //! dropped) and is counted in `bulkhead_ingest_late_flows_total`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -38,6 +38,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
 use bulkhead_schemas::lake::{date_hour, decision_text, edges_schema};
 use bulkhead_schemas::proto::{Direction, FlowBatch, FlowRecord};
+use rustc_hash::FxHashMap;
 
 const NS_PER_US: u64 = 1_000;
 
@@ -57,18 +58,71 @@ impl Default for Windowing {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// An edge's key with its texts interned (see [`Names`]): copying and hashing it costs a
+/// few words, and looking a record's edge up allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct EdgeKey {
     window_start_us: i64,
-    src_workload: Option<String>,
-    src_ip: Option<String>,
-    dst_workload: Option<String>,
-    dst_ip: Option<String>,
+    src: EndName,
+    dst: EndName,
     dst_port: i32,
     protocol: i32,
-    process: Option<String>,
-    decision: &'static str,
+    process: Option<NameId>,
+    decision: i32,
     reporter: &'static str,
+}
+
+/// Index of a text in [`Names`].
+type NameId = u32;
+
+/// A connection end in a key: its workload id, or — when no workload is known — its
+/// address (as text, so that two spellings of one address cannot make two edges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum EndName {
+    Workload(NameId),
+    Ip(NameId),
+}
+
+/// The distinct texts of the buffered edges (workload ids, addresses, process names),
+/// each stored once. Lookups borrow the record's bytes; only a new text allocates.
+#[derive(Debug, Default)]
+struct Names {
+    texts: Vec<Box<str>>,
+    by_text: FxHashMap<Box<str>, NameId>,
+    by_ip: FxHashMap<Box<[u8]>, NameId>,
+}
+
+impl Names {
+    fn text(&mut self, text: &str) -> NameId {
+        if let Some(id) = self.by_text.get(text) {
+            return *id;
+        }
+        let id = self.texts.len() as NameId;
+        self.texts.push(text.into());
+        self.by_text.insert(text.into(), id);
+        id
+    }
+
+    fn ip(&mut self, ip: &[u8]) -> NameId {
+        if let Some(id) = self.by_ip.get(ip) {
+            return *id;
+        }
+        let id = self.text(&ip_text(ip));
+        self.by_ip.insert(ip.into(), id);
+        id
+    }
+
+    fn end(&mut self, end: &End<'_>) -> EndName {
+        if end.workload.is_empty() {
+            EndName::Ip(self.ip(end.ip))
+        } else {
+            EndName::Workload(self.text(end.workload))
+        }
+    }
+
+    fn get(&self, id: NameId) -> &str {
+        &self.texts[id as usize]
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -153,7 +207,8 @@ fn micros(unix_ns: u64) -> i64 {
 /// Edge aggregates of the flows one partition buffered since its last commit.
 #[derive(Debug, Default)]
 pub struct EdgeAggregator {
-    edges: HashMap<EdgeKey, EdgeValue>,
+    edges: FxHashMap<EdgeKey, EdgeValue>,
+    names: Names,
 }
 
 impl EdgeAggregator {
@@ -189,25 +244,14 @@ impl EdgeAggregator {
             if window_start_us + window + windowing.lateness_us <= *newest_us {
                 added.late += 1;
             }
-            let side = |end: &End<'_>| {
-                if end.workload.is_empty() {
-                    (None, Some(ip_text(end.ip)))
-                } else {
-                    (Some(end.workload.to_string()), None)
-                }
-            };
-            let (src_workload, src_ip) = side(&client);
-            let (dst_workload, dst_ip) = side(&server);
             let key = EdgeKey {
                 window_start_us,
-                src_workload,
-                src_ip,
-                dst_workload,
-                dst_ip,
+                src: self.names.end(&client),
+                dst: self.names.end(&server),
                 dst_port: port as i32,
                 protocol: r.protocol as i32,
-                process: (!r.process_name.is_empty()).then(|| r.process_name.clone()),
-                decision: decision_text(r.policy_decision),
+                process: (!r.process_name.is_empty()).then(|| self.names.text(&r.process_name)),
+                decision: r.policy_decision,
                 reporter,
             };
             let value = self.edges.entry(key).or_insert_with(|| EdgeValue {
@@ -232,6 +276,7 @@ impl EdgeAggregator {
     /// The buffered edges as a `RecordBatch` of [`edges_schema`]; the buffer is emptied.
     pub fn finish(&mut self, windowing: Windowing) -> Result<RecordBatch, ArrowError> {
         let edges = std::mem::take(&mut self.edges);
+        let names = std::mem::take(&mut self.names);
         let n = edges.len();
         let ts = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut date = Date32Builder::with_capacity(n);
@@ -254,13 +299,13 @@ impl EdgeAggregator {
             date.append_value(date_hour(start_ns).0);
             window_start.append_value(key.window_start_us);
             window_end.append_value(key.window_start_us + windowing.window_us);
-            for (builder, value) in text.iter_mut().zip([
-                &key.src_workload,
-                &key.src_ip,
-                &key.dst_workload,
-                &key.dst_ip,
-            ]) {
-                builder.append_option(value.as_deref());
+            for (builders, end) in text.chunks_mut(2).zip([key.src, key.dst]) {
+                let (workload, ip) = match end {
+                    EndName::Workload(id) => (Some(names.get(id)), None),
+                    EndName::Ip(id) => (None, Some(names.get(id))),
+                };
+                builders[0].append_option(workload);
+                builders[1].append_option(ip);
             }
             for (builder, map) in labels
                 .iter_mut()
@@ -274,13 +319,13 @@ impl EdgeAggregator {
             }
             dst_port.append_value(key.dst_port);
             protocol.append_value(key.protocol);
-            process.append_option(key.process.as_deref());
+            process.append_option(key.process.map(|id| names.get(id)));
             flows.append_value(value.flows);
             packets.append_value(value.packets);
             bytes.append_value(value.bytes);
             first_seen.append_value(value.first_us);
             last_seen.append_value(value.last_us);
-            decision.append_value(key.decision);
+            decision.append_value(decision_text(key.decision));
             reporter.append_value(key.reporter);
         }
         let [src_workload, src_ip, dst_workload, dst_ip] =
