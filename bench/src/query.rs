@@ -97,6 +97,8 @@ import json, sys, time
 import duckdb
 files = json.loads(sys.stdin.readline())
 con = duckdb.connect()
+# Long queries draw a progress bar on stdout, which is the answer channel here.
+con.execute("SET enable_progress_bar = false")
 con.execute(f"CREATE VIEW flows AS SELECT * FROM read_parquet({json.dumps(files)})")
 con.execute("CREATE MACRO label(m, k) AS m[k]")
 print("ready", flush=True)
