@@ -526,16 +526,9 @@ async fn ingest_writes_every_flow_once_and_datafusion_and_duckdb_agree() {
     let producer = Producer::new(&config).unwrap();
     // The estate's inventory, observed before the flows: enrichment resolves addresses.
     let estate = Estate::generate(21, 30);
-    for inventory in estate.inventories(1_764_115_000_000_000_000) {
-        producer
-            .send(
-                &config.topic(Topic::Inventory),
-                inventory.host_id.as_bytes(),
-                &inventory.encode_to_vec(),
-            )
-            .await
-            .unwrap();
-    }
+    bulkhead_bench::ingest::publish_inventory(&producer, &config, &estate)
+        .await
+        .unwrap();
     publish(&producer, &config, &batches).await;
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
@@ -1140,16 +1133,9 @@ async fn read_models_decisions_and_ip_lists_come_from_verified_policy_only() {
     .unwrap();
     let producer = Producer::new(&config).unwrap();
     let estate = Estate::generate(88, 12);
-    for inventory in estate.inventories(1_764_115_000_000_000_000) {
-        producer
-            .send(
-                &config.topic(Topic::Inventory),
-                inventory.host_id.as_bytes(),
-                &inventory.encode_to_vec(),
-            )
-            .await
-            .unwrap();
-    }
+    bulkhead_bench::ingest::publish_inventory(&producer, &config, &estate)
+        .await
+        .unwrap();
     for (i, host) in estate.hosts.iter().take(2).enumerate() {
         for at in [1_u64, 2] {
             let status = EnforcerStatus {
@@ -1448,16 +1434,9 @@ async fn a_lake_on_s3_works_like_a_directory_through_kills_and_an_outage() {
     let (batches, expected) = synthetic(77, 60_000, 500);
     let estate = Estate::generate(77, 30);
     let producer = Producer::new(&config).unwrap();
-    for inventory in estate.inventories(1_764_115_000_000_000_000) {
-        producer
-            .send(
-                &config.topic(Topic::Inventory),
-                inventory.host_id.as_bytes(),
-                &inventory.encode_to_vec(),
-            )
-            .await
-            .unwrap();
-    }
+    bulkhead_bench::ingest::publish_inventory(&producer, &config, &estate)
+        .await
+        .unwrap();
     let s3 = S3Server::start("bulkhead-lake");
     let env = s3.env();
     let s3_lake = "s3://bulkhead-lake/team/lake";

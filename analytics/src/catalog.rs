@@ -62,8 +62,8 @@ impl LakeLocation {
     /// Whether table `name` has a Delta log (has been committed to at least once). Local
     /// lakes answer from the file system; object stores by listing the table's log.
     pub async fn has_table(&self, name: &str) -> Result<bool> {
-        if let Some(dir) = self.local_dir() {
-            return Ok(dir.join(name).join("_delta_log").is_dir());
+        if let Some(exists) = self.has_local_table(name) {
+            return Ok(exists);
         }
         let url = self.table_url(name);
         let store = deltalake::DeltaTableBuilder::from_url(url)
@@ -73,6 +73,12 @@ impl LakeLocation {
             .is_delta_table_location()
             .await
             .map_err(|e| delta_error(name, e))
+    }
+
+    /// For a local lake, whether table `name` has a Delta log (`None`: not local).
+    fn has_local_table(&self, name: &str) -> Option<bool> {
+        self.local_dir()
+            .map(|dir| dir.join(name).join("_delta_log").is_dir())
     }
 
     /// The lake tables that exist now, in the order of `bulkhead_schemas::lake::TABLES`.
@@ -163,10 +169,10 @@ impl LakeSchema {
     /// Tables to list without waiting: the directory's for a local lake, else those found.
     fn listed_tables(&self) -> Vec<&'static str> {
         match self.location.local_dir() {
-            Some(dir) => bulkhead_schemas::lake::TABLES
+            Some(_) => bulkhead_schemas::lake::TABLES
                 .iter()
                 .map(|t| t.name)
-                .filter(|name| dir.join(name).join("_delta_log").is_dir())
+                .filter(|name| self.location.has_local_table(name) == Some(true))
                 .collect(),
             None => self
                 .known

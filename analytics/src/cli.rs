@@ -39,7 +39,7 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// The lake location named by `--lake`.
     pub fn location(&self) -> anyhow::Result<LakeLocation> {
-        parse_lake(&self.lake)
+        Ok(LakeLocation::parse(&self.lake)?)
     }
 
     pub fn limits(&self) -> anyhow::Result<Limits> {
@@ -64,11 +64,6 @@ impl EngineArgs {
     pub fn engine(&self) -> anyhow::Result<Engine> {
         Engine::new(self.location()?, self.limits()?).map_err(anyhow::Error::msg)
     }
-}
-
-/// Reads `--lake`: a directory, a file:// URL or an S3 prefix.
-pub fn parse_lake(text: &str) -> anyhow::Result<LakeLocation> {
-    Ok(LakeLocation::parse(text)?)
 }
 
 /// `bulkhead sql` flags.
@@ -255,10 +250,10 @@ mod tests {
             Cli::try_parse_from(["x", "serve", "--lake", "l", "--tls-cert", "c.pem"]).is_err(),
             "a certificate needs its key"
         );
-        let s3 = crate::cli::parse_lake("s3://bucket/lake").unwrap();
+        let s3 = crate::catalog::LakeLocation::parse("s3://bucket/lake").unwrap();
         assert_eq!(s3.table_url("flows").as_str(), "s3://bucket/lake/flows/");
         assert!(s3.local_dir().is_none());
-        let err = crate::cli::parse_lake("ftp://host/lake")
+        let err = crate::catalog::LakeLocation::parse("ftp://host/lake")
             .unwrap_err()
             .to_string();
         assert!(err.contains("--lake") && err.contains("\"ftp\""), "{err}");

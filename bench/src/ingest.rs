@@ -104,7 +104,8 @@ async fn setup_topics(config: &KafkaConfig, partitions: i32) -> Result<(), BoxEr
     Ok(())
 }
 
-async fn publish_inventory(
+/// Publishes the estate's inventory, observed before any of its flows.
+pub async fn publish_inventory(
     producer: &Producer,
     config: &KafkaConfig,
     estate: &Estate,

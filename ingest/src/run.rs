@@ -429,7 +429,6 @@ impl Ingest {
             Err(_) => Vec::new(),
         };
         for partition in revoked {
-            self.group_offsets_owed.remove(&partition);
             if let Some(state) = self.partitions.remove(&partition)
                 && state.buffered()
             {

@@ -23,11 +23,6 @@ use crate::{Recommendation, WorkloadLabels};
 
 pub use bulkhead_schemas::lake::table_url;
 
-/// The lake root named by `--lake`: a path, a `file://` URL or an S3 prefix.
-pub fn lake_url(text: &str) -> anyhow::Result<Url> {
-    Ok(bulkhead_schemas::lake::lake_url(text)?)
-}
-
 /// The parquet files of a Delta table's current version, as local paths (see
 /// [`table_files_where`]).
 pub async fn table_files(url: &Url) -> anyhow::Result<Vec<String>> {

@@ -67,7 +67,7 @@ pub async fn run(settings: &Settings, args: RecommendArgs) -> anyhow::Result<()>
         "--support {}: expected a share in (0, 1]",
         args.support
     );
-    let lake = bulkhead_recommender::lake::lake_url(&args.lake)?;
+    let lake = bulkhead_schemas::lake::lake_url(&args.lake)?;
     let started = Instant::now();
     let options = Options {
         support_threshold: args.support,

@@ -39,7 +39,7 @@ pub async fn run(settings: &Settings, args: ServeCommandArgs) -> anyhow::Result<
     let query_engine = args.analytics.engine.engine()?;
     let mut server = Server::builder(query_engine, config);
     if !args.no_policy {
-        let lake = bulkhead_recommender::lake::lake_url(&args.analytics.engine.lake)?;
+        let lake = bulkhead_schemas::lake::lake_url(&args.analytics.engine.lake)?;
         let engine = bulkhead_policy::Engine::start(bulkhead_policy::EngineConfig {
             kafka: settings.kafka.clone(),
             key_file: args.policy_key_file.clone(),
