@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array as _, Int64Array, RecordBatch, StringArray};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use futures::StreamExt as _;
 use serde::Deserialize;
+use serde::ser::SerializeSeq as _;
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, QueryError};
@@ -518,42 +519,179 @@ async fn map(
         let group = queries::group_keys(&request, &keys)?;
         let range = queries::TimeRange::parse(request.from.as_deref(), request.to.as_deref())?;
         if !state.engine.has_table("edges").await? {
-            return Ok::<_, ApiError>(axum::Json(
-                json!({"nodes": [], "edges": [], "group_by": group}),
-            ));
+            return Ok::<_, ApiError>(
+                axum::Json(json!({"nodes": [], "edges": [], "group_by": group})).into_response(),
+            );
         }
         let (edges_sql, nodes_sql) = queries::map_sql(&group, &range);
         let (edges, nodes) = tokio::try_join!(
             state.engine.collect(&edges_sql),
             state.engine.collect(&nodes_sql)
         )?;
-        let edges: Vec<Value> = rows_of(&edges)?
-            .into_iter()
-            .map(|r| {
-                json!({
-                    "source": r[0], "target": r[1], "port": r[2], "protocol": r[3],
-                    "flows": r[4], "bytes": r[5],
-                    "decisions": {"allowed": r[6], "potentially_blocked": r[7], "blocked": r[8], "unknown": r[9]},
-                })
-            })
-            .collect();
-        let nodes: Vec<Value> = rows_of(&nodes)?
-            .into_iter()
-            .map(|r| {
-                let id = r[0].as_str().unwrap_or_default().to_string();
-                json!({
-                    "id": id, "kind": queries::node_kind(&id), "labels": queries::node_labels(&id),
-                    "workloads": r[1],
-                })
-            })
-            .collect();
-        Ok(axum::Json(
-            json!({"nodes": nodes, "edges": edges, "group_by": group}),
-        ))
+        let body = MapJson {
+            nodes: MapNodes::new(&nodes)?,
+            edges: MapEdges::new(&edges)?,
+            group_by: &group,
+        };
+        let json = serde_json::to_vec(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("encoding the map: {e}"),
+            )
+        })?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
     };
     match run.await {
         Ok(r) => r.into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// The map response, written straight from the two queries' Arrow columns: the map of a
+/// large estate has hundreds of thousands of edges, and a detour through
+/// `serde_json::Value` per cell cost seconds.
+#[derive(serde::Serialize)]
+struct MapJson<'a> {
+    nodes: MapNodes,
+    edges: MapEdges,
+    group_by: &'a [String],
+}
+
+/// `map_sql`'s edge rows: source, target, port, protocol, then six counts (flows, bytes,
+/// and flows per decision in `queries::DECISIONS` order).
+struct MapEdges(Vec<(StringArray, StringArray, Int64Array, StringArray, [Int64Array; 6])>);
+
+/// `map_sql`'s node rows: id, workloads.
+struct MapNodes(Vec<(StringArray, Int64Array)>);
+
+fn map_column<T: Clone + 'static>(
+    batch: &RecordBatch,
+    i: usize,
+    to: &arrow_schema::DataType,
+) -> Result<T, ApiError> {
+    let internal = |why: String| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("map column {i}: {why}"),
+        )
+    };
+    let column = batch
+        .columns()
+        .get(i)
+        .ok_or_else(|| internal("missing".into()))?;
+    let cast = datafusion::arrow::compute::cast(column, to).map_err(|e| internal(e.to_string()))?;
+    cast.as_any()
+        .downcast_ref::<T>()
+        .cloned()
+        .ok_or_else(|| internal(format!("not {to}")))
+}
+
+impl MapEdges {
+    fn new(batches: &[RecordBatch]) -> Result<Self, ApiError> {
+        use arrow_schema::DataType::{Int64, Utf8};
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            let count = |i| map_column::<Int64Array>(b, i, &Int64);
+            out.push((
+                map_column(b, 0, &Utf8)?,
+                map_column(b, 1, &Utf8)?,
+                map_column(b, 2, &Int64)?,
+                map_column(b, 3, &Utf8)?,
+                [count(4)?, count(5)?, count(6)?, count(7)?, count(8)?, count(9)?],
+            ));
+        }
+        Ok(Self(out))
+    }
+}
+
+impl MapNodes {
+    fn new(batches: &[RecordBatch]) -> Result<Self, ApiError> {
+        use arrow_schema::DataType::{Int64, Utf8};
+        batches
+            .iter()
+            .map(|b| Ok((map_column(b, 0, &Utf8)?, map_column(b, 1, &Int64)?)))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+fn cell<A: arrow_array::Array>(array: &A, i: usize) -> Option<usize> {
+    array.is_valid(i).then_some(i)
+}
+
+fn text(array: &StringArray, i: usize) -> Option<&str> {
+    cell(array, i).map(|i| array.value(i))
+}
+
+impl serde::Serialize for MapEdges {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Decisions {
+            allowed: Option<i64>,
+            potentially_blocked: Option<i64>,
+            blocked: Option<i64>,
+            unknown: Option<i64>,
+        }
+        #[derive(serde::Serialize)]
+        struct Edge<'a> {
+            source: Option<&'a str>,
+            target: Option<&'a str>,
+            port: Option<i64>,
+            protocol: Option<&'a str>,
+            flows: Option<i64>,
+            bytes: Option<i64>,
+            decisions: Decisions,
+        }
+        let rows = self.0.iter().map(|(_, _, port, _, _)| port.len()).sum();
+        let mut seq = s.serialize_seq(Some(rows))?;
+        for (source, target, port, protocol, counts) in &self.0 {
+            for i in 0..port.len() {
+                let n = |k: usize| cell(&counts[k], i).map(|i| counts[k].value(i));
+                seq.serialize_element(&Edge {
+                    source: text(source, i),
+                    target: text(target, i),
+                    port: cell(port, i).map(|i| port.value(i)),
+                    protocol: text(protocol, i),
+                    flows: n(0),
+                    bytes: n(1),
+                    decisions: Decisions {
+                        allowed: n(2),
+                        potentially_blocked: n(3),
+                        blocked: n(4),
+                        unknown: n(5),
+                    },
+                })?;
+            }
+        }
+        seq.end()
+    }
+}
+
+impl serde::Serialize for MapNodes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Node<'a> {
+            id: &'a str,
+            kind: &'static str,
+            labels: BTreeMap<String, String>,
+            workloads: Option<i64>,
+        }
+        let rows = self.0.iter().map(|(id, _)| id.len()).sum();
+        let mut seq = s.serialize_seq(Some(rows))?;
+        for (ids, workloads) in &self.0 {
+            for i in 0..ids.len() {
+                let id = if ids.is_valid(i) { ids.value(i) } else { "" };
+                seq.serialize_element(&Node {
+                    id,
+                    kind: queries::node_kind(id),
+                    labels: queries::node_labels(id),
+                    workloads: cell(workloads, i).map(|i| workloads.value(i)),
+                })?;
+            }
+        }
+        seq.end()
     }
 }
 
