@@ -560,7 +560,15 @@ struct MapJson<'a> {
 
 /// `map_sql`'s edge rows: source, target, port, protocol, then six counts (flows, bytes,
 /// and flows per decision in `queries::DECISIONS` order).
-struct MapEdges(Vec<(StringArray, StringArray, Int64Array, StringArray, [Int64Array; 6])>);
+struct MapEdges(
+    Vec<(
+        StringArray,
+        StringArray,
+        Int64Array,
+        StringArray,
+        [Int64Array; 6],
+    )>,
+);
 
 /// `map_sql`'s node rows: id, workloads.
 struct MapNodes(Vec<(StringArray, Int64Array)>);
@@ -599,7 +607,14 @@ impl MapEdges {
                 map_column(b, 1, &Utf8)?,
                 map_column(b, 2, &Int64)?,
                 map_column(b, 3, &Utf8)?,
-                [count(4)?, count(5)?, count(6)?, count(7)?, count(8)?, count(9)?],
+                [
+                    count(4)?,
+                    count(5)?,
+                    count(6)?,
+                    count(7)?,
+                    count(8)?,
+                    count(9)?,
+                ],
             ));
         }
         Ok(Self(out))

@@ -367,7 +367,10 @@ fn compact(bulkhead: &str, lake: &Path) {
         .status()
         .unwrap_or_else(|e| panic!("starting {bulkhead} lake compact: {e}"));
     assert!(status.success(), "bulkhead lake compact: {status}");
-    println!("query: lake compacted in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "query: lake compacted in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// Runs the benchmark over `lake` (building its flows first when missing).
