@@ -142,6 +142,11 @@ impl Engine {
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_create_default_catalog_and_schema(true);
         config.options_mut().sql_parser.collect_spans = true;
+        // deltalake's scan reads a filter's columns even when the query does not return
+        // them, so with parquet's predicate cache on every filtered scan copies its filter
+        // columns into the cache: off, `WHERE src_workload IS NULL` over 50M flows ran in
+        // about 60 % of the time, and no query measured got slower.
+        config.options_mut().execution.parquet.max_predicate_cache_size = Some(0);
         let base = SessionContext::new_with_config_rt(config, runtime);
         crate::udf::register(&base);
         let lake = Arc::new(LakeSchema::new(location));

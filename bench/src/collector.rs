@@ -71,7 +71,7 @@ pub fn run(sizes: Sizes, kafka: &str, figures: &mut Vec<Figure>) {
     figures.extend(kernel_cost(sizes));
     figures.extend(veth_pps(&lab, sizes));
     figures.extend(user_space(sizes, kafka));
-    println!("   peak memory (VmHWM): {}", peak_memory());
+    println!("   peak memory (VmHWM): {:.0} MiB", crate::stats::peak_rss_mib());
 }
 
 fn sh(args: &[&str]) {
@@ -525,13 +525,3 @@ fn user_space(sizes: Sizes, kafka: &str) -> Vec<Figure> {
     figures
 }
 
-fn peak_memory() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}

@@ -501,16 +501,17 @@ pub async fn freshness(
         child.check_running()?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Load: batches of 1,000 flows every 1000/rate s; a probe every 100 ms.
-    let produced_at: std::sync::Arc<std::sync::Mutex<BTreeMap<i64, Instant>>> =
-        std::sync::Arc::default();
+    // Load: a thread encodes batches of 1,000 flows and enqueues them at `rate` without
+    // waiting for each acknowledgement (a fleet's agents do not wait for one another);
+    // probes go from their own task every 100 ms, so catching up on load never delays one.
     let load = {
-        let (config, producer_config) = (config.clone(), config.clone());
-        let produced_at = produced_at.clone();
-        tokio::spawn(async move {
-            let producer = Producer::new(&producer_config).expect("producer");
+        let config = config.clone();
+        std::thread::spawn(move || -> Result<u64, String> {
+            use bulkhead_kafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
+            use bulkhead_kafka::rdkafka::producer::FutureRecord;
+            let producer = Producer::new(&config).map_err(|e| e.to_string())?;
             let topic = config.topic(Topic::Flows);
-            let mut batches = estate.flows(&FlowSpec {
+            let batches = estate.flows(&FlowSpec {
                 seed: 6,
                 records: rate * secs,
                 start_unix_ns: bulkhead_schemas::now_unix_ns(),
@@ -519,46 +520,70 @@ pub async fn freshness(
             });
             let start = Instant::now();
             let mut sent = 0u64;
-            let mut probe = 0i64;
-            let mut next_probe = start;
-            while start.elapsed() < Duration::from_secs(secs) {
-                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-                while sent < due {
-                    let Some(batch) = batches.next() else { break };
-                    sent += batch.records.len() as u64;
-                    let _ = producer
-                        .send(&topic, batch.host_id.as_bytes(), &batch.encode_to_vec())
-                        .await;
+            for batch in batches {
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
                 }
-                if Instant::now() >= next_probe {
-                    let batch = FlowBatch {
-                        schema_version: 1,
-                        host_id: "probe".into(),
-                        agent_instance_id: "probe".into(),
-                        batch_seq: probe as u64,
-                        records: vec![FlowRecord {
-                            host_id: "probe".into(),
-                            ip_version: 4,
-                            src_ip: vec![192, 0, 2, 1],
-                            dst_ip: vec![192, 0, 2, 2],
-                            first_seen_unix_ns: bulkhead_schemas::now_unix_ns(),
-                            last_seen_unix_ns: bulkhead_schemas::now_unix_ns(),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    };
-                    if producer
-                        .send(&topic, b"probe", &batch.encode_to_vec())
-                        .await
-                        .is_ok()
-                        && let Ok(mut m) = produced_at.lock()
-                    {
-                        m.insert(probe, Instant::now());
+                let payload = batch.encode_to_vec();
+                loop {
+                    let record = FutureRecord::to(&topic)
+                        .key(batch.host_id.as_bytes())
+                        .payload(&payload);
+                    match producer.inner().send_result(record) {
+                        Ok(_delivery) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            std::thread::sleep(Duration::from_millis(1))
+                        }
+                        Err((e, _)) => return Err(format!("producing load to {topic}: {e}")),
                     }
-                    probe += 1;
-                    next_probe += Duration::from_millis(100);
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                sent += batch.records.len() as u64;
+            }
+            producer
+                .flush(Duration::from_secs(30))
+                .map_err(|e| e.to_string())?;
+            Ok(sent)
+        })
+    };
+    let produced_at: std::sync::Arc<std::sync::Mutex<BTreeMap<i64, Instant>>> =
+        std::sync::Arc::default();
+    let probes = {
+        let produced_at = produced_at.clone();
+        let topic = config.topic(Topic::Flows);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let start = Instant::now();
+            let mut probe = 0i64;
+            while start.elapsed() < Duration::from_secs(secs) {
+                tick.tick().await;
+                let now_ns = bulkhead_schemas::now_unix_ns();
+                let batch = FlowBatch {
+                    schema_version: 1,
+                    host_id: "probe".into(),
+                    agent_instance_id: "probe".into(),
+                    batch_seq: probe as u64,
+                    records: vec![FlowRecord {
+                        host_id: "probe".into(),
+                        ip_version: 4,
+                        src_ip: vec![192, 0, 2, 1],
+                        dst_ip: vec![192, 0, 2, 2],
+                        first_seen_unix_ns: now_ns,
+                        last_seen_unix_ns: now_ns,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let at = Instant::now();
+                if producer
+                    .send(&topic, b"probe", &batch.encode_to_vec())
+                    .await
+                    .is_ok()
+                    && let Ok(mut m) = produced_at.lock()
+                {
+                    m.insert(probe, at);
+                }
+                probe += 1;
             }
         })
     };
@@ -582,16 +607,19 @@ pub async fn freshness(
             }
         }
         let total = produced_at.lock().map(|m| m.len() as i64).unwrap_or(0);
-        if load.is_finished() && seen + 1 >= total {
+        if probes.is_finished() && seen + 1 >= total {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    load.await?;
+    probes.await?;
+    let sent = load.join().map_err(|_| "the load thread panicked")??;
     child.stop()?;
     let summary = (!latencies.is_empty()).then(|| Summary::of_durations_ms(&latencies));
     if let Some(s) = &summary {
-        println!("ingest: freshness at {rate} flows/s (ms): {s}; peak {peak:.0} MiB");
+        println!(
+            "ingest: freshness at {rate} flows/s ({sent} flows in {secs} s) (ms): {s}; peak {peak:.0} MiB"
+        );
     }
     Ok((summary, peak))
 }

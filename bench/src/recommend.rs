@@ -16,7 +16,7 @@ use polars::prelude::IntoLazy as _;
 use serde::Serialize;
 
 use crate::datacenter::{Datacenter, DcSpec};
-use crate::stats::Summary;
+use crate::stats::{Summary, peak_rss_mib, reset_peak_rss};
 
 #[derive(Debug, Serialize)]
 pub struct SizeResult {
@@ -67,22 +67,6 @@ pub struct RowsSimulation {
     pub ratio_to_scan_only: f64,
 }
 
-/// Peak resident memory of this process so far (VmHWM), MiB.
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 /// A datacenter of about `workloads` workloads, its connections split over `windows`
 /// hourly rows each (the `edges` table has one row per window and edge).
@@ -141,6 +125,7 @@ pub fn run(
 ) -> Report {
     let mut results = Vec::new();
     for &(workloads, windows) in sizes {
+        reset_peak_rss();
         let (dc, rows, labels) = estate(7, workloads, windows);
         let frame = edges_frame(&rows).expect("the edges frame builds");
         let (mut aggregate_ms, mut recommend_ms) = (Vec::new(), Vec::new());

@@ -41,3 +41,29 @@ impl std::fmt::Display for Summary {
         )
     }
 }
+
+/// Peak resident memory of this process (VmHWM) since it started or since the last
+/// [`reset_peak_rss`], MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Starts a new peak-memory measurement (writing `5` to `/proc/self/clear_refs` resets
+/// VmHWM), so that in `bench all` one benchmark's peak is not an earlier one's.
+pub fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("bench: peak memory cannot be reset ({e}): peaks include earlier benchmarks");
+    }
+}

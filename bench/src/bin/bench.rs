@@ -153,6 +153,7 @@ async fn run(
     args: &Args,
     figures: &mut Vec<Figure>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    bulkhead_bench::stats::reset_peak_rss();
     match bench {
         Bench::All => unreachable!("expanded by main"),
         Bench::Schemas => {
