@@ -146,7 +146,11 @@ impl Engine {
         // them, so with parquet's predicate cache on every filtered scan copies its filter
         // columns into the cache: off, `WHERE src_workload IS NULL` over 50M flows ran in
         // about 60 % of the time, and no query measured got slower.
-        config.options_mut().execution.parquet.max_predicate_cache_size = Some(0);
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .max_predicate_cache_size = Some(0);
         let base = SessionContext::new_with_config_rt(config, runtime);
         crate::udf::register(&base);
         let lake = Arc::new(LakeSchema::new(location));

@@ -578,6 +578,44 @@ mod tests {
         assert!(err.to_string().contains("ip_in_cidr takes 2 text"), "{err}");
     }
 
+    #[test]
+    fn label_finds_the_right_values_of_sliced_maps_with_nulls() {
+        use arrow_array::builder::{MapBuilder, StringBuilder};
+        let mut maps = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        let rows: [Option<&[(&str, &str)]>; 5] = [
+            Some(&[("app", "first")]),
+            Some(&[
+                ("env", "prod"),
+                ("app", "an-application-name-longer-than-twelve"),
+            ]),
+            None,
+            Some(&[("env", "staging")]),
+            Some(&[("app", "crm"), ("role", "db")]),
+        ];
+        for row in rows {
+            if let Some(entries) = row {
+                for (k, v) in entries {
+                    maps.keys().append_value(k);
+                    maps.values().append_value(v);
+                }
+            }
+            maps.append(row.is_some()).unwrap();
+        }
+        let maps: ArrayRef = Arc::new(maps.finish().slice(1, 4));
+        let keys: ArrayRef = Arc::new(StringArray::from(vec![Some("app"); 4]));
+        let out = label(&[maps, keys]).unwrap();
+        let out: Vec<Option<&str>> = out.as_string::<i32>().iter().collect();
+        assert_eq!(
+            out,
+            [
+                Some("an-application-name-longer-than-twelve"),
+                None,
+                None,
+                Some("crm")
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn label_and_service_name() {
         assert_eq!(

@@ -33,20 +33,13 @@ type BoxError = Box<dyn std::error::Error>;
 /// What the ingest benchmarks measured.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct IngestReport {
-    pub flows: u64,
     pub partitions: i32,
-    /// Wall time of the ingest process from spawn to the last commit, and without its
-    /// start-up (topic check, state topics loaded).
-    pub rust_secs: f64,
-    pub rust_startup_secs: f64,
-    pub rust_flows_per_sec: f64,
-    pub python_secs: f64,
-    pub python_flows_per_sec: f64,
+    pub throughput: Throughput,
+    pub rust_flows_per_sec: Summary,
+    pub python_flows_per_sec: Summary,
+    /// Median over median.
     pub ratio: f64,
-    /// CPU seconds the ingest process used (user + system), and flows per CPU second.
-    pub rust_cpu_secs: f64,
-    pub rust_flows_per_cpu_sec: f64,
-    pub peak_rss_mib: f64,
+    pub rust_flows_per_cpu_sec: Summary,
     pub freshness_rate_flows_per_sec: u64,
     pub freshness_ms: Option<Summary>,
     pub freshness_peak_rss_mib: f64,
@@ -313,8 +306,9 @@ pub async fn throughput(
     kafka: &str,
     flows: u64,
     partitions: i32,
+    rounds: usize,
     work: &Path,
-) -> Result<(f64, f64, f64, f64, f64, (u64, f64)), BoxError> {
+) -> Result<Throughput, BoxError> {
     let config = fresh_config(kafka, "ingest");
     setup_topics(&config, partitions).await?;
     let producer = Producer::new(&config)?;
@@ -329,62 +323,80 @@ pub async fn throughput(
     };
     let produced = produce(&producer, &config, estate.flows(&spec)).await?;
     println!(
-        "ingest: {produced} flows on {} ({partitions} partitions)",
+        "ingest: {produced} flows on {} ({partitions} partitions), {rounds} rounds alternating with Python",
         config.topic(Topic::Flows)
     );
-
-    let lake = work.join("lake-throughput");
-    let group = "bench-ingest";
-    let started = Instant::now();
-    let mut child = IngestChild::start(
-        bulkhead,
-        &config,
-        &lake,
-        group,
-        &["--commit-interval-secs", "1", "--commit-flows", "500000"],
-    )?;
-    let mut startup = None;
+    let mut out = Throughput {
+        flows: produced,
+        ..Default::default()
+    };
     let topic = config.topic(Topic::Flows);
-    let mut usage;
-    loop {
-        child.check_running()?;
-        if startup.is_none() && child.log_text().contains("ingesting flows") {
-            startup = Some(started.elapsed());
+    for round in 0..rounds {
+        // Each round reads the whole topic again: its own consumer group and lake.
+        let lake = work.join(format!("lake-throughput-{round}"));
+        let group = format!("bench-ingest-{round}");
+        let started = Instant::now();
+        let mut child = IngestChild::start(
+            bulkhead,
+            &config,
+            &lake,
+            &group,
+            &["--commit-interval-secs", "1", "--commit-flows", "500000"],
+        )?;
+        let mut startup = None;
+        let mut usage;
+        loop {
+            child.check_running()?;
+            if startup.is_none() && child.log_text().contains("ingesting flows") {
+                startup = Some(started.elapsed());
+            }
+            usage = child.usage();
+            if caught_up(&config, &group, &topic)? {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        usage = child.usage();
-        if caught_up(&config, group, &topic)? {
-            break;
+        let rust = started.elapsed();
+        child.stop()?;
+        let _ = std::fs::remove_dir_all(&lake);
+        let startup = startup.unwrap_or_default();
+        let rate = produced as f64 / (rust - startup).as_secs_f64();
+        println!(
+            "ingest: rust {:.2} s (start-up {:.2} s), {rate:.0} flows/s; cpu {:.2} s; peak {:.0} MiB",
+            rust.as_secs_f64(),
+            startup.as_secs_f64(),
+            usage.1,
+            usage.0
+        );
+        out.rust_flows_per_sec.push(rate);
+        out.rust_flows_per_cpu_sec
+            .push(produced as f64 / usage.1.max(1e-9));
+        out.startup_secs.push(startup.as_secs_f64());
+        out.peak_rss_mib = out.peak_rss_mib.max(usage.0);
+
+        let python = python_baseline(&config, produced, &work.join("python-out"), 60)?;
+        if python.flows != produced {
+            return Err(format!("python read {} flows of {produced}", python.flows).into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rate = python.flows as f64 / python.seconds;
+        println!("ingest: python {:.2} s, {rate:.0} flows/s", python.seconds);
+        out.python_flows_per_sec.push(rate);
     }
-    let rust = started.elapsed();
-    child.stop()?;
-    let startup = startup.unwrap_or_default();
-    println!(
-        "ingest: rust {:.2} s (start-up {:.2} s), {:.0} flows/s; cpu {:.2} s; peak {:.0} MiB",
-        rust.as_secs_f64(),
-        startup.as_secs_f64(),
-        produced as f64 / (rust - startup).as_secs_f64(),
-        usage.1,
-        usage.0
-    );
-    let python = python_baseline(&config, produced, &work.join("python-out"), 60)?;
-    if python.flows != produced {
-        return Err(format!("python read {} flows of {produced}", python.flows).into());
-    }
-    println!(
-        "ingest: python {:.2} s, {:.0} flows/s",
-        python.seconds,
-        python.flows as f64 / python.seconds
-    );
-    Ok((
-        rust.as_secs_f64(),
-        startup.as_secs_f64(),
-        usage.1,
-        usage.0,
-        produced as f64,
-        (python.flows, python.seconds),
-    ))
+    Ok(out)
+}
+
+/// The throughput runs: each round one `bulkhead ingest` and one Python pipeline over the
+/// same topic.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Throughput {
+    pub flows: u64,
+    /// Without start-up (topic check, state topics loaded).
+    pub rust_flows_per_sec: Vec<f64>,
+    /// Flows per CPU second (user + system) of the ingest process.
+    pub rust_flows_per_cpu_sec: Vec<f64>,
+    pub startup_secs: Vec<f64>,
+    pub peak_rss_mib: f64,
+    pub python_flows_per_sec: Vec<f64>,
 }
 
 /// One row of the scaling table: `processes` ingest processes in one consumer group

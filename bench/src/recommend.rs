@@ -67,7 +67,6 @@ pub struct RowsSimulation {
     pub ratio_to_scan_only: f64,
 }
 
-
 /// A datacenter of about `workloads` workloads, its connections split over `windows`
 /// hourly rows each (the `edges` table has one row per window and edge).
 pub fn estate(

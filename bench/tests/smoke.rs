@@ -115,10 +115,11 @@ fn ingest_benchmark_runs() {
     let bulkhead = bulkhead_binary();
     assert!(bulkhead.exists(), "{} not built", bulkhead.display());
     let report = bench(&["ingest", "--bulkhead", bulkhead.to_str().unwrap()]);
-    positive(&report, "ingest.rust_flows_per_sec");
-    positive(&report, "ingest.python_flows_per_sec");
+    positive(&report, "ingest.rust_flows_per_sec.median");
+    positive(&report, "ingest.python_flows_per_sec.median");
     positive(&report, "ingest.ratio");
-    positive(&report, "ingest.peak_rss_mib");
+    positive(&report, "ingest.rust_flows_per_cpu_sec.median");
+    positive(&report, "ingest.throughput.peak_rss_mib");
     positive(&report, "ingest.freshness_ms.p99");
 }
 

@@ -409,8 +409,10 @@ async fn run(
                 std::env::temp_dir().join(format!("bulkhead-bench-ingest-{}", std::process::id()));
             std::fs::create_dir_all(&work)?;
             let partitions = 4;
-            let (rust_secs, startup, cpu, peak, produced, python) =
-                ingest::throughput(&bulkhead, &args.kafka, flows, partitions, &work).await?;
+            let rounds = if args.quick { 1 } else { 3 };
+            let throughput =
+                ingest::throughput(&bulkhead, &args.kafka, flows, partitions, rounds, &work)
+                    .await?;
             let (freshness_ms, fresh_peak) =
                 ingest::freshness(&bulkhead, &args.kafka, rate, secs, &work).await?;
             let scaling = ingest::scaling(
@@ -422,42 +424,38 @@ async fn run(
             )
             .await?;
             let _ = std::fs::remove_dir_all(&work);
-            let rust_rate = produced / (rust_secs - startup);
-            let python_rate = python.0 as f64 / python.1;
+            let rust_rate = Summary::of(throughput.rust_flows_per_sec.clone());
+            let python_rate = Summary::of(throughput.python_flows_per_sec.clone());
+            let peak = throughput.peak_rss_mib;
             let report = ingest::IngestReport {
-                flows: produced as u64,
                 partitions,
-                rust_secs,
-                rust_startup_secs: startup,
+                ratio: rust_rate.median / python_rate.median,
+                rust_flows_per_cpu_sec: Summary::of(throughput.rust_flows_per_cpu_sec.clone()),
                 rust_flows_per_sec: rust_rate,
-                python_secs: python.1,
                 python_flows_per_sec: python_rate,
-                ratio: rust_rate / python_rate,
-                rust_cpu_secs: cpu,
-                rust_flows_per_cpu_sec: produced / cpu.max(1e-9),
-                peak_rss_mib: peak,
+                throughput,
                 freshness_rate_flows_per_sec: rate,
                 freshness_ms: freshness_ms.clone(),
                 freshness_peak_rss_mib: fresh_peak,
                 scaling,
             };
             println!(
-                "ingest: {:.0} flows/s vs python {:.0} flows/s: ratio {:.1}x; {:.0} flows per CPU second",
-                report.rust_flows_per_sec,
-                report.python_flows_per_sec,
+                "ingest: {:.0} flows/s vs python {:.0} flows/s (medians of {rounds}): ratio {:.1}x; {:.0} flows per CPU second",
+                report.rust_flows_per_sec.median,
+                report.python_flows_per_sec.median,
                 report.ratio,
-                report.rust_flows_per_cpu_sec
+                report.rust_flows_per_cpu_sec.median
             );
             figures.push(
                 Figure::new(
                     "ingest",
                     &format!("Kafka → lake, {partitions} partitions"),
                     "flows/s",
-                    Summary::of(vec![rust_rate]),
+                    report.rust_flows_per_sec.clone(),
                 )
                 .against(
                     "Python confluent-kafka + pyarrow",
-                    Summary::of(vec![python_rate]),
+                    report.python_flows_per_sec.clone(),
                 )
                 .target("≥ 5×"),
             );
@@ -466,7 +464,7 @@ async fn run(
                     "ingest",
                     "flows per CPU second",
                     "flows/s",
-                    Summary::of(vec![report.rust_flows_per_cpu_sec]),
+                    report.rust_flows_per_cpu_sec.clone(),
                 )
                 .target("≥ 1M per core"),
             );
