@@ -310,12 +310,10 @@ fn veth_pps(lab: &Lab, sizes: Sizes) -> Vec<Figure> {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
-    let (w, wo) = (
-        with.iter().sum::<f64>() / with.len() as f64,
-        without.iter().sum::<f64>() / without.len() as f64,
-    );
-    println!("   without collector (baseline): {wo:.0} pps  {without:.0?}");
-    let e = empty.iter().sum::<f64>() / empty.len() as f64;
+    // Medians, as in the report's table.
+    let median = |v: &[f64]| Summary::of(v.to_vec()).median;
+    let (w, wo, e) = (median(&with), median(&without), median(&empty));
+    println!("   without collector (baseline): {wo:.0} pps (median)  {without:.0?}");
     println!(
         "   empty TC program attached:    {e:.0} pps  {empty:.0?} (ratio {:.3}: the tcx hook alone)",
         e / wo

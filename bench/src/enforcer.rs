@@ -196,6 +196,7 @@ pub fn apply_latency(host: &Host, cases: &[(usize, usize)], reps: usize) -> Vec<
 fn connect_latencies(client: &Host, server: SocketAddr, window: Duration) -> Vec<f64> {
     use std::os::fd::AsRawFd as _;
     client.within(move || {
+        crate::lab::pin_to_cpu(0);
         let started = Instant::now();
         let mut out = Vec::new();
         let linger = libc::linger {
@@ -251,7 +252,10 @@ pub fn packet_cost(
     rounds: usize,
     window: Duration,
 ) -> PacketCost {
-    server.listen(8080);
+    // Client on CPU 0, acceptor on the last CPU: left to the scheduler, whichever case
+    // ran while the two shared a core measured differently (bimodal medians between runs).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    server.listen_on_cpu(8080, Some(cpus - 1));
     let target = SocketAddr::new(server.ipv4, 8080);
     let batch_for = |n: usize| {
         let (policy, membership) = synthetic_policy(n, 0, Some(client.ipv4));
@@ -316,7 +320,10 @@ pub async fn provision_latency(
     use prost::Message as _;
 
     let (client, server) = (Host::new("pclient"), Host::new("pserver"));
-    server.listen(8080);
+    // Client on CPU 0, acceptor on the last CPU: left to the scheduler, whichever case
+    // ran while the two shared a core measured differently (bimodal medians between runs).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    server.listen_on_cpu(8080, Some(cpus - 1));
     let target = SocketAddr::new(server.ipv4, 8080);
     bulkhead_kafka::admin::ensure_all_topics(kafka, &Default::default())
         .await

@@ -184,9 +184,18 @@ impl Host {
     /// A TCP server on `port` (IPv4 and IPv6) that accepts and closes every connection,
     /// for the test's life.
     pub fn listen(&self, port: u16) {
+        self.listen_on_cpu(port, None);
+    }
+
+    /// [`Host::listen`] with the accepting thread pinned to `cpu` (benchmarks: a client
+    /// and an acceptor that the scheduler moves between cores make bimodal timings).
+    pub fn listen_on_cpu(&self, port: u16, cpu: Option<usize>) {
         let listener =
             self.within(move || TcpListener::bind(("::", port)).expect("bind in namespace"));
         std::thread::spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to_cpu(cpu);
+            }
             for stream in listener.incoming().flatten() {
                 drop(stream);
             }
@@ -287,5 +296,18 @@ impl Drop for Process {
             eprintln!("---- log of bulkhead on {} ----\n{}", self.name, self.log());
         }
         let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// Pins the calling thread to one CPU (best effort: a failure leaves it unpinned).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it for
+    // cpu < CPU_SETSIZE, and sched_setaffinity reads exactly its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
     }
 }
