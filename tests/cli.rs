@@ -71,7 +71,7 @@ fn help_lists_only_commands_that_run() {
 #[test]
 fn compose_services_run_real_subcommands() {
     let compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+        &std::fs::read_to_string(bulkhead_kafka::testkit::repo_root().join("docker-compose.yml"))
             .unwrap(),
     )
     .expect("docker-compose.yml is YAML");
@@ -151,7 +151,10 @@ fn policy_validate_reports_every_problem_and_fails() {
     let ok = bulkhead(&[
         "policy",
         "validate",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy.yaml"),
+        &bulkhead_kafka::testkit::repo_root()
+            .join("examples/policy.yaml")
+            .display()
+            .to_string(),
     ]);
     assert!(ok.status.success(), "{}", text(&ok));
 

@@ -21,7 +21,7 @@ const NET: &str = "245";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    bulkhead_kafka::testkit::repo_root()
 }
 
 /// Why the browser part cannot run here, if it cannot.

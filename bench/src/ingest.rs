@@ -406,11 +406,10 @@ pub struct ScalingRow {
     pub processes: usize,
     pub partitions: i32,
     pub flows: u64,
-    pub seconds: f64,
-    pub flows_per_sec: f64,
-    pub cpu_secs: f64,
-    pub flows_per_cpu_sec: f64,
-    /// flows/s over (processes × the single process's flows/s).
+    /// Wall time includes start-up and the group's rebalances; over the rounds.
+    pub flows_per_sec: Summary,
+    pub flows_per_cpu_sec: Summary,
+    /// Median flows/s ÷ (processes × one process's median flows/s).
     pub efficiency: f64,
 }
 
@@ -422,6 +421,7 @@ pub async fn scaling(
     kafka: &str,
     flows: u64,
     processes: &[usize],
+    rounds: usize,
     work: &Path,
 ) -> Result<Vec<ScalingRow>, BoxError> {
     let partitions = processes.iter().copied().max().unwrap_or(1) as i32;
@@ -439,55 +439,64 @@ pub async fn scaling(
             span_ns: 600 * 1_000_000_000,
             batch_records: 1_000,
         };
-        let produced = produce(&producer, &config, estate.flows(&spec)).await?;
-        let lake = work.join(format!("lake-scale-{n}"));
-        let group = "bench-scaling";
+        let produced = produce(&producer, &config, estate.flows(&spec)).await? as f64;
         let topic = config.topic(Topic::Flows);
-        let started = Instant::now();
-        let mut children = (0..n)
-            .map(|i| {
-                IngestChild::start_logged(
-                    bulkhead,
-                    &config,
-                    &lake,
-                    group,
-                    &["--commit-interval-secs", "1", "--commit-flows", "500000"],
-                    work.join(format!("scale-{n}-{i}.log")),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut cpu = vec![0.0; n];
-        loop {
-            for (i, child) in children.iter_mut().enumerate() {
-                child.check_running()?;
-                cpu[i] = child.usage().1;
+        let (mut rates, mut per_cpu) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // Each round drains the whole topic again: its own group and lake.
+            let lake = work.join(format!("lake-scale-{n}-{round}"));
+            let group = format!("bench-scaling-{round}");
+            let started = Instant::now();
+            let mut children = (0..n)
+                .map(|i| {
+                    IngestChild::start_logged(
+                        bulkhead,
+                        &config,
+                        &lake,
+                        &group,
+                        &["--commit-interval-secs", "1", "--commit-flows", "500000"],
+                        work.join(format!("scale-{n}-{round}-{i}.log")),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut cpu = vec![0.0; n];
+            loop {
+                for (i, child) in children.iter_mut().enumerate() {
+                    child.check_running()?;
+                    cpu[i] = child.usage().1;
+                }
+                if caught_up(&config, &group, &topic)? {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if caught_up(&config, group, &topic)? {
-                break;
+            let seconds = started.elapsed().as_secs_f64();
+            for child in children {
+                child.stop()?;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = std::fs::remove_dir_all(&lake);
+            rates.push(produced / seconds);
+            per_cpu.push(produced / cpu.iter().sum::<f64>().max(1e-9));
         }
-        let seconds = started.elapsed().as_secs_f64();
-        for child in children {
-            child.stop()?;
-        }
-        let cpu_secs: f64 = cpu.iter().sum();
-        let produced = produced as f64;
-        let flows_per_sec = produced / seconds;
-        let single = rows.first().map_or(flows_per_sec, |r| r.flows_per_sec);
+        let flows_per_sec = Summary::of(rates);
+        let single = rows
+            .first()
+            .map_or(flows_per_sec.median, |r| r.flows_per_sec.median);
         let row = ScalingRow {
             processes: n,
             partitions,
             flows: produced as u64,
-            seconds,
+            efficiency: flows_per_sec.median / (single * n as f64),
             flows_per_sec,
-            cpu_secs,
-            flows_per_cpu_sec: produced / cpu_secs.max(1e-9),
-            efficiency: flows_per_sec / (single * n as f64),
+            flows_per_cpu_sec: Summary::of(per_cpu),
         };
         println!(
-            "ingest scaling: {n} process(es), {partitions} partitions: {:.0} flows/s ({:.2} s), {:.0} flows per CPU second, efficiency {:.2}",
-            row.flows_per_sec, row.seconds, row.flows_per_cpu_sec, row.efficiency
+            "ingest scaling: {n} process(es), {partitions} partitions: {:.0} flows/s (median of {rounds}; {:.0}-{:.0}), {:.0} flows per CPU second, efficiency {:.2}",
+            row.flows_per_sec.median,
+            row.flows_per_sec.min,
+            row.flows_per_sec.max,
+            row.flows_per_cpu_sec.median,
+            row.efficiency
         );
         rows.push(row);
     }

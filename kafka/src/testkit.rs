@@ -10,7 +10,7 @@
 //! other's messages and can run in parallel against one broker.
 
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,11 +44,27 @@ fn reachable(brokers: &str) -> bool {
 }
 
 /// The repository root (where `dev/kafka/up` lives).
+///
+/// Found at run time first (cargo sets `CARGO_MANIFEST_DIR` for the package under test):
+/// cargo reuses a workspace member's build across checkouts that share a target
+/// directory, so the compile-time path can name another, since removed, checkout.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("kafka/ sits in the repository root")
-        .to_path_buf()
+    let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([compiled.clone()])
+        .find_map(|dir| {
+            dir.ancestors()
+                .find(|d| d.join("dev/kafka/up").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| {
+            compiled
+                .parent()
+                .expect("kafka/ sits in the repository root")
+                .to_path_buf()
+        })
 }
 
 fn start_or_reuse() -> Result<TestKafka, String> {

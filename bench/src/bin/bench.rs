@@ -420,6 +420,7 @@ async fn run(
                 &args.kafka,
                 if args.quick { 50_000 } else { flows },
                 &[1, 2, 4],
+                rounds,
                 &work,
             )
             .await?;
@@ -476,7 +477,7 @@ async fn run(
                         row.processes, row.partitions, row.efficiency
                     ),
                     "flows/s",
-                    Summary::of(vec![row.flows_per_sec]),
+                    row.flows_per_sec.clone(),
                 ));
             }
             figures.push(Figure::new(

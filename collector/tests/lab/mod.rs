@@ -104,7 +104,7 @@ fn python() -> String {
 }
 
 fn traffic_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/traffic.py")
+    bulkhead_kafka::testkit::repo_root().join("collector/tests/lab/traffic.py")
 }
 
 /// Two namespaces `a` and `b` joined by veth `va` (in a) — `vb` (in b):
