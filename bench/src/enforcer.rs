@@ -320,10 +320,7 @@ pub async fn provision_latency(
     use prost::Message as _;
 
     let (client, server) = (Host::new("pclient"), Host::new("pserver"));
-    // Client on CPU 0, acceptor on the last CPU: left to the scheduler, whichever case
-    // ran while the two shared a core measured differently (bimodal medians between runs).
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    server.listen_on_cpu(8080, Some(cpus - 1));
+    server.listen(8080);
     let target = SocketAddr::new(server.ipv4, 8080);
     bulkhead_kafka::admin::ensure_all_topics(kafka, &Default::default())
         .await
