@@ -22,6 +22,7 @@ use bulkhead_collector::records::{BatchBuilder, Clock, Enrichment, to_record};
 use bulkhead_collector::telemetry::Stats;
 use bulkhead_collector::{CollectorConfig, CollectorThread, netns};
 use bulkhead_kafka::{KafkaConfig, Producer};
+use bulkhead_schemas::proto::FlowBatch;
 use prost::Message as _;
 
 use crate::report::Figure;
@@ -372,7 +373,8 @@ fn synthetic_flows(n: usize) -> Vec<RawFlow> {
         .collect()
 }
 
-fn convert_and_encode(flows: &[RawFlow], builder: &mut BatchBuilder) -> usize {
+/// The collector's conversion: kernel flows → `FlowRecord`s → batches of 10,000.
+fn batches_of(flows: &[RawFlow], builder: &mut BatchBuilder) -> Vec<FlowBatch> {
     let clock = Clock::now();
     let records = flows
         .iter()
@@ -388,8 +390,11 @@ fn convert_and_encode(flows: &[RawFlow], builder: &mut BatchBuilder) -> usize {
             )
         })
         .collect();
-    builder
-        .build(records, 10_000, 0, 0)
+    builder.build(records, 10_000, 0, 0)
+}
+
+fn convert_and_encode(flows: &[RawFlow], builder: &mut BatchBuilder) -> usize {
+    batches_of(flows, builder)
         .iter()
         .map(|b| b.encode_to_vec().len())
         .sum()
@@ -423,28 +428,13 @@ fn user_space(sizes: Sizes, kafka: &str) -> Vec<Figure> {
 
     // 3b. Convert + encode vs. encode of ready records (baseline), alternating.
     let flows = synthetic_flows(sizes.flows);
-    let clock = Clock::now();
+    let batches = batches_of(&flows, &mut builder);
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     let (mut bytes, mut encoded) = (0, Vec::new());
     for _ in 0..sizes.user_rounds {
         let start = Instant::now();
         bytes = convert_and_encode(&flows, &mut builder);
         ours.push(flows.len() as f64 / start.elapsed().as_secs_f64());
-        let records: Vec<_> = flows
-            .iter()
-            .map(|f| {
-                to_record(
-                    "bench-host",
-                    f,
-                    clock,
-                    Enrichment {
-                        interface: "eth0",
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect();
-        let batches = builder.build(records, 10_000, 0, 0);
         let start = Instant::now();
         encoded = batches.iter().map(|b| b.encode_to_vec()).collect();
         base.push(flows.len() as f64 / start.elapsed().as_secs_f64());
@@ -502,15 +492,10 @@ fn user_space(sizes: Sizes, kafka: &str) -> Vec<Figure> {
         let topic = config.topic(bulkhead_schemas::topics::Topic::Flows);
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         let mut published = 0;
+        let mut builder = BatchBuilder::new("bench-host".into(), "bench".into());
         for _ in 0..sizes.user_rounds {
             let start = Instant::now();
-            let mut builder = BatchBuilder::new("bench-host".into(), "bench".into());
-            let clock = Clock::now();
-            let records: Vec<_> = flows
-                .iter()
-                .map(|f| to_record("bench-host", f, clock, Enrichment { interface: "eth0", ..Default::default() }))
-                .collect();
-            let batches = builder.build(records, 10_000, 0, 0);
+            let batches = batches_of(&flows, &mut builder);
             published += batches.len() as u64;
             for batch in batches {
                 publisher.flows(batch);

@@ -264,20 +264,44 @@ pub fn sort_rows_by(rows: &RecordBatch, sort_columns: &[&str]) -> Result<RecordB
 /// several times cheaper than arrow's generic per-row path for nested arrays (that path
 /// was the largest single cost of sorting a commit).
 fn take_column(column: &ArrayRef, indices: &UInt32Array) -> Result<ArrayRef, ArrowError> {
-    let (offsets, entries) = match column.data_type() {
-        DataType::Map(..) => {
+    Ok(match column.data_type() {
+        DataType::Map(field, ordered) => {
             let map = column.as_map();
-            (
-                map.value_offsets(),
-                Arc::new(map.entries().clone()) as ArrayRef,
-            )
+            let entries: ArrayRef = Arc::new(map.entries().clone());
+            let (offsets, entries, nulls) =
+                take_entries(column, map.value_offsets(), &entries, indices)?;
+            Arc::new(MapArray::try_new(
+                field.clone(),
+                offsets,
+                entries.as_struct().clone(),
+                nulls,
+                *ordered,
+            )?)
         }
-        DataType::List(_) => {
+        DataType::List(field) => {
             let list = column.as_list::<i32>();
-            (list.value_offsets(), list.values().clone())
+            let (offsets, entries, nulls) =
+                take_entries(column, list.value_offsets(), list.values(), indices)?;
+            Arc::new(ListArray::try_new(field.clone(), offsets, entries, nulls)?)
         }
-        _ => return arrow_select::take::take(column, indices, None),
-    };
+        _ => arrow_select::take::take(column, indices, None)?,
+    })
+}
+
+/// The offsets, entries and validity of a nested column's rows `indices`, in that order.
+fn take_entries(
+    column: &ArrayRef,
+    offsets: &[i32],
+    entries: &ArrayRef,
+    indices: &UInt32Array,
+) -> Result<
+    (
+        OffsetBuffer<i32>,
+        ArrayRef,
+        Option<arrow_buffer::NullBuffer>,
+    ),
+    ArrowError,
+> {
     let mut new_offsets = Vec::with_capacity(indices.len() + 1);
     new_offsets.push(0i32);
     let mut entry_indices: Vec<u32> = Vec::with_capacity(entries.len());
@@ -294,22 +318,12 @@ fn take_column(column: &ArrayRef, indices: &UInt32Array) -> Result<ArrayRef, Arr
             .map_err(|_| ArrowError::ComputeError("more than 2^31 nested entries".into()))?;
         new_offsets.push(end);
     }
-    let entries = arrow_select::take::take(&entries, &UInt32Array::from(entry_indices), None)?;
-    let offsets = OffsetBuffer::new(new_offsets.into());
-    let nulls = nulls.finish();
-    Ok(match column.data_type() {
-        DataType::Map(field, ordered) => Arc::new(MapArray::try_new(
-            field.clone(),
-            offsets,
-            entries.as_struct().clone(),
-            nulls,
-            *ordered,
-        )?),
-        DataType::List(field) => {
-            Arc::new(ListArray::try_new(field.clone(), offsets, entries, nulls)?)
-        }
-        _ => arrow_select::take::take(column, indices, None)?,
-    })
+    let entries = arrow_select::take::take(entries, &UInt32Array::from(entry_indices), None)?;
+    Ok((
+        OffsetBuffer::new(new_offsets.into()),
+        entries,
+        nulls.finish(),
+    ))
 }
 
 /// A small read-model table (`workloads`, `status`, `policy`) that holds the fold of a
