@@ -61,12 +61,13 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Starts a new peak-memory measurement, so that in `bench all` one benchmark's peak is
-/// not an earlier one's: returns freed heap to the kernel (`malloc_trim`; glibc keeps it
-/// otherwise, and it would count as resident), then resets VmHWM to the current resident
-/// size (writing `5` to `/proc/self/clear_refs`).
+/// not an earlier one's: returns freed heap to the kernel (`mi_collect`: the allocator
+/// keeps it otherwise, and it would count as resident), then resets VmHWM to the current
+/// resident size (writing `5` to `/proc/self/clear_refs`).
 pub fn reset_peak_rss() {
-    // SAFETY: malloc_trim only releases free pages of glibc's heap.
-    unsafe { libc::malloc_trim(0) };
+    // SAFETY: mi_collect only purges free memory of mimalloc's heaps (the bench binary's
+    // global allocator, as in `bulkhead`).
+    unsafe { libmimalloc_sys::mi_collect(true) };
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
         eprintln!("bench: peak memory cannot be reset ({e}): peaks include earlier benchmarks");
     }

@@ -12,7 +12,9 @@
 //! [`IngestConfig::from_args`] without side effects). `bulkhead ingest` is the command.
 //!
 //! - [`config`]: flags and their pure validation.
-//! - [`run`]: the consume → buffer → commit loop, rebalances, shutdown.
+//! - [`run`]: the consume → buffer → seal loop, rebalances, shutdown.
+//! - `committer`: the thread that sorts, encodes and commits sealed buffers while the
+//!   loop reads on, and answers a partition's offsets in the tables.
 //! - [`writer`]: the Delta tables: sorted zstd Parquet, one `txn` per Kafka partition in
 //!   every commit of `flows` and of `edges` (`bulkhead-ingest-<topic>-<partition>`,
 //!   version = last offset); [`writer::SnapshotTable`] for the read models.
@@ -31,6 +33,7 @@
 //! partition, committed from the same loop after `flows` (as `edges` is); a new read
 //! model is a fold plus a batch builder in [`read_models`].
 
+mod committer;
 pub mod config;
 pub mod dlq;
 pub mod edges;

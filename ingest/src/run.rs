@@ -1,7 +1,7 @@
 //! The ingest loop.
 //!
 //! ```text
-//!            ┌──────────── recv (biased: shutdown > commit timer > messages) ────────────┐
+//!            ┌──────── recv (biased: shutdown > commit timer > commit landed > messages) ─┐
 //!            ▼                                                                          │
 //!  partition seen first ──▶ sync: read the partition's txn version from the table,     │
 //!  (or after a conflict)    seek to version + 1 (the table is the truth, not the group) │
@@ -11,36 +11,38 @@
 //!                                               │         column builders             ──┤
 //!                                               └─ bad ──▶ dead letter (acknowledged  ──┤
 //!                                                          before the offset counts)    │
-//!  size / time / shutdown ──▶ commit: one Delta commit = rows + one txn per partition   │
-//!                            (retried with backoff; nothing acknowledged until it      │
-//!                             lands) ──▶ then group offsets ─────────────────────────────┘
+//!  size / time / shutdown ──▶ seal the buffers ──▶ committer thread: sort, encode, one  │
+//!                            Delta commit = rows + one txn per partition (retried with  │
+//!                            backoff; nothing acknowledged until it lands)              │
+//!                            ──▶ landed: then group offsets ─────────────────────────────┘
 //! ```
 //!
-//! Revoked partitions drop their buffered rows (the new owner re-reads them from the
-//! table's offsets); a commit that finds another writer's txn for one of its partitions
-//! drops that partition's rows and re-syncs it, so a row is never written twice.
+//! The loop keeps reading while the committer writes (at most one commit in flight; the
+//! next seal waits for it). Revoked partitions drop their buffered rows (the new owner
+//! re-reads them from the table's offsets) once the commit in flight landed; a commit
+//! that finds another writer's txn for one of its partitions drops that partition's rows
+//! and re-syncs it, so a row is never written twice.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::{KafkaConfig, Producer};
-use bulkhead_schemas::lake::{FlowColumns, edges_schema, flows_schema};
+use bulkhead_schemas::lake::FlowColumns;
 use bulkhead_schemas::policy::{PolicyVerifier, parse_verifying_key};
 use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
-use tokio::sync::watch;
-use tracing::Instrument as _;
+use tokio::sync::{oneshot, watch};
 
+use crate::committer::{Commit, Committed, Committer, InFlight, Sealed};
 use crate::config::IngestConfig;
 use crate::dlq::{self, Source};
 use crate::edges::EdgeAggregator;
 use crate::telemetry;
-use crate::writer::{AppendTable, EDGE_SORT_COLUMNS, FlowsTable, LakeError};
+use crate::writer::LakeError;
 
 /// Why ingest stopped.
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +89,40 @@ struct Rebalances {
 
 struct IngestContext {
     rebalances: Arc<Mutex<Rebalances>>,
+    in_flight: Arc<InFlight>,
 }
 
-impl ClientContext for IngestContext {}
+/// How long a revoke waits for the commit in flight before letting the partitions go.
+const REVOKE_WAITS_FOR_COMMIT: Duration = Duration::from_secs(60);
+
+impl ClientContext for IngestContext {
+    /// Lag per partition from librdkafka's statistics (high watermark − the group's
+    /// committed offset, which ingest moves only after the lake commit): asking the broker
+    /// for watermarks after each commit queued behind the consumer's long-polling fetches
+    /// and stalled the loop for up to 0.7 s.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, p) in &topic.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    telemetry::lag(*partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(?partitions, "partitions revoked");
+            // Their sealed rows land before the next owner reads the tables' offsets.
+            if !self.in_flight.wait_idle(REVOKE_WAITS_FOR_COMMIT) {
+                tracing::warn!(
+                    ?partitions,
+                    "revoked while a commit is still in flight; the next owner's offset check keeps rows from being written twice"
+                );
+            }
             if let Ok(mut r) = self.rebalances.lock() {
                 r.revoked.extend(partitions);
             }
@@ -111,6 +138,8 @@ impl ConsumerContext for IngestContext {
 }
 
 type FlowConsumer = StreamConsumer<IngestContext>;
+
+type InFlightCommit = oneshot::Receiver<Result<Committed, IngestError>>;
 
 /// One assigned partition: where it stands against the table, and its buffered rows.
 struct PartitionState {
@@ -172,22 +201,6 @@ impl PartitionState {
 
     fn buffered(&self) -> bool {
         self.last_offset.is_some() || self.edges_last.is_some()
-    }
-}
-
-/// What one partition brings to a commit: its `flows` rows and `edges` aggregates (each
-/// with the last offset it covers), and the txn versions the tables must still hold.
-struct Pending {
-    flows: Option<(RecordBatch, i64)>,
-    edges: Option<(RecordBatch, i64)>,
-    flows_expected: Option<i64>,
-    edges_expected: Option<i64>,
-}
-
-impl Pending {
-    fn rows(&self) -> usize {
-        self.flows.as_ref().map_or(0, |(r, _)| r.num_rows())
-            + self.edges.as_ref().map_or(0, |(r, _)| r.num_rows())
     }
 }
 
@@ -268,12 +281,22 @@ pub async fn run(
         config.commit_interval,
         stop_rx.clone(),
     ));
-    let table = FlowsTable::open(&config.table_url("flows")).await?;
-    let edges_table =
-        AppendTable::open_named(&config.table_url("edges"), "edges", EDGE_SORT_COLUMNS).await?;
-    let rebalances = Arc::new(Mutex::new(Rebalances::default()));
-    let consumer = flow_consumer(kafka, &config, rebalances.clone())?;
+    let in_flight = Arc::new(InFlight::default());
     let topic = kafka.topic(Topic::Flows);
+    let committer = Committer::start(
+        crate::committer::Settings {
+            flows_url: config.table_url("flows"),
+            edges_url: config.table_url("edges"),
+            topic: topic.clone(),
+            windowing: config.windowing,
+            retry_max: config.retry_max,
+            stop: stop_rx.clone(),
+        },
+        in_flight.clone(),
+    )
+    .await?;
+    let rebalances = Arc::new(Mutex::new(Rebalances::default()));
+    let consumer = flow_consumer(kafka, &config, rebalances.clone(), in_flight)?;
     consumer
         .subscribe(&[topic.as_str()])
         .map_err(|source| IngestError::Consumer {
@@ -283,7 +306,7 @@ pub async fn run(
     tracing::info!(
         topic,
         group = config.group_id,
-        table = %table.url(),
+        table = %config.table_url("flows"),
         "ingesting flows"
     );
     let mut ingest = Ingest {
@@ -292,8 +315,8 @@ pub async fn run(
         consumer_name: format!("ingest/{}", config.group_id),
         topic,
         config,
-        table,
-        edges_table,
+        committer,
+        in_flight: None,
         newest_us: 0,
         partitions: BTreeMap::new(),
         group_offsets_owed: BTreeMap::new(),
@@ -318,6 +341,10 @@ pub async fn run(
             _ = group_offsets_tick.tick(), if !ingest.group_offsets_owed.is_empty() => {
                 ingest.commit_group_offsets(&consumer);
             }
+            outcome = landed(&mut ingest.in_flight) => {
+                ingest.in_flight = None;
+                ingest.committed(&consumer, outcome?);
+            }
             message = consumer.recv() => {
                 match message {
                     Ok(message) => {
@@ -337,12 +364,28 @@ pub async fn run(
     }
     tracing::info!("stopping: committing what is in flight");
     ingest.commit(&consumer, true).await?;
+    let Ingest {
+        committer, summary, ..
+    } = ingest;
+    committer.close();
     match read_models.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "read models not written at shutdown"),
         Err(e) => tracing::error!(error = %e, "read-model writer failed"),
     }
-    Ok(ingest.summary)
+    Ok(summary)
+}
+
+/// The outcome of the commit in flight, once it landed (never, when none is).
+async fn landed(in_flight: &mut Option<InFlightCommit>) -> Result<Committed, IngestError> {
+    match in_flight {
+        Some(outcome) => outcome.await.unwrap_or_else(|_| Err(committer_gone())),
+        None => std::future::pending().await,
+    }
+}
+
+fn committer_gone() -> IngestError {
+    IngestError::Internal("the lake committer stopped without an answer".into())
 }
 
 fn internal(partition: i32) -> IngestError {
@@ -374,6 +417,7 @@ fn flow_consumer(
     kafka: &KafkaConfig,
     config: &IngestConfig,
     rebalances: Arc<Mutex<Rebalances>>,
+    in_flight: Arc<InFlight>,
 ) -> Result<FlowConsumer, IngestError> {
     let mut client_config = kafka.client_config();
     client_config
@@ -382,13 +426,17 @@ fn flow_consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("statistics.interval.ms", "5000")
         .set(
             "fetch.message.max.bytes",
             admin::MAX_MESSAGE_BYTES.to_string(),
         );
     kafka.apply_properties(&mut client_config);
     client_config
-        .create_with_context(IngestContext { rebalances })
+        .create_with_context(IngestContext {
+            rebalances,
+            in_flight,
+        })
         .map_err(|source| IngestError::Consumer {
             operation: format!("create a consumer for {}", kafka.brokers),
             source,
@@ -398,8 +446,9 @@ fn flow_consumer(
 struct Ingest {
     config: IngestConfig,
     topic: String,
-    table: FlowsTable,
-    edges_table: AppendTable,
+    committer: Committer,
+    /// The outcome of the commit in flight (at most one).
+    in_flight: Option<InFlightCommit>,
     /// Newest event time (first_seen, µs) seen: the edges' watermark plus the lateness.
     newest_us: i64,
     dlq: Producer,
@@ -446,13 +495,7 @@ impl Ingest {
 
     /// Reads the partition's offsets from the tables and starts a fresh state.
     async fn sync(&mut self, partition: i32) -> Result<(), IngestError> {
-        self.table.refresh().await?;
-        self.edges_table.refresh().await?;
-        let table_offset = self.table.committed_offset(&self.topic, partition).await?;
-        let edges_offset = self
-            .edges_table
-            .committed_offset(&self.topic, partition)
-            .await?;
+        let (table_offset, edges_offset) = self.committer.sync(partition).await?;
         tracing::info!(
             partition,
             table_offset,
@@ -685,203 +728,83 @@ impl Ingest {
         }
     }
 
-    /// Writes every buffered row in one `flows` commit carrying each partition's last
-    /// offset, then the edges of the same offsets in one `edges` commit (same txn
-    /// scheme), retrying until both land (or, when stopping, a few times), then commits
-    /// the group offsets.
+    /// Seals every partition's buffers and hands them to the committer, once the commit
+    /// in flight (if any) landed: one `flows` commit carrying each partition's last
+    /// offset, then the edges of the same offsets in one `edges` commit. Returns without
+    /// waiting for it, unless stopping.
     async fn commit(&mut self, consumer: &FlowConsumer, stopping: bool) -> Result<(), IngestError> {
+        if let Some(outcome) = self.in_flight.take() {
+            let committed = outcome.await.unwrap_or_else(|_| Err(committer_gone()))?;
+            self.committed(consumer, committed);
+        }
         self.drop_revoked();
         self.buffered_since = None;
-        let windowing = self.config.windowing;
-        let mut pending: BTreeMap<i32, Pending> = BTreeMap::new();
+        let mut partitions = BTreeMap::new();
+        let mut rows = 0;
         for (partition, state) in &mut self.partitions {
-            let flows = match state.last_offset.take() {
-                Some(last) => Some((state.columns.finish()?, last)),
-                None => None,
-            };
-            let edges = match state.edges_last.take() {
-                Some(last) => Some((state.edges.finish(windowing)?, last)),
-                None => None,
-            };
+            let flows = state
+                .last_offset
+                .take()
+                .map(|last| (std::mem::take(&mut state.columns), last));
+            let edges = state
+                .edges_last
+                .take()
+                .map(|last| (std::mem::take(&mut state.edges), last));
+            rows += state.rows + edges.as_ref().map_or(0, |(e, _)| e.len());
             state.rows = 0;
             state.bytes = 0;
             if flows.is_some() || edges.is_some() {
-                pending.insert(
-                    *partition,
-                    Pending {
-                        flows,
-                        edges,
-                        flows_expected: state.table_offset,
-                        edges_expected: state.edges_offset,
-                    },
-                );
+                let sealed = Sealed {
+                    flows,
+                    edges,
+                    flows_expected: state.table_offset,
+                    edges_expected: state.edges_offset,
+                };
+                partitions.insert(*partition, sealed);
             }
         }
-        if pending.values().all(|p| p.rows() == 0) {
+        telemetry::buffered(0);
+        if rows == 0 {
             // Only dead letters: no lake commit (they are re-sent after a restart
             // before the next data commit — at least once on the DLQ).
-            telemetry::buffered(0);
             return Ok(());
         }
-        let mut backoff = Duration::from_millis(250);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let span = tracing::info_span!(
-                "commit",
-                partitions = pending.len(),
-                rows = pending.values().map(Pending::rows).sum::<usize>(),
-                attempt = attempts
-            );
-            match self.try_commit(&mut pending).instrument(span).await {
-                Ok(()) => break,
-                Err(e) => {
-                    let asked_to_stop = self.stopping();
-                    if (stopping && attempts >= 3) || (!stopping && asked_to_stop) {
-                        return Err(e);
-                    }
-                    telemetry::commit_failed(&e, backoff);
-                    let mut stop = self.stop.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stopped(&mut stop), if !stopping => {}
-                    }
-                    backoff = (backoff * 2).min(self.config.retry_max);
-                }
+        let outcome = self
+            .committer
+            .send(Commit {
+                partitions,
+                stopping,
+            })
+            .await?;
+        if stopping {
+            let committed = outcome.await.unwrap_or_else(|_| Err(committer_gone()))?;
+            self.committed(consumer, committed);
+        } else {
+            self.in_flight = Some(outcome);
+        }
+        Ok(())
+    }
+
+    /// A commit landed: the partitions' states follow the tables (those another writer
+    /// took are dropped, to re-sync), and the group may move on.
+    fn committed(&mut self, consumer: &FlowConsumer, committed: Committed) {
+        self.summary.commits += committed.commits;
+        self.summary.rows_written += committed.rows_written;
+        for partition in &committed.lost {
+            self.partitions.remove(partition);
+        }
+        for &(partition, last) in &committed.edges {
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.edges_offset = Some(last);
             }
         }
-        // The lake holds the rows: now the group may move on.
-        let mut lags = Vec::new();
-        for partition in pending.keys() {
-            if let Some(last) = self.partitions.get(partition).and_then(|s| s.table_offset) {
-                self.group_offsets_owed.insert(*partition, last + 1);
-                lags.push((*partition, last));
+        for &(partition, last) in &committed.flows {
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.table_offset = Some(last);
+                self.group_offsets_owed.insert(partition, last + 1);
             }
         }
         self.commit_group_offsets(consumer);
-        self.report_lag(consumer, &lags);
-        telemetry::buffered(0);
-        Ok(())
-    }
-
-    /// One attempt: re-checks that no other writer moved our partitions, commits the
-    /// `flows` part (once: a retry after it landed only does the edges), then the edges.
-    async fn try_commit(
-        &mut self,
-        pending: &mut BTreeMap<i32, Pending>,
-    ) -> Result<(), IngestError> {
-        let started = Instant::now();
-        // Another writer (a process that held the partition before a rebalance) may
-        // have committed since we synced: drop what it already wrote.
-        self.table.refresh().await?;
-        self.edges_table.refresh().await?;
-        let mut lost = Vec::new();
-        for (partition, p) in pending.iter() {
-            let flows = self.table.committed_offset(&self.topic, *partition).await?;
-            let edges = self
-                .edges_table
-                .committed_offset(&self.topic, *partition)
-                .await?;
-            if flows != p.flows_expected || edges != p.edges_expected {
-                tracing::warn!(
-                    partition,
-                    expected_flows = p.flows_expected,
-                    table_flows = flows,
-                    expected_edges = p.edges_expected,
-                    table_edges = edges,
-                    "another writer committed this partition: dropping our rows and re-syncing"
-                );
-                lost.push(*partition);
-            }
-        }
-        for partition in lost {
-            pending.remove(&partition);
-            self.partitions.remove(&partition);
-        }
-        let flows: Vec<(i32, RecordBatch, i64)> = pending
-            .iter()
-            .filter_map(|(p, pending)| {
-                pending
-                    .flows
-                    .as_ref()
-                    .map(|(r, last)| (*p, r.clone(), *last))
-            })
-            .collect();
-        if flows.iter().any(|(_, rows, _)| rows.num_rows() > 0) {
-            let batches: Vec<RecordBatch> = flows.iter().map(|(_, rows, _)| rows.clone()).collect();
-            let rows = arrow_select::concat::concat_batches(&flows_schema(), &batches)?;
-            let offsets: Vec<(i32, i64)> = flows.iter().map(|(p, _, last)| (*p, *last)).collect();
-            let row_count = rows.num_rows();
-            let version = self
-                .table
-                .commit(rows, &self.topic, &offsets)
-                .await
-                .inspect_err(warn_if_concurrent)?;
-            telemetry::committed(version, row_count, offsets.len(), started.elapsed());
-            self.summary.commits += 1;
-            self.summary.rows_written += row_count as u64;
-            for (partition, last) in offsets {
-                if let Some(p) = pending.get_mut(&partition) {
-                    p.flows = None;
-                    p.flows_expected = Some(last);
-                }
-                if let Some(state) = self.partitions.get_mut(&partition) {
-                    state.table_offset = Some(last);
-                }
-            }
-        }
-        let edges: Vec<(i32, RecordBatch, i64)> = pending
-            .iter()
-            .filter_map(|(p, pending)| {
-                pending
-                    .edges
-                    .as_ref()
-                    .map(|(r, last)| (*p, r.clone(), *last))
-            })
-            .collect();
-        if !edges.is_empty() {
-            let started = Instant::now();
-            let batches: Vec<RecordBatch> = edges.iter().map(|(_, rows, _)| rows.clone()).collect();
-            let rows = arrow_select::concat::concat_batches(&edges_schema(), &batches)?;
-            let offsets: Vec<(i32, i64)> = edges.iter().map(|(p, _, last)| (*p, *last)).collect();
-            let row_count = rows.num_rows();
-            // Written even with no rows, so that the txn records how far the edges go.
-            let version = self
-                .edges_table
-                .commit(rows, &self.topic, &offsets)
-                .await
-                .inspect_err(warn_if_concurrent)?;
-            telemetry::edges_committed(version, row_count, offsets.len(), started.elapsed());
-            for (partition, last) in offsets {
-                if let Some(p) = pending.get_mut(&partition) {
-                    p.edges = None;
-                    p.edges_expected = Some(last);
-                }
-                if let Some(state) = self.partitions.get_mut(&partition) {
-                    state.edges_offset = Some(last);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn report_lag(&self, consumer: &FlowConsumer, committed: &[(i32, i64)]) {
-        for (partition, last) in committed {
-            let marks = blocking(|| {
-                consumer.fetch_watermarks(&self.topic, *partition, Duration::from_millis(500))
-            });
-            if let Ok((_, high)) = marks {
-                telemetry::lag(*partition, high - (last + 1));
-            }
-        }
-    }
-}
-
-fn warn_if_concurrent(e: &LakeError) {
-    if e.is_concurrent_transaction() {
-        // Another writer committed these partitions meanwhile: the next attempt
-        // re-reads the table and drops what it covered.
-        tracing::warn!("concurrent commit on the same partitions; re-checking");
     }
 }
 

@@ -14,6 +14,11 @@ use bulkhead_bench::stats::Summary;
 use bulkhead_bench::{collector, enforcer, ingest, lab, query, recommend, schemas};
 use clap::{Parser, Subcommand};
 
+/// The same allocator as `bulkhead`, so in-process figures (queries, recommendations,
+/// encoding) are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Bulkhead benchmarks, each beside its baseline in the same run")]
 struct Args {

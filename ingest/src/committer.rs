@@ -1,0 +1,458 @@
+//! The committer: writes sealed buffers to the lake on a thread of its own, so that the
+//! ingest loop decodes and enriches the next rows while the previous ones are sorted,
+//! encoded and committed — on two cores the two halves overlap instead of taking turns.
+//!
+//! It owns the `flows` and `edges` tables and serves requests in order: a [`Commit`]
+//! (one Delta commit per table, each carrying one `txn` per Kafka partition, retried with
+//! backoff until it lands) and a partition [`sync`](Committer::sync) (the tables' offsets),
+//! so a sync always sees the commits sent before it. The loop keeps at most one commit in
+//! flight: it waits for the outcome before sealing the next, which bounds the memory to
+//! two buffers and keeps each commit's expected offsets current.
+//!
+//! A revoke waits for the commit in flight ([`InFlight::wait_idle`], from the consumer's
+//! rebalance callback), so the rows of a revoked partition land before its next owner
+//! reads the table's offsets — as when the loop committed inline.
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use bulkhead_schemas::lake::{FlowColumns, edges_schema, flows_schema};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
+use url::Url;
+
+use crate::edges::{EdgeAggregator, Windowing};
+use crate::run::IngestError;
+use crate::telemetry;
+use crate::writer::{AppendTable, EDGE_SORT_COLUMNS, FlowsTable, LakeError};
+
+/// One partition's buffers handed over at a commit: its flow rows and edges (each with the
+/// last offset it covers), and the txn versions the tables must still hold.
+pub(crate) struct Sealed {
+    pub flows: Option<(FlowColumns, i64)>,
+    pub edges: Option<(EdgeAggregator, i64)>,
+    pub flows_expected: Option<i64>,
+    pub edges_expected: Option<i64>,
+}
+
+/// What a commit did.
+#[derive(Debug, Default)]
+pub(crate) struct Committed {
+    /// Partitions whose `flows` txn moved, and to which offset.
+    pub flows: Vec<(i32, i64)>,
+    /// Partitions whose `edges` txn moved, and to which offset.
+    pub edges: Vec<(i32, i64)>,
+    /// Partitions another writer committed since we synced: their rows were dropped and
+    /// the loop re-syncs them.
+    pub lost: Vec<i32>,
+    pub rows_written: u64,
+    pub commits: u64,
+}
+
+/// A commit sent to the committer; its outcome arrives on `outcome`.
+pub(crate) struct Commit {
+    pub partitions: BTreeMap<i32, Sealed>,
+    /// Shutting down: give up after a few attempts instead of retrying until it lands.
+    pub stopping: bool,
+}
+
+/// Commits in flight, for the rebalance callback to wait on.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl InFlight {
+    fn start(&self) {
+        if let Ok(mut n) = self.count.lock() {
+            *n += 1;
+        }
+    }
+
+    fn done(&self) {
+        if let Ok(mut n) = self.count.lock() {
+            *n = n.saturating_sub(1);
+        }
+        self.idle.notify_all();
+    }
+
+    /// Blocks until no commit is in flight, or `limit` passed (then false: the commit's
+    /// own check of the tables' offsets still keeps rows from being written twice).
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let Ok(count) = self.count.lock() else {
+            return false;
+        };
+        match self.idle.wait_timeout_while(count, limit, |n| *n > 0) {
+            Ok((_, timeout)) => !timeout.timed_out(),
+            Err(_) => false,
+        }
+    }
+}
+
+enum Request {
+    Commit(Commit, oneshot::Sender<Result<Committed, IngestError>>),
+    Sync(
+        i32,
+        oneshot::Sender<Result<(Option<i64>, Option<i64>), IngestError>>,
+    ),
+}
+
+/// The handle the ingest loop keeps.
+pub(crate) struct Committer {
+    requests: mpsc::Sender<Request>,
+    in_flight: std::sync::Arc<InFlight>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the committer needs to know.
+pub(crate) struct Settings {
+    pub flows_url: Url,
+    pub edges_url: Url,
+    pub topic: String,
+    pub windowing: Windowing,
+    pub retry_max: Duration,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Committer {
+    /// Opens both tables on the committer's thread (its own runtime: it keeps running
+    /// while the loop's thread waits in a rebalance callback) and returns once they are.
+    pub async fn start(
+        settings: Settings,
+        in_flight: std::sync::Arc<InFlight>,
+    ) -> Result<Self, IngestError> {
+        let (requests, mut inbox) = mpsc::channel::<Request>(2);
+        let (opened_tx, opened) = oneshot::channel();
+        let flight = in_flight.clone();
+        let thread = std::thread::Builder::new()
+            .name("lake-committer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(IngestError::Internal(format!(
+                            "cannot start the committer's runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut tables = match Tables::open(settings).await {
+                        Ok(tables) => {
+                            let _ = opened_tx.send(Ok(()));
+                            tables
+                        }
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    while let Some(request) = inbox.recv().await {
+                        match request {
+                            Request::Commit(commit, reply) => {
+                                let outcome = tables.commit(commit).await;
+                                let _ = reply.send(outcome);
+                                flight.done();
+                            }
+                            Request::Sync(partition, reply) => {
+                                let _ = reply.send(tables.sync(partition).await);
+                            }
+                        }
+                    }
+                });
+            })
+            .map_err(|e| IngestError::Internal(format!("cannot start the committer: {e}")))?;
+        opened.await.map_err(|_| gone())??;
+        Ok(Self {
+            requests,
+            in_flight,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends a commit; its outcome comes on the returned receiver.
+    pub async fn send(
+        &self,
+        commit: Commit,
+    ) -> Result<oneshot::Receiver<Result<Committed, IngestError>>, IngestError> {
+        let (reply, outcome) = oneshot::channel();
+        self.in_flight.start();
+        if self
+            .requests
+            .send(Request::Commit(commit, reply))
+            .await
+            .is_err()
+        {
+            self.in_flight.done();
+            return Err(gone());
+        }
+        Ok(outcome)
+    }
+
+    /// The last offsets of `partition` in `flows` and in `edges`, after every commit sent
+    /// before.
+    pub async fn sync(&self, partition: i32) -> Result<(Option<i64>, Option<i64>), IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Sync(partition, reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Lets the thread finish (after the requests already sent) and joins it.
+    pub fn close(mut self) {
+        let thread = self.thread.take();
+        drop(self);
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn gone() -> IngestError {
+    IngestError::Internal("the lake committer stopped".into())
+}
+
+/// The tables and what a commit attempt needs, on the committer's thread.
+struct Tables {
+    flows: FlowsTable,
+    edges: AppendTable,
+    topic: String,
+    windowing: Windowing,
+    retry_max: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+/// One partition's part of a commit once its buffers are built into batches.
+struct Pending {
+    flows: Option<(RecordBatch, i64)>,
+    edges: Option<(RecordBatch, i64)>,
+    flows_expected: Option<i64>,
+    edges_expected: Option<i64>,
+}
+
+impl Tables {
+    async fn open(settings: Settings) -> Result<Self, IngestError> {
+        Ok(Self {
+            flows: FlowsTable::open(&settings.flows_url).await?,
+            edges: AppendTable::open_named(&settings.edges_url, "edges", EDGE_SORT_COLUMNS).await?,
+            topic: settings.topic,
+            windowing: settings.windowing,
+            retry_max: settings.retry_max,
+            stop: settings.stop,
+        })
+    }
+
+    async fn sync(&mut self, partition: i32) -> Result<(Option<i64>, Option<i64>), IngestError> {
+        self.flows.refresh().await?;
+        self.edges.refresh().await?;
+        let flows = self.flows.committed_offset(&self.topic, partition).await?;
+        let edges = self.edges.committed_offset(&self.topic, partition).await?;
+        Ok((flows, edges))
+    }
+
+    /// Builds the batches and commits them, retrying until both tables have them (or,
+    /// when stopping, a few times).
+    async fn commit(&mut self, commit: Commit) -> Result<Committed, IngestError> {
+        let mut pending = BTreeMap::new();
+        for (partition, sealed) in commit.partitions {
+            let flows = match sealed.flows {
+                Some((mut columns, last)) => Some((columns.finish()?, last)),
+                None => None,
+            };
+            let edges = match sealed.edges {
+                Some((mut edges, last)) => Some((edges.finish(self.windowing)?, last)),
+                None => None,
+            };
+            pending.insert(
+                partition,
+                Pending {
+                    flows,
+                    edges,
+                    flows_expected: sealed.flows_expected,
+                    edges_expected: sealed.edges_expected,
+                },
+            );
+        }
+        let mut committed = Committed::default();
+        let mut backoff = Duration::from_millis(250);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let span = tracing::info_span!(
+                "commit",
+                partitions = pending.len(),
+                rows = pending.values().map(Pending::rows).sum::<usize>(),
+                attempt = attempts
+            );
+            match self
+                .try_commit(&mut pending, &mut committed)
+                .instrument(span)
+                .await
+            {
+                Ok(()) => return Ok(committed),
+                Err(e) => {
+                    let asked_to_stop = *self.stop.borrow();
+                    if (commit.stopping && attempts >= 3) || (!commit.stopping && asked_to_stop) {
+                        return Err(e);
+                    }
+                    telemetry::commit_failed(&e, backoff);
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s), if !commit.stopping => {}
+                    }
+                    backoff = (backoff * 2).min(self.retry_max);
+                }
+            }
+        }
+    }
+
+    /// One attempt: re-checks that no other writer moved our partitions, commits the
+    /// `flows` part (once: a retry after it landed only does the edges), then the edges.
+    async fn try_commit(
+        &mut self,
+        pending: &mut BTreeMap<i32, Pending>,
+        committed: &mut Committed,
+    ) -> Result<(), IngestError> {
+        let started = Instant::now();
+        // Another writer (a process that held the partition before a rebalance) may
+        // have committed since we synced: drop what it already wrote.
+        self.flows.refresh().await?;
+        self.edges.refresh().await?;
+        let mut lost = Vec::new();
+        for (partition, p) in pending.iter() {
+            let flows = self.flows.committed_offset(&self.topic, *partition).await?;
+            let edges = self.edges.committed_offset(&self.topic, *partition).await?;
+            if flows != p.flows_expected || edges != p.edges_expected {
+                tracing::warn!(
+                    partition,
+                    expected_flows = p.flows_expected,
+                    table_flows = flows,
+                    expected_edges = p.edges_expected,
+                    table_edges = edges,
+                    "another writer committed this partition: dropping our rows and re-syncing"
+                );
+                lost.push(*partition);
+            }
+        }
+        for partition in lost {
+            pending.remove(&partition);
+            committed.lost.push(partition);
+        }
+        let (rows, offsets) = take_part(pending, |p| &mut p.flows, &flows_schema())?;
+        if rows.num_rows() > 0 {
+            let row_count = rows.num_rows();
+            let version = self
+                .flows
+                .commit(rows, &self.topic, &offsets)
+                .await
+                .inspect_err(warn_if_concurrent)?;
+            telemetry::committed(version, row_count, offsets.len(), started.elapsed());
+            committed.commits += 1;
+            committed.rows_written += row_count as u64;
+            for &(partition, last) in &offsets {
+                if let Some(p) = pending.get_mut(&partition) {
+                    p.flows = None;
+                    p.flows_expected = Some(last);
+                }
+            }
+            committed.flows.extend(offsets);
+        }
+        let (rows, offsets) = take_part(pending, |p| &mut p.edges, &edges_schema())?;
+        if !offsets.is_empty() {
+            let started = Instant::now();
+            let row_count = rows.num_rows();
+            // Written even with no rows, so that the txn records how far the edges go.
+            let version = self
+                .edges
+                .commit(rows, &self.topic, &offsets)
+                .await
+                .inspect_err(warn_if_concurrent)?;
+            telemetry::edges_committed(version, row_count, offsets.len(), started.elapsed());
+            for &(partition, last) in &offsets {
+                if let Some(p) = pending.get_mut(&partition) {
+                    p.edges = None;
+                    p.edges_expected = Some(last);
+                }
+            }
+            committed.edges.extend(offsets);
+        }
+        Ok(())
+    }
+}
+
+/// One table's rows of every pending partition as one batch, with each partition's last
+/// offset (left in place: a part is cleared only once its commit landed).
+fn take_part(
+    pending: &mut BTreeMap<i32, Pending>,
+    part: impl Fn(&mut Pending) -> &mut Option<(RecordBatch, i64)>,
+    schema: &arrow_schema::SchemaRef,
+) -> Result<(RecordBatch, Vec<(i32, i64)>), IngestError> {
+    let mut batches = Vec::new();
+    let mut offsets = Vec::new();
+    for (partition, p) in pending.iter_mut() {
+        if let Some((rows, last)) = part(p) {
+            batches.push(rows.clone());
+            offsets.push((*partition, *last));
+        }
+    }
+    Ok((
+        arrow_select::concat::concat_batches(schema, &batches)?,
+        offsets,
+    ))
+}
+
+impl Pending {
+    fn rows(&self) -> usize {
+        self.flows.as_ref().map_or(0, |(r, _)| r.num_rows())
+            + self.edges.as_ref().map_or(0, |(r, _)| r.num_rows())
+    }
+}
+
+fn warn_if_concurrent(e: &LakeError) {
+    if e.is_concurrent_transaction() {
+        // Another writer committed these partitions meanwhile: the next attempt
+        // re-reads the table and drops what it covered.
+        tracing::warn!("concurrent commit on the same partitions; re-checking");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_revoke_waits_for_the_commit_in_flight() {
+        let in_flight = Arc::new(InFlight::default());
+        assert!(
+            in_flight.wait_idle(Duration::ZERO),
+            "idle when nothing was sent"
+        );
+        in_flight.start();
+        assert!(
+            !in_flight.wait_idle(Duration::from_millis(20)),
+            "gives up after the limit while a commit is in flight"
+        );
+        let committer = in_flight.clone();
+        let landed = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            committer.done();
+        });
+        let started = Instant::now();
+        assert!(in_flight.wait_idle(Duration::from_secs(10)));
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "returned before it landed"
+        );
+        landed.join().unwrap();
+    }
+}
