@@ -153,6 +153,7 @@ impl Engine {
             .max_predicate_cache_size = Some(0);
         let base = SessionContext::new_with_config_rt(config, runtime);
         crate::udf::register(&base);
+        base.add_optimizer_rule(Arc::new(crate::rules::PackIntegerGroupKeys));
         let lake = Arc::new(LakeSchema::new(location));
         lake.attach(base.state());
         base.catalog(CATALOG)

@@ -9,7 +9,8 @@
 //!
 //! Entry points:
 //! - [`Engine`]: DataFusion over the lake ([`catalog`]), read-only, with the flow
-//!   functions of [`udf`] and the memory and time limits of [`limits`].
+//!   functions of [`udf`], the optimizer rules of [`rules`] and the memory and time
+//!   limits of [`limits`].
 //! - [`cli::run_sql`]: `bulkhead sql`.
 //! - [`serve::Server`]: `bulkhead serve` — HTTP ([`http`]) and Flight SQL ([`flight`]).
 //!   Other components mount their axum `Router` with
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod openapi;
 pub mod output;
 pub mod queries;
+pub mod rules;
 pub mod serve;
 pub mod udf;
 
