@@ -23,7 +23,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 use url::Url;
 
-use crate::edges::{EdgeAggregator, Windowing};
 use crate::run::IngestError;
 use crate::telemetry;
 use crate::writer::{AppendTable, EDGE_SORT_COLUMNS, FlowsTable, LakeError};
@@ -32,7 +31,8 @@ use crate::writer::{AppendTable, EDGE_SORT_COLUMNS, FlowsTable, LakeError};
 /// last offset it covers), and the txn versions the tables must still hold.
 pub(crate) struct Sealed {
     pub flows: Option<(FlowColumns, i64)>,
-    pub edges: Option<(EdgeAggregator, i64)>,
+    /// Built by the loop at the seal (the committer's share of the work is the larger).
+    pub edges: Option<(RecordBatch, i64)>,
     pub flows_expected: Option<i64>,
     pub edges_expected: Option<i64>,
 }
@@ -112,7 +112,6 @@ pub(crate) struct Settings {
     pub flows_url: Url,
     pub edges_url: Url,
     pub topic: String,
-    pub windowing: Windowing,
     pub retry_max: Duration,
     pub stop: watch::Receiver<bool>,
 }
@@ -225,7 +224,6 @@ struct Tables {
     flows: FlowsTable,
     edges: AppendTable,
     topic: String,
-    windowing: Windowing,
     retry_max: Duration,
     stop: watch::Receiver<bool>,
 }
@@ -244,7 +242,6 @@ impl Tables {
             flows: FlowsTable::open(&settings.flows_url).await?,
             edges: AppendTable::open_named(&settings.edges_url, "edges", EDGE_SORT_COLUMNS).await?,
             topic: settings.topic,
-            windowing: settings.windowing,
             retry_max: settings.retry_max,
             stop: settings.stop,
         })
@@ -267,10 +264,7 @@ impl Tables {
                 Some((mut columns, last)) => Some((columns.finish()?, last)),
                 None => None,
             };
-            let edges = match sealed.edges {
-                Some((mut edges, last)) => Some((edges.finish(self.windowing)?, last)),
-                None => None,
-            };
+            let edges = sealed.edges;
             pending.insert(
                 partition,
                 Pending {

@@ -288,7 +288,6 @@ pub async fn run(
             flows_url: config.table_url("flows"),
             edges_url: config.table_url("edges"),
             topic: topic.clone(),
-            windowing: config.windowing,
             retry_max: config.retry_max,
             stop: stop_rx.clone(),
         },
@@ -746,11 +745,11 @@ impl Ingest {
                 .last_offset
                 .take()
                 .map(|last| (std::mem::take(&mut state.columns), last));
-            let edges = state
-                .edges_last
-                .take()
-                .map(|last| (std::mem::take(&mut state.edges), last));
-            rows += state.rows + edges.as_ref().map_or(0, |(e, _)| e.len());
+            let edges = match state.edges_last.take() {
+                Some(last) => Some((state.edges.finish(self.config.windowing)?, last)),
+                None => None,
+            };
+            rows += state.rows + edges.as_ref().map_or(0, |(e, _)| e.num_rows());
             state.rows = 0;
             state.bytes = 0;
             if flows.is_some() || edges.is_some() {
