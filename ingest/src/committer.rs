@@ -92,12 +92,12 @@ impl InFlight {
     }
 }
 
+/// A partition's last offsets in `flows` and in `edges`.
+type Offsets = (Option<i64>, Option<i64>);
+
 enum Request {
     Commit(Commit, oneshot::Sender<Result<Committed, IngestError>>),
-    Sync(
-        i32,
-        oneshot::Sender<Result<(Option<i64>, Option<i64>), IngestError>>,
-    ),
+    Sync(i32, oneshot::Sender<Result<Offsets, IngestError>>),
 }
 
 /// The handle the ingest loop keeps.
@@ -176,10 +176,7 @@ impl Committer {
     }
 
     /// Sends a commit; its outcome comes on the returned receiver.
-    pub async fn send(
-        &self,
-        commit: Commit,
-    ) -> Result<oneshot::Receiver<Result<Committed, IngestError>>, IngestError> {
+    pub async fn send(&self, commit: Commit) -> Result<Landing, IngestError> {
         let (reply, outcome) = oneshot::channel();
         self.in_flight.start();
         if self
@@ -196,7 +193,7 @@ impl Committer {
 
     /// The last offsets of `partition` in `flows` and in `edges`, after every commit sent
     /// before.
-    pub async fn sync(&self, partition: i32) -> Result<(Option<i64>, Option<i64>), IngestError> {
+    pub async fn sync(&self, partition: i32) -> Result<Offsets, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Sync(partition, reply))
@@ -217,6 +214,14 @@ impl Committer {
 
 fn gone() -> IngestError {
     IngestError::Internal("the lake committer stopped".into())
+}
+
+/// The answer to a sent commit.
+pub(crate) type Landing = oneshot::Receiver<Result<Committed, IngestError>>;
+
+/// Waits for a sent commit's outcome.
+pub(crate) async fn landed(landing: &mut Landing) -> Result<Committed, IngestError> {
+    landing.await.unwrap_or_else(|_| Err(gone()))
 }
 
 /// The tables and what a commit attempt needs, on the committer's thread.
@@ -247,7 +252,7 @@ impl Tables {
         })
     }
 
-    async fn sync(&mut self, partition: i32) -> Result<(Option<i64>, Option<i64>), IngestError> {
+    async fn sync(&mut self, partition: i32) -> Result<Offsets, IngestError> {
         self.flows.refresh().await?;
         self.edges.refresh().await?;
         let flows = self.flows.committed_offset(&self.topic, partition).await?;

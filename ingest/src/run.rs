@@ -35,9 +35,9 @@ use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use crate::committer::{Commit, Committed, Committer, InFlight, Sealed};
+use crate::committer::{Commit, Committed, Committer, InFlight, Landing, Sealed, landed};
 use crate::config::IngestConfig;
 use crate::dlq::{self, Source};
 use crate::edges::EdgeAggregator;
@@ -138,8 +138,6 @@ impl ConsumerContext for IngestContext {
 }
 
 type FlowConsumer = StreamConsumer<IngestContext>;
-
-type InFlightCommit = oneshot::Receiver<Result<Committed, IngestError>>;
 
 /// One assigned partition: where it stands against the table, and its buffered rows.
 struct PartitionState {
@@ -340,7 +338,7 @@ pub async fn run(
             _ = group_offsets_tick.tick(), if !ingest.group_offsets_owed.is_empty() => {
                 ingest.commit_group_offsets(&consumer);
             }
-            outcome = landed(&mut ingest.in_flight) => {
+            outcome = in_flight_landed(&mut ingest.in_flight) => {
                 ingest.in_flight = None;
                 ingest.committed(&consumer, outcome?);
             }
@@ -376,15 +374,11 @@ pub async fn run(
 }
 
 /// The outcome of the commit in flight, once it landed (never, when none is).
-async fn landed(in_flight: &mut Option<InFlightCommit>) -> Result<Committed, IngestError> {
+async fn in_flight_landed(in_flight: &mut Option<Landing>) -> Result<Committed, IngestError> {
     match in_flight {
-        Some(outcome) => outcome.await.unwrap_or_else(|_| Err(committer_gone())),
+        Some(landing) => landed(landing).await,
         None => std::future::pending().await,
     }
-}
-
-fn committer_gone() -> IngestError {
-    IngestError::Internal("the lake committer stopped without an answer".into())
 }
 
 fn internal(partition: i32) -> IngestError {
@@ -447,7 +441,7 @@ struct Ingest {
     topic: String,
     committer: Committer,
     /// The outcome of the commit in flight (at most one).
-    in_flight: Option<InFlightCommit>,
+    in_flight: Option<Landing>,
     /// Newest event time (first_seen, µs) seen: the edges' watermark plus the lateness.
     newest_us: i64,
     dlq: Producer,
@@ -732,8 +726,8 @@ impl Ingest {
     /// offset, then the edges of the same offsets in one `edges` commit. Returns without
     /// waiting for it, unless stopping.
     async fn commit(&mut self, consumer: &FlowConsumer, stopping: bool) -> Result<(), IngestError> {
-        if let Some(outcome) = self.in_flight.take() {
-            let committed = outcome.await.unwrap_or_else(|_| Err(committer_gone()))?;
+        if let Some(mut landing) = self.in_flight.take() {
+            let committed = landed(&mut landing).await?;
             self.committed(consumer, committed);
         }
         self.drop_revoked();
@@ -768,7 +762,7 @@ impl Ingest {
             // before the next data commit — at least once on the DLQ).
             return Ok(());
         }
-        let outcome = self
+        let mut landing = self
             .committer
             .send(Commit {
                 partitions,
@@ -776,10 +770,10 @@ impl Ingest {
             })
             .await?;
         if stopping {
-            let committed = outcome.await.unwrap_or_else(|_| Err(committer_gone()))?;
+            let committed = landed(&mut landing).await?;
             self.committed(consumer, committed);
         } else {
-            self.in_flight = Some(outcome);
+            self.in_flight = Some(landing);
         }
         Ok(())
     }
