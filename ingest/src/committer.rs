@@ -285,11 +285,13 @@ impl Tables {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            // Not `attempt`: delta-rs records its own retry count as `attempt` on the
+            // current span, which then printed twice or three times.
             let span = tracing::info_span!(
                 "commit",
                 partitions = pending.len(),
                 rows = pending.values().map(Pending::rows).sum::<usize>(),
-                attempt = attempts
+                commit_attempt = attempts
             );
             match self
                 .try_commit(&mut pending, &mut committed)
