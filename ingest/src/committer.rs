@@ -18,7 +18,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use bulkhead_schemas::lake::{FlowColumns, edges_schema, flows_schema};
+use bulkhead_schemas::lake::{edges_schema, flows_schema};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 use url::Url;
@@ -27,14 +27,27 @@ use crate::run::IngestError;
 use crate::telemetry;
 use crate::writer::{AppendTable, EDGE_SORT_COLUMNS, FlowsTable, LakeError};
 
-/// One partition's buffers handed over at a commit: its flow rows and edges (each with the
-/// last offset it covers), and the txn versions the tables must still hold.
+/// One table's share of a partition's commit: its rows with the last offset they cover
+/// (cleared once they landed), and the txn version the table must still hold.
+pub(crate) struct Part {
+    pub rows: Option<(RecordBatch, i64)>,
+    pub expected: Option<i64>,
+}
+
+/// One partition's buffers handed over at a commit, built into batches by the loop (cheap
+/// next to the committer's sort and encoding): its `flows` and `edges` parts.
 pub(crate) struct Sealed {
-    pub flows: Option<(FlowColumns, i64)>,
-    /// Built by the loop at the seal (the committer's share of the work is the larger).
-    pub edges: Option<(RecordBatch, i64)>,
-    pub flows_expected: Option<i64>,
-    pub edges_expected: Option<i64>,
+    pub flows: Part,
+    pub edges: Part,
+}
+
+impl Sealed {
+    pub fn rows(&self) -> usize {
+        [&self.flows, &self.edges]
+            .iter()
+            .map(|part| part.rows.as_ref().map_or(0, |(r, _)| r.num_rows()))
+            .sum()
+    }
 }
 
 /// What a commit did.
@@ -233,14 +246,6 @@ struct Tables {
     stop: watch::Receiver<bool>,
 }
 
-/// One partition's part of a commit once its buffers are built into batches.
-struct Pending {
-    flows: Option<(RecordBatch, i64)>,
-    edges: Option<(RecordBatch, i64)>,
-    flows_expected: Option<i64>,
-    edges_expected: Option<i64>,
-}
-
 impl Tables {
     async fn open(settings: Settings) -> Result<Self, IngestError> {
         Ok(Self {
@@ -252,34 +257,29 @@ impl Tables {
         })
     }
 
-    async fn sync(&mut self, partition: i32) -> Result<Offsets, IngestError> {
+    /// Loads both tables' newest commits (another writer's included).
+    async fn refresh(&mut self) -> Result<(), IngestError> {
         self.flows.refresh().await?;
         self.edges.refresh().await?;
+        Ok(())
+    }
+
+    /// The loaded tables' last offsets of `partition`.
+    async fn offsets(&self, partition: i32) -> Result<Offsets, IngestError> {
         let flows = self.flows.committed_offset(&self.topic, partition).await?;
         let edges = self.edges.committed_offset(&self.topic, partition).await?;
         Ok((flows, edges))
     }
 
-    /// Builds the batches and commits them, retrying until both tables have them (or,
-    /// when stopping, a few times).
+    async fn sync(&mut self, partition: i32) -> Result<Offsets, IngestError> {
+        self.refresh().await?;
+        self.offsets(partition).await
+    }
+
+    /// Commits the sealed batches, retrying until both tables have them (or, when
+    /// stopping, a few times).
     async fn commit(&mut self, commit: Commit) -> Result<Committed, IngestError> {
-        let mut pending = BTreeMap::new();
-        for (partition, sealed) in commit.partitions {
-            let flows = match sealed.flows {
-                Some((mut columns, last)) => Some((columns.finish()?, last)),
-                None => None,
-            };
-            let edges = sealed.edges;
-            pending.insert(
-                partition,
-                Pending {
-                    flows,
-                    edges,
-                    flows_expected: sealed.flows_expected,
-                    edges_expected: sealed.edges_expected,
-                },
-            );
-        }
+        let mut pending = commit.partitions;
         let mut committed = Committed::default();
         let mut backoff = Duration::from_millis(250);
         let mut attempts = 0;
@@ -290,7 +290,7 @@ impl Tables {
             let span = tracing::info_span!(
                 "commit",
                 partitions = pending.len(),
-                rows = pending.values().map(Pending::rows).sum::<usize>(),
+                rows = pending.values().map(Sealed::rows).sum::<usize>(),
                 commit_attempt = attempts
             );
             match self
@@ -320,24 +320,22 @@ impl Tables {
     /// `flows` part (once: a retry after it landed only does the edges), then the edges.
     async fn try_commit(
         &mut self,
-        pending: &mut BTreeMap<i32, Pending>,
+        pending: &mut BTreeMap<i32, Sealed>,
         committed: &mut Committed,
     ) -> Result<(), IngestError> {
         let started = Instant::now();
         // Another writer (a process that held the partition before a rebalance) may
         // have committed since we synced: drop what it already wrote.
-        self.flows.refresh().await?;
-        self.edges.refresh().await?;
+        self.refresh().await?;
         let mut lost = Vec::new();
         for (partition, p) in pending.iter() {
-            let flows = self.flows.committed_offset(&self.topic, *partition).await?;
-            let edges = self.edges.committed_offset(&self.topic, *partition).await?;
-            if flows != p.flows_expected || edges != p.edges_expected {
+            let (flows, edges) = self.offsets(*partition).await?;
+            if flows != p.flows.expected || edges != p.edges.expected {
                 tracing::warn!(
                     partition,
-                    expected_flows = p.flows_expected,
+                    expected_flows = p.flows.expected,
                     table_flows = flows,
-                    expected_edges = p.edges_expected,
+                    expected_edges = p.edges.expected,
                     table_edges = edges,
                     "another writer committed this partition: dropping our rows and re-syncing"
                 );
@@ -359,12 +357,7 @@ impl Tables {
             telemetry::committed(version, row_count, offsets.len(), started.elapsed());
             committed.commits += 1;
             committed.rows_written += row_count as u64;
-            for &(partition, last) in &offsets {
-                if let Some(p) = pending.get_mut(&partition) {
-                    p.flows = None;
-                    p.flows_expected = Some(last);
-                }
-            }
+            land(pending, &offsets, |p| &mut p.flows);
             committed.flows.extend(offsets);
         }
         let (rows, offsets) = take_part(pending, |p| &mut p.edges, &edges_schema())?;
@@ -378,12 +371,7 @@ impl Tables {
                 .await
                 .inspect_err(warn_if_concurrent)?;
             telemetry::edges_committed(version, row_count, offsets.len(), started.elapsed());
-            for &(partition, last) in &offsets {
-                if let Some(p) = pending.get_mut(&partition) {
-                    p.edges = None;
-                    p.edges_expected = Some(last);
-                }
-            }
+            land(pending, &offsets, |p| &mut p.edges);
             committed.edges.extend(offsets);
         }
         Ok(())
@@ -393,14 +381,14 @@ impl Tables {
 /// One table's rows of every pending partition as one batch, with each partition's last
 /// offset (left in place: a part is cleared only once its commit landed).
 fn take_part(
-    pending: &mut BTreeMap<i32, Pending>,
-    part: impl Fn(&mut Pending) -> &mut Option<(RecordBatch, i64)>,
+    pending: &mut BTreeMap<i32, Sealed>,
+    part: fn(&mut Sealed) -> &mut Part,
     schema: &arrow_schema::SchemaRef,
 ) -> Result<(RecordBatch, Vec<(i32, i64)>), IngestError> {
     let mut batches = Vec::new();
     let mut offsets = Vec::new();
     for (partition, p) in pending.iter_mut() {
-        if let Some((rows, last)) = part(p) {
+        if let Some((rows, last)) = &part(p).rows {
             batches.push(rows.clone());
             offsets.push((*partition, *last));
         }
@@ -411,10 +399,17 @@ fn take_part(
     ))
 }
 
-impl Pending {
-    fn rows(&self) -> usize {
-        self.flows.as_ref().map_or(0, |(r, _)| r.num_rows())
-            + self.edges.as_ref().map_or(0, |(r, _)| r.num_rows())
+/// One table's part of `offsets`' partitions landed: cleared, and the table at that offset.
+fn land(
+    pending: &mut BTreeMap<i32, Sealed>,
+    offsets: &[(i32, i64)],
+    part: fn(&mut Sealed) -> &mut Part,
+) {
+    for &(partition, last) in offsets {
+        if let Some(part) = pending.get_mut(&partition).map(part) {
+            part.rows = None;
+            part.expected = Some(last);
+        }
     }
 }
 

@@ -37,7 +37,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance,
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::committer::{Commit, Committed, Committer, InFlight, Landing, Sealed, landed};
+use crate::committer::{Commit, Committed, Committer, InFlight, Landing, Part, Sealed, landed};
 use crate::config::IngestConfig;
 use crate::dlq::{self, Source};
 use crate::edges::EdgeAggregator;
@@ -735,24 +735,28 @@ impl Ingest {
         let mut partitions = BTreeMap::new();
         let mut rows = 0;
         for (partition, state) in &mut self.partitions {
-            let flows = state
-                .last_offset
-                .take()
-                .map(|last| (std::mem::take(&mut state.columns), last));
+            let flows = match state.last_offset.take() {
+                Some(last) => Some((state.columns.finish()?, last)),
+                None => None,
+            };
             let edges = match state.edges_last.take() {
                 Some(last) => Some((state.edges.finish(self.config.windowing)?, last)),
                 None => None,
             };
-            rows += state.rows + edges.as_ref().map_or(0, |(e, _)| e.num_rows());
             state.rows = 0;
             state.bytes = 0;
             if flows.is_some() || edges.is_some() {
                 let sealed = Sealed {
-                    flows,
-                    edges,
-                    flows_expected: state.table_offset,
-                    edges_expected: state.edges_offset,
+                    flows: Part {
+                        rows: flows,
+                        expected: state.table_offset,
+                    },
+                    edges: Part {
+                        rows: edges,
+                        expected: state.edges_offset,
+                    },
                 };
+                rows += sealed.rows();
                 partitions.insert(*partition, sealed);
             }
         }
