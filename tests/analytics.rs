@@ -500,6 +500,16 @@ async fn every_table_is_queryable_and_analyst_queries_equal_duckdb() {
         );
         assert_eq!(ours, duck, "{name}: DataFusion vs DuckDB\n{sql}");
     }
+    // The apps query (equal to DuckDB's, which reads the maps) read the standard label
+    // columns that ingest wrote, not the maps.
+    let plan = format!(
+        "{:?}",
+        rows(&engine, &format!("EXPLAIN {}", ANALYST_QUERIES[1].1)).await
+    );
+    assert!(
+        plan.contains("src_app@") && plan.contains("dst_app@") && !plan.contains("src_labels@"),
+        "{plan}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

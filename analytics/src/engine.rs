@@ -137,7 +137,10 @@ impl Engine {
             .with_memory_pool(pool.clone())
             .build_arc()
             .map_err(|e| format!("cannot start the query runtime: {e}"))?;
-        let mut config = SessionConfig::new()
+        // DataFusion's own `DATAFUSION_*` variables (e.g. `DATAFUSION_EXECUTION_BATCH_SIZE`)
+        // tune the engine; the lake's defaults below apply where they say nothing.
+        let mut config = SessionConfig::from_env()
+            .map_err(|e| format!("a DATAFUSION_* variable is invalid: {e}"))?
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_create_default_catalog_and_schema(true);
@@ -146,13 +149,16 @@ impl Engine {
         // them, so with parquet's predicate cache on every filtered scan copies its filter
         // columns into the cache: off, `WHERE src_workload IS NULL` over 50M flows ran in
         // half the time (505 → 253 ms), and no query measured got slower.
-        config
-            .options_mut()
-            .execution
-            .parquet
-            .max_predicate_cache_size = Some(0);
+        if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_MAX_PREDICATE_CACHE_SIZE").is_none() {
+            config
+                .options_mut()
+                .execution
+                .parquet
+                .max_predicate_cache_size = Some(0);
+        }
         let base = SessionContext::new_with_config_rt(config, runtime);
         crate::udf::register(&base);
+        base.add_analyzer_rule(Arc::new(crate::rules::StandardLabelColumns));
         base.add_optimizer_rule(Arc::new(crate::rules::PackIntegerGroupKeys));
         let lake = Arc::new(LakeSchema::new(location));
         lake.attach(base.state());

@@ -60,6 +60,8 @@ COLUMNS = ["date", "hour", "host_id", "direction", "src_ip", "dst_ip", "src_port
            "protocol", "packets", "bytes", "first_seen", "last_seen", "process_name",
            "dns_name", "src_workload", "dst_workload", "src_labels", "dst_labels",
            "policy_decision", "agent_instance_id", "batch_seq"]
+STANDARD_LABEL_KEYS = ["role", "app", "env", "loc"]
+COLUMNS += [f"{end}_{key}" for end in ("src", "dst") for key in STANDARD_LABEL_KEYS]
 
 
 def main():
@@ -144,6 +146,9 @@ def main():
                 rows["policy_decision"].append("unknown")
                 rows["agent_instance_id"].append(batch.agent_instance_id)
                 rows["batch_seq"].append(batch.batch_seq)
+                for end, owner in (("src", src_owner), ("dst", dst_owner)):
+                    for key in STANDARD_LABEL_KEYS:
+                        rows[f"{end}_{key}"].append(owner[1].get(key) if owner else None)
                 # Edges: client -> server, counted from the server's report.
                 from_server = (r.direction == 2) if r.local_is_server else (r.direction == 1)
                 if from_server:

@@ -385,15 +385,32 @@ pub async fn run(
 ) -> Report {
     std::fs::create_dir_all(&lake).expect("lake dir");
     let lake = std::path::absolute(&lake).expect("absolute lake path");
-    let engine = Engine::new(
-        LakeLocation::new(&lake),
-        Limits {
-            memory_bytes: 8 << 30,
-            query_memory_bytes: 4 << 30,
-            query_timeout: Duration::from_secs(600),
-        },
-    )
-    .expect("engine");
+    let open = || {
+        Engine::new(
+            LakeLocation::new(&lake),
+            Limits {
+                memory_bytes: 8 << 30,
+                query_memory_bytes: 4 << 30,
+                query_timeout: Duration::from_secs(600),
+            },
+        )
+        .expect("engine")
+    };
+    let older = open();
+    if count_flows(&older).await > 0
+        && older
+            .collect("SELECT src_app FROM flows LIMIT 0")
+            .await
+            .is_err()
+    {
+        println!(
+            "query: {} predates the standard label columns: its flows are built anew",
+            lake.display()
+        );
+        std::fs::remove_dir_all(lake.join("flows")).expect("remove the older flows table");
+    }
+    drop(older);
+    let engine = open();
     let mut flows = count_flows(&engine).await;
     if flows == 0 {
         flows = build_flows(bulkhead, kafka, &lake, records).await;

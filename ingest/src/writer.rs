@@ -183,9 +183,11 @@ impl AppendTable {
         topic: &str,
         last_offsets: &[(i32, i64)],
     ) -> Result<i64, LakeError> {
-        let rows = sort_rows_by(&rows, self.sort_columns).map_err(|source| LakeError::Arrow {
-            url: self.url.clone(),
-            source,
+        let rows = sort_rows_by(&self.fit_to_table(rows), self.sort_columns).map_err(|source| {
+            LakeError::Arrow {
+                url: self.url.clone(),
+                source,
+            }
         })?;
         let txns = last_offsets
             .iter()
@@ -209,6 +211,25 @@ impl AppendTable {
             })?;
         self.table = written;
         Ok(self.table.version().map_or(0, |v| v as i64))
+    }
+
+    /// `rows` without the columns an existing table lacks. A table created by an earlier
+    /// release keeps the schema it was created with (its files are not rewritten); the
+    /// columns added since, such as `flows`' standard label columns, are left out of its
+    /// commits, and readers see it as it always was.
+    fn fit_to_table(&self, rows: RecordBatch) -> RecordBatch {
+        let Ok(state) = self.table.snapshot() else {
+            return rows; // the first commit creates the table with every column
+        };
+        let table_schema = state.schema();
+        let keep: Vec<usize> = (0..rows.num_columns())
+            .filter(|&i| table_schema.field(rows.schema().field(i).name()).is_some())
+            .collect();
+        if keep.len() == rows.num_columns() {
+            return rows;
+        }
+        rows.project(&keep)
+            .expect("indices of the batch's own columns")
     }
 
     /// The table, for readers (e.g. a DataFusion table provider).
@@ -490,5 +511,56 @@ mod tests {
         .unwrap();
         let expected = arrow_select::take::take_record_batch(&batch, &reference).unwrap();
         assert_eq!(sorted, expected);
+    }
+
+    #[tokio::test]
+    async fn a_table_created_without_newer_columns_keeps_its_schema() {
+        use bulkhead_schemas::lake::STANDARD_LABEL_KEYS;
+        use bulkhead_schemas::proto::{FlowBatch, FlowRecord};
+        let record = |i: u64| FlowRecord {
+            src_ip: vec![10, 0, 0, 1],
+            dst_ip: vec![10, 0, 0, 2],
+            first_seen_unix_ns: 1_764_115_200_000_000_000 + i,
+            last_seen_unix_ns: 1_764_115_200_000_000_000 + i,
+            src_labels: [("app".to_string(), "crm".to_string())].into(),
+            ..Default::default()
+        };
+        let batch = FlowBatch {
+            host_id: "h1".into(),
+            records: vec![record(0), record(1)],
+            ..Default::default()
+        };
+        let rows = bulkhead_schemas::lake::flow_batches_to_arrow([&batch]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let mut table = FlowsTable::open(&url).await.unwrap();
+        // An earlier release's table: created from rows without the standard label columns.
+        let standard: Vec<String> = ["src", "dst"]
+            .iter()
+            .flat_map(|end| STANDARD_LABEL_KEYS.map(|key| format!("{end}_{key}")))
+            .collect();
+        let older: Vec<usize> = (0..rows.num_columns())
+            .filter(|&i| !standard.contains(rows.schema().field(i).name()))
+            .collect();
+        table
+            .commit(rows.project(&older).unwrap(), "t", &[(0, 0)])
+            .await
+            .unwrap();
+        table.commit(rows.clone(), "t", &[(0, 1)]).await.unwrap();
+        let state = table.table().snapshot().unwrap();
+        for column in &standard {
+            assert!(
+                state.schema().field(column).is_none(),
+                "{column}: schema kept"
+            );
+        }
+        assert!(state.schema().field("src_labels").is_some());
+        assert_eq!(table.committed_offset("t", 0).await.unwrap(), Some(1));
+        let rows_written: i64 = state
+            .log_data()
+            .iter()
+            .map(|f| f.num_records().unwrap_or(0) as i64)
+            .sum();
+        assert_eq!(rows_written, 4);
     }
 }

@@ -211,7 +211,31 @@ pub fn flows_schema() -> SchemaRef {
         f("policy_version", Int64, true),
         f("agent_instance_id", Utf8, false),
         f("batch_seq", Int64, false),
+        f("src_role", Utf8, true),
+        f("src_app", Utf8, true),
+        f("src_env", Utf8, true),
+        f("src_loc", Utf8, true),
+        f("dst_role", Utf8, true),
+        f("dst_app", Utf8, true),
+        f("dst_env", Utf8, true),
+        f("dst_loc", Utf8, true),
     ]))
+}
+
+/// The four standard label keys (DESIGN.md's policy model). The `flows` table holds
+/// each end's value of these, besides the full labels map, as plain columns
+/// (`src_role` … `dst_loc`): a column of a few distinct values reads as a dictionary
+/// page and a few bits a row, where `label(src_labels, 'app')` must decode every key and
+/// value of every map. The analytics engine answers `label(src_labels, 'app')` from
+/// `src_app` when the table has it.
+pub const STANDARD_LABEL_KEYS: [&str; 4] = ["role", "app", "env", "loc"];
+
+/// The `flows` column holding the standard label `key` of the `end`'s map
+/// (`src_labels` or `dst_labels`), if `key` is standard: `("src_labels", "app")` → `src_app`.
+pub fn standard_label_column(map_column: &str, key: &str) -> Option<String> {
+    let end = map_column.strip_suffix("_labels")?;
+    ((end == "src" || end == "dst") && STANDARD_LABEL_KEYS.contains(&key))
+        .then(|| format!("{end}_{key}"))
 }
 
 /// The `edges` table: the application-dependency map. Rows are partial aggregates per
@@ -399,6 +423,8 @@ pub struct FlowColumns {
     policy_version: Int64Builder,
     agent_instance_id: StringBuilder,
     batch_seq: Int64Builder,
+    /// `src_role`, `src_app`, `src_env`, `src_loc`, then the same for `dst`.
+    standard_labels: [StringBuilder; 8],
     /// Reused buffer for formatting addresses.
     ip_text: String,
     rows: usize,
@@ -443,19 +469,29 @@ fn opt_str(builder: &mut StringBuilder, value: &str) {
     }
 }
 
+/// Appends `labels` to the map column and its standard keys' values to `standard`
+/// (one builder per [`STANDARD_LABEL_KEYS`] entry, NULL where the key is absent).
 fn append_labels(
     builder: &mut MapBuilder<StringBuilder, StringBuilder>,
+    standard: &mut [StringBuilder],
     labels: &std::collections::BTreeMap<String, String>,
 ) {
+    let mut standard_values: [Option<&str>; 4] = [None; 4];
+    for (key, value) in labels {
+        builder.keys().append_value(key);
+        builder.values().append_value(value);
+        if let Some(i) = STANDARD_LABEL_KEYS.iter().position(|k| k == key) {
+            standard_values[i] = Some(value);
+        }
+    }
+    for (column, value) in standard.iter_mut().zip(standard_values) {
+        column.append_option(value);
+    }
     if labels.is_empty() {
         builder
             .append(false)
             .expect("map builder keys and values stay aligned");
         return;
-    }
-    for (key, value) in labels {
-        builder.keys().append_value(key);
-        builder.values().append_value(value);
     }
     builder
         .append(true)
@@ -520,6 +556,7 @@ impl FlowColumns {
             policy_version: Int64Builder::with_capacity(rows),
             agent_instance_id: s(16),
             batch_seq: Int64Builder::with_capacity(rows),
+            standard_labels: std::array::from_fn(|_| s(4)),
             ip_text: String::with_capacity(48),
             rows: 0,
         }
@@ -585,8 +622,9 @@ impl FlowColumns {
         opt_str(&mut self.dns_name, &r.remote_dns_name);
         opt_str(&mut self.src_workload, &r.src_workload);
         opt_str(&mut self.dst_workload, &r.dst_workload);
-        append_labels(&mut self.src_labels, &r.src_labels);
-        append_labels(&mut self.dst_labels, &r.dst_labels);
+        let (src_standard, dst_standard) = self.standard_labels.split_at_mut(4);
+        append_labels(&mut self.src_labels, src_standard, &r.src_labels);
+        append_labels(&mut self.dst_labels, dst_standard, &r.dst_labels);
         append_list(&mut self.src_ip_lists, &r.src_ip_lists);
         append_list(&mut self.dst_ip_lists, &r.dst_ip_lists);
         self.policy_decision
@@ -601,7 +639,7 @@ impl FlowColumns {
 
     /// The appended rows as a `RecordBatch` of [`flows_schema`]; the builders are reset.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.date.finish()),
             Arc::new(self.hour.finish()),
             Arc::new(self.host_id.finish()),
@@ -639,6 +677,11 @@ impl FlowColumns {
             Arc::new(self.agent_instance_id.finish()),
             Arc::new(self.batch_seq.finish()),
         ];
+        columns.extend(
+            self.standard_labels
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
         self.rows = 0;
         RecordBatch::try_new(flows_schema(), columns)
     }
@@ -767,11 +810,49 @@ mod tests {
         assert!(col("dns_name").is_null(0), "no name: NULL");
         assert_eq!(col("dns_name").as_string::<i32>().value(1), "api.example");
         assert!(col("src_labels").is_null(0) && !col("src_labels").is_null(1));
+        assert_eq!(
+            col("src_app").as_string::<i32>().value(1),
+            "crm",
+            "standard key"
+        );
+        for column in ["src_app", "src_role", "dst_app"] {
+            assert!(col(column).is_null(0), "{column}: no such label, NULL");
+        }
+        assert!(col("src_role").is_null(1) && col("dst_app").is_null(1));
         assert_eq!(col("batch_seq").as_primitive::<Int64Type>().value(1), 7);
         assert_eq!(
             col("policy_decision").as_string::<i32>().value(0),
             "unknown"
         );
+    }
+
+    #[test]
+    fn standard_label_columns_are_named_by_end_and_key() {
+        assert_eq!(
+            standard_label_column("src_labels", "app").as_deref(),
+            Some("src_app")
+        );
+        assert_eq!(
+            standard_label_column("dst_labels", "loc").as_deref(),
+            Some("dst_loc")
+        );
+        assert_eq!(
+            standard_label_column("src_labels", "team"),
+            None,
+            "custom key"
+        );
+        assert_eq!(
+            standard_label_column("labels", "app"),
+            None,
+            "not a flow end"
+        );
+        let schema = flows_schema();
+        for end in ["src", "dst"] {
+            for key in STANDARD_LABEL_KEYS {
+                let column = standard_label_column(&format!("{end}_labels"), key).unwrap();
+                assert!(schema.field_with_name(&column).is_ok(), "{column}");
+            }
+        }
     }
 
     #[test]
