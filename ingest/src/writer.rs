@@ -113,7 +113,7 @@ impl AppendTable {
                 )))
             })?;
         }
-        let table = DeltaTable::try_from_url(url.clone()).await.map_err(delta)?;
+        let table = open_table(url).await.map_err(delta)?;
         let spec = bulkhead_schemas::lake::table(name)
             .ok_or_else(|| delta(DeltaTableError::Generic(format!("no {name} table spec"))))?;
         Ok(Self {
@@ -143,18 +143,12 @@ impl AppendTable {
 
     /// Loads the newest commit of the table (another writer's included).
     pub async fn refresh(&mut self) -> Result<(), LakeError> {
-        let result = if self.table.version().is_some() {
-            self.table.update_state().await
-        } else {
-            self.table.load().await
-        };
-        match result {
-            Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(()),
-            Err(source) => Err(LakeError::Delta {
+        load_latest(&mut self.table)
+            .await
+            .map_err(|source| LakeError::Delta {
                 url: self.url.clone(),
                 source,
-            }),
-        }
+            })
     }
 
     /// The last offset of `topic`/`partition` recorded in the loaded snapshot.
@@ -235,6 +229,29 @@ impl AppendTable {
     /// The table, for readers (e.g. a DataFusion table provider).
     pub fn table(&self) -> &DeltaTable {
         &self.table
+    }
+}
+
+/// The table at `url` at its newest commit, or unloaded when it has no commit yet.
+async fn open_table(url: &Url) -> Result<DeltaTable, DeltaTableError> {
+    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())?.build()?;
+    load_latest(&mut table).await?;
+    Ok(table)
+}
+
+/// Moves `table` to its newest commit; a table with no commit yet stays unloaded. Its
+/// log is listed first: loading a table that has none makes the Delta kernel log an ERROR
+/// ("No files in log segment") on every refresh until ingest's first commit.
+async fn load_latest(table: &mut DeltaTable) -> Result<(), DeltaTableError> {
+    if table.version().is_some() {
+        return table.update_state().await;
+    }
+    if !table.log_store().is_delta_table_location().await? {
+        return Ok(());
+    }
+    match table.load().await {
+        Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -396,11 +413,7 @@ impl SnapshotTable {
                 )))
             })?;
         }
-        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(delta)?;
-        match table.load().await {
-            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
-            Err(source) => return Err(delta(source)),
-        }
+        let table = open_table(url).await.map_err(delta)?;
         Ok(Self {
             url: url.clone(),
             table,
@@ -420,14 +433,7 @@ impl SnapshotTable {
             url: self.url.clone(),
             source,
         };
-        match if self.table.version().is_some() {
-            self.table.update_state().await
-        } else {
-            self.table.load().await
-        } {
-            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
-            Err(source) => return Err(delta(source)),
-        }
+        load_latest(&mut self.table).await.map_err(delta)?;
         let written = self
             .table
             .clone()
