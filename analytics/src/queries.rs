@@ -20,8 +20,7 @@ fn bad(message: impl Into<String>) -> BadRequest {
     BadRequest(message.into())
 }
 
-/// The label keys every estate has (Illumio's four).
-pub const STANDARD_LABEL_KEYS: &[&str] = &["role", "app", "env", "loc"];
+pub use bulkhead_schemas::policy::STANDARD_LABEL_KEYS;
 
 /// Policy decisions as the lake stores them.
 pub const DECISIONS: &[&str] = &["allowed", "potentially_blocked", "blocked", "unknown"];

@@ -9,7 +9,7 @@
 //!
 //! [`StandardLabelColumns`] (an analyzer rule): `label(src_labels, 'app')` over the
 //! `flows` table reads the plain column `src_app` that ingest writes beside the map for
-//! the four standard keys (`bulkhead_schemas::lake::STANDARD_LABEL_KEYS`), instead of
+//! the four standard keys (`bulkhead_schemas::policy::STANDARD_LABEL_KEYS`), instead of
 //! decoding every key and value of every map. A table created before those columns
 //! existed does not have them, and the rule leaves its queries as they are.
 

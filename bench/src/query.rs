@@ -396,8 +396,10 @@ pub async fn run(
         )
         .expect("engine")
     };
+    // A lake cached by an earlier run may predate the columns (a second engine opens the
+    // rebuilt table: the first keeps the removed one's snapshot).
     let older = open();
-    if count_flows(&older).await > 0
+    if older.has_table("flows").await.unwrap_or(false)
         && older
             .collect("SELECT src_app FROM flows LIMIT 0")
             .await

@@ -521,7 +521,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_table_created_without_newer_columns_keeps_its_schema() {
-        use bulkhead_schemas::lake::STANDARD_LABEL_KEYS;
         use bulkhead_schemas::proto::{FlowBatch, FlowRecord};
         let record = |i: u64| FlowRecord {
             src_ip: vec![10, 0, 0, 1],
@@ -541,10 +540,7 @@ mod tests {
         let url = Url::from_directory_path(dir.path()).unwrap();
         let mut table = FlowsTable::open(&url).await.unwrap();
         // An earlier release's table: created from rows without the standard label columns.
-        let standard: Vec<String> = ["src", "dst"]
-            .iter()
-            .flat_map(|end| STANDARD_LABEL_KEYS.map(|key| format!("{end}_{key}")))
-            .collect();
+        let standard: Vec<String> = bulkhead_schemas::lake::standard_label_columns().collect();
         let older: Vec<usize> = (0..rows.num_columns())
             .filter(|&i| !standard.contains(rows.schema().field(i).name()))
             .collect();

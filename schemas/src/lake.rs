@@ -17,6 +17,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
+use crate::policy::STANDARD_LABEL_KEYS;
 use crate::proto::{Direction, FlowBatch, FlowRecord, PolicyDecision};
 
 /// A lake table: its name, schema and Hive-style partition columns.
@@ -174,7 +175,7 @@ fn f(name: &str, data_type: DataType, nullable: bool) -> Field {
 /// The `flows` table. Partitioned by the UTC `date` and `hour` of `first_seen`.
 pub fn flows_schema() -> SchemaRef {
     use DataType::*;
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         f("date", Date32, false),
         f("hour", Int32, false),
         f("host_id", Utf8, false),
@@ -211,24 +212,22 @@ pub fn flows_schema() -> SchemaRef {
         f("policy_version", Int64, true),
         f("agent_instance_id", Utf8, false),
         f("batch_seq", Int64, false),
-        f("src_role", Utf8, true),
-        f("src_app", Utf8, true),
-        f("src_env", Utf8, true),
-        f("src_loc", Utf8, true),
-        f("dst_role", Utf8, true),
-        f("dst_app", Utf8, true),
-        f("dst_env", Utf8, true),
-        f("dst_loc", Utf8, true),
-    ]))
+    ];
+    fields.extend(standard_label_columns().map(|name| f(&name, Utf8, true)));
+    Arc::new(Schema::new(fields))
 }
 
-/// The four standard label keys (DESIGN.md's policy model). The `flows` table holds
-/// each end's value of these, besides the full labels map, as plain columns
-/// (`src_role` … `dst_loc`): a column of a few distinct values reads as a dictionary
-/// page and a few bits a row, where `label(src_labels, 'app')` must decode every key and
-/// value of every map. The analytics engine answers `label(src_labels, 'app')` from
-/// `src_app` when the table has it.
-pub const STANDARD_LABEL_KEYS: [&str; 4] = ["role", "app", "env", "loc"];
+/// The `flows` columns holding each end's value of the standard label keys
+/// ([`STANDARD_LABEL_KEYS`]), besides the full labels maps: `src_role`, `src_app`,
+/// `src_env`, `src_loc`, then the same for `dst`. A column of a few distinct values reads
+/// as a dictionary page and a few bits a row, where `label(src_labels, 'app')` must decode
+/// every key and value of every map; the analytics engine answers `label(src_labels,
+/// 'app')` from `src_app` when the table has it.
+pub fn standard_label_columns() -> impl Iterator<Item = String> {
+    ["src", "dst"]
+        .into_iter()
+        .flat_map(|end| STANDARD_LABEL_KEYS.map(|key| format!("{end}_{key}")))
+}
 
 /// The `flows` column holding the standard label `key` of the `end`'s map
 /// (`src_labels` or `dst_labels`), if `key` is standard: `("src_labels", "app")` → `src_app`.
@@ -423,7 +422,7 @@ pub struct FlowColumns {
     policy_version: Int64Builder,
     agent_instance_id: StringBuilder,
     batch_seq: Int64Builder,
-    /// `src_role`, `src_app`, `src_env`, `src_loc`, then the same for `dst`.
+    /// The [`standard_label_columns`], in their order.
     standard_labels: [StringBuilder; 8],
     /// Reused buffer for formatting addresses.
     ip_text: String,
@@ -847,10 +846,12 @@ mod tests {
             "not a flow end"
         );
         let schema = flows_schema();
+        let mut columns = standard_label_columns();
         for end in ["src", "dst"] {
             for key in STANDARD_LABEL_KEYS {
                 let column = standard_label_column(&format!("{end}_labels"), key).unwrap();
                 assert!(schema.field_with_name(&column).is_ok(), "{column}");
+                assert_eq!(columns.next(), Some(column), "builder order");
             }
         }
     }
