@@ -9,8 +9,8 @@
 //!
 //! Entry points:
 //! - [`Engine`]: DataFusion over the lake ([`catalog`]), read-only, with the flow
-//!   functions of [`udf`], the optimizer rules of [`rules`] and the memory and time
-//!   limits of [`limits`].
+//!   functions of [`udf`], the optimizer rules of [`rules`] and [`run_aggregate`], and the
+//!   memory and time limits of [`limits`].
 //! - [`cli::run_sql`]: `bulkhead sql`.
 //! - [`serve::Server`]: `bulkhead serve` — HTTP ([`http`]) and Flight SQL ([`flight`]).
 //!   Other components mount their axum `Router` with
@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod output;
 pub mod queries;
 pub mod rules;
+pub mod run_aggregate;
 pub mod serve;
 pub mod udf;
 
