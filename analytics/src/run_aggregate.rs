@@ -16,7 +16,9 @@
 //! before, and run detection pauses for a few batches so that it costs next to nothing.
 //! The partial stage may emit a group more than once (the final stage merges states), so
 //! when its memory reservation cannot grow, or it holds [`FLUSH_GROUPS`] groups, it emits
-//! what it has and starts again — memory stays bounded as with DataFusion's own.
+//! what it has and starts again — memory stays bounded as with DataFusion's own. Like
+//! DataFusion's, it stops aggregating when its first rows (by default 100,000) made nearly
+//! as many groups, and passes rows on as partial states for the final stage.
 
 use std::fmt;
 use std::sync::Arc;
@@ -223,6 +225,7 @@ impl ExecutionPlan for RunGroupedAggregateExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input_schema = self.input.schema();
+        let options = &context.session_config().options().execution;
         let input = self.input.execute(partition, Arc::clone(&context))?;
         let reservation = MemoryConsumer::new(format!("RunGroupedAggregateExec[{partition}]"))
             .with_can_spill(true)
@@ -251,6 +254,10 @@ impl ExecutionPlan for RunGroupedAggregateExec {
             run_groups: Vec::new(),
             paused_batches: 0,
             flush_groups: self.flush_groups,
+            probe_rows: 0,
+            skipping: false,
+            skip_probe_rows: options.skip_partial_aggregation_probe_rows_threshold,
+            skip_probe_ratio: options.skip_partial_aggregation_probe_ratio_threshold,
             input,
         };
         let schema = self.schema();
@@ -259,8 +266,13 @@ impl ExecutionPlan for RunGroupedAggregateExec {
                 return Ok(None);
             };
             while let Some(batch) = state.input.next().await.transpose()? {
+                if state.skipping
+                    && let Some(out) = state.pass_through(&batch)?
+                {
+                    return Ok(Some((out, Some(state))));
+                }
                 state.update(&batch)?;
-                if state.must_flush() {
+                if state.probe(batch.num_rows()) || state.must_flush() {
                     let out = state.emit()?;
                     return Ok(Some((out, Some(state))));
                 }
@@ -299,6 +311,13 @@ struct PartialState {
     /// Batches still to look up row by row before trying runs again.
     paused_batches: u32,
     flush_groups: usize,
+    /// Rows aggregated before deciding whether aggregating here pays (0 once decided).
+    probe_rows: usize,
+    /// Whether rows pass through as partial states, as DataFusion's partial aggregate
+    /// does when nearly every row is a new group: the final stage aggregates them.
+    skipping: bool,
+    skip_probe_rows: usize,
+    skip_probe_ratio: f64,
 }
 
 /// One aggregate function of the partial stage.
@@ -437,6 +456,54 @@ impl PartialState {
         let ends = firsts.values().iter().skip(1).map(|&i| i as usize);
         self.run_ends.extend(ends.chain([rows]));
         Ok(())
+    }
+
+    /// After the first `skip_probe_rows` rows: when they made nearly as many groups
+    /// (DataFusion's `skip_partial_aggregation_probe_*` settings), the following rows pass
+    /// through. True when the decision is to skip: what was aggregated is emitted first.
+    fn probe(&mut self, rows: usize) -> bool {
+        if self.probe_rows == usize::MAX {
+            return false;
+        }
+        self.probe_rows += rows;
+        if self.probe_rows < self.skip_probe_rows {
+            return false;
+        }
+        let ratio = self.groups.len() as f64 / self.probe_rows as f64;
+        self.probe_rows = usize::MAX;
+        self.skipping = ratio >= self.skip_probe_ratio;
+        self.skipping
+    }
+
+    /// The batch's rows as partial states, one per row; `None` (and no more skipping)
+    /// when an aggregate cannot convert rows to states.
+    fn pass_through(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let elapsed = self.metrics.elapsed_compute().clone();
+        let _timer = elapsed.timer();
+        let rows = batch.num_rows();
+        let mut columns = self
+            .group_by
+            .iter()
+            .map(|(expr, _)| expr.evaluate(batch)?.into_array(rows))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        for aggregate in &self.aggregates {
+            let values = aggregate
+                .arguments
+                .iter()
+                .map(|expr| expr.evaluate(batch)?.into_array(rows))
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            match aggregate.accumulator.convert_to_state(&values, None) {
+                Ok(states) => columns.extend(states),
+                Err(e) => {
+                    tracing::debug!(error = %e, "aggregating here after all");
+                    self.skipping = false;
+                    return Ok(None);
+                }
+            }
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.metrics.record_output(batch.num_rows());
+        Ok(Some(batch))
     }
 
     fn must_flush(&self) -> bool {
@@ -677,9 +744,21 @@ mod tests {
     }
 
     fn session(rule: Option<RunGroupedPartialAggregate>) -> SessionContext {
-        let config = SessionConfig::new()
+        session_probing(rule, 100_000)
+    }
+
+    /// Deciding whether partial aggregation pays after `probe_rows` rows.
+    fn session_probing(
+        rule: Option<RunGroupedPartialAggregate>,
+        probe_rows: usize,
+    ) -> SessionContext {
+        let mut config = SessionConfig::new()
             .with_target_partitions(2)
             .with_batch_size(97);
+        config
+            .options_mut()
+            .execution
+            .skip_partial_aggregation_probe_rows_threshold = probe_rows;
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features();
@@ -737,6 +816,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn passes_rows_through_when_nearly_every_row_is_a_group() {
+        let plain = session_probing(None, 150);
+        let runs = session_probing(Some(RunGroupedPartialAggregate::default()), 150);
+        let sql = "SELECT bytes, ip, count(*) AS n, sum(port) AS p, min(ip) AS lo, avg(port) AS mean \
+                   FROM flows GROUP BY bytes, ip";
+        let (expected, _) = run(&plain, sql).await;
+        let (actual, plan) = run(&runs, sql).await;
+        assert!(plan.contains("RunGroupedAggregateExec"), "{plan}");
+        assert_eq!(actual, expected);
+        let partial = plan_metrics(&runs, sql).await;
+        // 600 rows, nearly all distinct: after the probe they pass through one by one.
+        assert!(partial > 550, "partial stage emitted {partial} rows");
+    }
+
+    /// Rows the run-grouped partial stage emitted when running `sql`.
+    async fn plan_metrics(ctx: &SessionContext, sql: &str) -> usize {
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+        let mut rows = 0;
+        plan.apply(|node| {
+            if let Some(exec) = node.downcast_ref::<RunGroupedAggregateExec>() {
+                rows += exec.metrics().and_then(|m| m.output_rows()).unwrap_or(0);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        rows
     }
 
     #[tokio::test]
