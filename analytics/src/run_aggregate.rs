@@ -5,12 +5,13 @@
 //! equal keys: `GROUP BY src_ip` over the benchmark lake sees a new key every 14 rows on
 //! average. DataFusion's hash aggregate hashes and probes its group table for every row
 //! all the same; [`RunGroupedPartialAggregate`] replaces its partial (per-partition) stage
-//! with [`RunGroupedAggregateExec`], which marks where the key changes (one vectorized
-//! comparison of each row with the next), looks up only the first row of each run in the
-//! same group table DataFusion uses, and gives every row of a run that run's group. The
-//! aggregate functions are DataFusion's own group accumulators, fed exactly as the hash
-//! aggregate feeds them, and the output is the partial state the final stage expects:
-//! only the cost of finding groups changes, not an answer.
+//! with [`RunGroupedAggregateExec`], which marks where the key changes (comparing each
+//! row's 16-byte string view, or value, with the previous row's), looks up only the first
+//! row of each run in the same group table DataFusion uses, and gives every row of a run
+//! that run's group. The aggregate functions are DataFusion's own group accumulators:
+//! `count` and integer `sum` take one partial state per run (`merge_batch`), the others
+//! each row as the hash aggregate feeds them; the output is the partial state the final
+//! stage expects, so only the cost of finding groups changes, not an answer.
 //!
 //! Where runs are short (input in no useful order), a batch is looked up row by row as
 //! before, and run detection pauses for a few batches so that it costs next to nothing.
@@ -311,7 +312,8 @@ struct PartialState {
     /// Batches still to look up row by row before trying runs again.
     paused_batches: u32,
     flush_groups: usize,
-    /// Rows aggregated before deciding whether aggregating here pays (0 once decided).
+    /// Rows aggregated before deciding whether aggregating here pays (`usize::MAX` once
+    /// decided).
     probe_rows: usize,
     /// Whether rows pass through as partial states, as DataFusion's partial aggregate
     /// does when nearly every row is a new group: the final stage aggregates them.
