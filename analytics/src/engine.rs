@@ -156,20 +156,18 @@ impl Engine {
                 .parquet
                 .max_predicate_cache_size = Some(0);
         }
-        let base = SessionContext::new_with_config_rt(config, runtime);
+        let mut state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features();
         // `BULKHEAD_RUN_GROUPED_AGGREGATE=0` leaves every aggregate to DataFusion's own
         // (to compare answers or timings).
-        let base = if std::env::var("BULKHEAD_RUN_GROUPED_AGGREGATE").as_deref() == Ok("0") {
-            base
-        } else {
-            SessionContext::new_with_state(
-                SessionStateBuilder::new_from_existing(base.state())
-                    .with_physical_optimizer_rule(Arc::new(
-                        crate::run_aggregate::RunGroupedPartialAggregate::default(),
-                    ))
-                    .build(),
-            )
-        };
+        if std::env::var("BULKHEAD_RUN_GROUPED_AGGREGATE").as_deref() != Ok("0") {
+            state = state.with_physical_optimizer_rule(Arc::new(
+                crate::run_aggregate::RunGroupedPartialAggregate::default(),
+            ));
+        }
+        let base = SessionContext::new_with_state(state.build());
         crate::udf::register(&base);
         base.add_analyzer_rule(Arc::new(crate::rules::StandardLabelColumns));
         base.add_optimizer_rule(Arc::new(crate::rules::PackIntegerGroupKeys));

@@ -209,12 +209,16 @@ impl ExecutionPlan for RunGroupedAggregateExec {
         let (Some(input), true) = (children.pop(), children.is_empty()) else {
             return internal_err!("RunGroupedAggregateExec takes exactly one input");
         };
+        // A partial aggregate is partitioned as its input is.
+        let properties = (*self.properties)
+            .clone()
+            .with_partitioning(input.properties().output_partitioning().clone());
         Ok(Arc::new(Self {
-            input,
             group_by: self.group_by.clone(),
             aggregates: self.aggregates.clone(),
             group_schema: self.group_schema.clone(),
-            properties: self.properties.clone(),
+            properties: Arc::new(properties),
+            input,
             flush_groups: self.flush_groups,
             metrics: ExecutionPlanMetricsSet::new(),
         }))
@@ -372,11 +376,7 @@ impl PartialState {
         if rows == 0 {
             return Ok(());
         }
-        let keys = self
-            .group_by
-            .iter()
-            .map(|(expr, _)| expr.evaluate(batch)?.into_array(rows))
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let keys = evaluate(self.group_by.iter().map(|(expr, _)| expr), batch)?;
         self.find_groups(&keys, rows)?;
         let by_runs = !self.run_ends.is_empty();
         if by_runs && self.aggregates.iter().any(|a| a.feed == RunFeed::Rows) {
@@ -404,11 +404,7 @@ impl PartialState {
                 accumulator.merge_batch(&[counts], &self.run_groups, total_groups)?;
                 continue;
             }
-            let values = aggregate
-                .arguments
-                .iter()
-                .map(|expr| expr.evaluate(batch)?.into_array(rows))
-                .collect::<Result<Vec<ArrayRef>>>()?;
+            let values = evaluate(&aggregate.arguments, batch)?;
             match (by_runs, aggregate.feed) {
                 (true, RunFeed::SumInt64) => {
                     let sums = run_sums(&values[0], &self.run_ends)?;
@@ -417,13 +413,7 @@ impl PartialState {
                 _ => accumulator.update_batch(&values, &self.row_groups, None, total_groups)?,
             }
         }
-        let held = self.groups.size()
-            + self
-                .aggregates
-                .iter()
-                .map(|a| a.accumulator.size())
-                .sum::<usize>()
-            + self.row_groups.capacity() * size_of::<usize>();
+        let held = self.groups_bytes() + self.row_groups.capacity() * size_of::<usize>();
         if self.reservation.try_resize(held).is_err() {
             // Emitting frees the groups; `must_flush` sees the reservation short of them.
             tracing::debug!(
@@ -482,18 +472,9 @@ impl PartialState {
     fn pass_through(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
         let elapsed = self.metrics.elapsed_compute().clone();
         let _timer = elapsed.timer();
-        let rows = batch.num_rows();
-        let mut columns = self
-            .group_by
-            .iter()
-            .map(|(expr, _)| expr.evaluate(batch)?.into_array(rows))
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let mut columns = evaluate(self.group_by.iter().map(|(expr, _)| expr), batch)?;
         for aggregate in &self.aggregates {
-            let values = aggregate
-                .arguments
-                .iter()
-                .map(|expr| expr.evaluate(batch)?.into_array(rows))
-                .collect::<Result<Vec<ArrayRef>>>()?;
+            let values = evaluate(&aggregate.arguments, batch)?;
             match aggregate.accumulator.convert_to_state(&values, None) {
                 Ok(states) => columns.extend(states),
                 Err(e) => {
@@ -508,14 +489,14 @@ impl PartialState {
         Ok(Some(batch))
     }
 
+    /// Bytes held by the group table and the accumulators.
+    fn groups_bytes(&self) -> usize {
+        let accumulators = self.aggregates.iter().map(|a| a.accumulator.size());
+        self.groups.size() + accumulators.sum::<usize>()
+    }
+
     fn must_flush(&self) -> bool {
-        let held = self.groups.size()
-            + self
-                .aggregates
-                .iter()
-                .map(|a| a.accumulator.size())
-                .sum::<usize>();
-        self.groups.len() >= self.flush_groups || self.reservation.size() < held
+        self.groups.len() >= self.flush_groups || self.reservation.size() < self.groups_bytes()
     }
 
     /// Every group's keys and partial states, as one batch; the groups start again empty.
@@ -537,17 +518,34 @@ impl PartialState {
     }
 }
 
+/// Each expression's value over `batch`, as a column.
+fn evaluate<'a>(
+    exprs: impl IntoIterator<Item = &'a Arc<dyn PhysicalExpr>>,
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>> {
+    let rows = batch.num_rows();
+    exprs
+        .into_iter()
+        .map(|expr| expr.evaluate(batch)?.into_array(rows))
+        .collect()
+}
+
+/// Rows `start..end` that are not null.
+fn valid_rows(nulls: Option<&NullBuffer>, start: usize, end: usize) -> usize {
+    nulls.map_or(end - start, |nulls| {
+        let bits = nulls.buffer();
+        bits.count_set_bits_offset(nulls.offset() + start, end - start)
+    })
+}
+
 /// Each run's count of non-null values (none if `all_null`), as `count`'s partial state.
 fn run_counts(nulls: Option<&NullBuffer>, all_null: bool, run_ends: &[usize]) -> ArrayRef {
     let mut start = 0;
     let counts = run_ends.iter().map(|&end| {
-        let rows = end - start;
-        let valid = match nulls {
-            _ if all_null => 0,
-            None => rows,
-            Some(nulls) => nulls
-                .buffer()
-                .count_set_bits_offset(nulls.offset() + start, rows),
+        let valid = if all_null {
+            0
+        } else {
+            valid_rows(nulls, start, end)
         };
         start = end;
         valid as i64
@@ -563,22 +561,17 @@ fn run_sums(values: &ArrayRef, run_ends: &[usize]) -> Result<ArrayRef> {
     let numbers = values.values();
     let mut sums = Int64Builder::with_capacity(run_ends.len());
     let mut start = 0;
+    let nulls = values.nulls();
     for &end in run_ends {
-        let run = &numbers[start..end];
-        match values.nulls() {
-            None => sums.append_value(run.iter().fold(0i64, |sum, &v| sum.wrapping_add(v))),
+        match nulls {
+            _ if valid_rows(nulls, start, end) == 0 => sums.append_null(),
+            None => {
+                let run = &numbers[start..end];
+                sums.append_value(run.iter().fold(0, |sum, &n| sum.wrapping_add(n)))
+            }
             Some(nulls) => {
                 let valid = (start..end).filter(|&row| nulls.is_valid(row));
-                let mut seen = false;
-                let sum = valid.fold(0i64, |sum, row| {
-                    seen = true;
-                    sum.wrapping_add(numbers[row])
-                });
-                if seen {
-                    sums.append_value(sum);
-                } else {
-                    sums.append_null();
-                }
+                sums.append_value(valid.fold(0, |sum, row| sum.wrapping_add(numbers[row])))
             }
         }
         start = end;
@@ -772,8 +765,8 @@ mod tests {
         ctx
     }
 
-    /// The query's sorted answer as text, and its plan.
-    async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
+    /// The query's sorted answer as text, its plan as text, and the executed plan.
+    async fn run(ctx: &SessionContext, sql: &str) -> (String, String, Arc<dyn ExecutionPlan>) {
         let plan = ctx
             .sql(sql)
             .await
@@ -786,7 +779,7 @@ mod tests {
         let mut lines: Vec<&str> = text.lines().collect();
         lines.sort();
         let plan_text = displayable(plan.as_ref()).indent(true).to_string();
-        (lines.join("\n"), plan_text)
+        (lines.join("\n"), plan_text, plan)
     }
 
     const QUERIES: &[&str] = &[
@@ -805,8 +798,8 @@ mod tests {
         for flush_groups in [FLUSH_GROUPS, 2] {
             let runs = session(Some(RunGroupedPartialAggregate { flush_groups }));
             for sql in QUERIES {
-                let (expected, plain_plan) = run(&plain, sql).await;
-                let (actual, plan) = run(&runs, sql).await;
+                let (expected, plain_plan, _) = run(&plain, sql).await;
+                let (actual, plan, _) = run(&runs, sql).await;
                 assert!(
                     !plain_plan.contains("RunGroupedAggregateExec"),
                     "{plain_plan}"
@@ -826,25 +819,17 @@ mod tests {
         let runs = session_probing(Some(RunGroupedPartialAggregate::default()), 150);
         let sql = "SELECT bytes, ip, count(*) AS n, sum(port) AS p, min(ip) AS lo, avg(port) AS mean \
                    FROM flows GROUP BY bytes, ip";
-        let (expected, _) = run(&plain, sql).await;
-        let (actual, plan) = run(&runs, sql).await;
-        assert!(plan.contains("RunGroupedAggregateExec"), "{plan}");
+        let (expected, _, _) = run(&plain, sql).await;
+        let (actual, plan_text, plan) = run(&runs, sql).await;
+        assert!(plan_text.contains("RunGroupedAggregateExec"), "{plan_text}");
         assert_eq!(actual, expected);
-        let partial = plan_metrics(&runs, sql).await;
+        let partial = partial_output_rows(&plan);
         // 600 rows, nearly all distinct: after the probe they pass through one by one.
         assert!(partial > 550, "partial stage emitted {partial} rows");
     }
 
-    /// Rows the run-grouped partial stage emitted when running `sql`.
-    async fn plan_metrics(ctx: &SessionContext, sql: &str) -> usize {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+    /// Rows the run-grouped partial stage of an executed plan emitted.
+    fn partial_output_rows(plan: &Arc<dyn ExecutionPlan>) -> usize {
         let mut rows = 0;
         plan.apply(|node| {
             if let Some(exec) = node.downcast_ref::<RunGroupedAggregateExec>() {
@@ -863,7 +848,7 @@ mod tests {
             "SELECT ip, count(*) FILTER (WHERE port > 0) FROM flows GROUP BY ip",
             "SELECT count(*), sum(bytes) FROM flows",
         ] {
-            let (_, plan) = run(&runs, sql).await;
+            let (_, plan, _) = run(&runs, sql).await;
             assert!(!plan.contains("RunGroupedAggregateExec"), "{sql}:\n{plan}");
         }
     }
