@@ -327,6 +327,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_local_lake_is_read_through_memory_maps() {
+        // deltalake reads data files through the store the query's runtime has for
+        // `file://`; DataFusion registers a plain LocalFileSystem there by default.
+        let store = engine(Limits::default())
+            .session()
+            .runtime_env()
+            .object_store(datafusion::execution::object_store::ObjectStoreUrl::local_filesystem())
+            .unwrap();
+        assert_eq!(store.to_string(), "MappedLocalStore");
+    }
+
+    #[tokio::test]
     async fn writes_are_refused_with_a_clear_error() {
         let engine = engine(Limits::default());
         for sql in [

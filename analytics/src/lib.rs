@@ -8,7 +8,8 @@
 //! components (the policy workflow).
 //!
 //! Entry points:
-//! - [`Engine`]: DataFusion over the lake ([`catalog`]), read-only, with the flow
+//! - [`Engine`]: DataFusion over the lake ([`catalog`]; a local lake's Parquet files are read
+//!   through memory maps, [`mapped_files`]), read-only, with the flow
 //!   functions of [`udf`], the optimizer rules of [`rules`] and [`run_aggregate`], and the
 //!   memory and time limits of [`limits`].
 //! - [`cli::run_sql`]: `bulkhead sql`.
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod flight;
 pub mod http;
 pub mod limits;
+pub mod mapped_files;
 pub mod openapi;
 pub mod output;
 pub mod queries;
