@@ -10,10 +10,13 @@
 //!
 //! Why mapping is safe here: a Delta table never rewrites a data file. Writers add new
 //! files (each name has a fresh UUID) and `vacuum` unlinks old ones, which leaves an
-//! existing map readable. A file truncated under a map by something outside Delta would
-//! make reads fault, so only `.parquet` files inside the lake are mapped, and
-//! `BULKHEAD_MAPPED_READS=0` turns mapping off. Everything else (the Delta log, writes,
-//! listings) goes to `LocalFileSystem` unchanged.
+//! existing map readable. Each read still checks the file's identity (inode, size,
+//! modification time) so a file replaced under the same name — a lake deleted and made
+//! again while a server runs — is read anew, and a file gone is an error as it was. A file
+//! truncated under a map by something outside Delta would make reads fault, so only data
+//! files are mapped (`.parquet` outside `_delta_log`: the engine reads no other files, DDL
+//! is refused) and `BULKHEAD_MAPPED_READS=0` turns mapping off. Everything else (the Delta
+//! log, writes, listings) goes to `LocalFileSystem` unchanged.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -64,13 +67,12 @@ impl MappedLocalStore {
     }
 
     /// The whole file at `location` as one mapped buffer, or `None` for a file that is not
-    /// mapped (not Parquet, or empty: zero-length maps are refused by the kernel).
+    /// mapped (not a data file, or empty: zero-length maps are refused by the kernel).
     fn mapped(&self, location: &Path) -> Result<Option<MappedFile>> {
-        if location.extension() != Some("parquet") {
+        if location.extension() != Some("parquet")
+            || location.parts().any(|part| part.as_ref() == "_delta_log")
+        {
             return Ok(None);
-        }
-        if let Some(file) = self.lock().by_path.get(location) {
-            return Ok(Some(file.clone()));
         }
         let path = self.local.path_to_filesystem(location)?;
         let io_error = |source: std::io::Error| match source.kind() {
@@ -83,6 +85,13 @@ impl MappedLocalStore {
                 source: format!("{}: {source}", path.display()).into(),
             },
         };
+        // One `stat` per read: the map is used only while the file is the one mapped.
+        let current = object_meta(location, &std::fs::metadata(&path).map_err(io_error)?);
+        if let Some(file) = self.lock().by_path.get(location)
+            && file.meta.e_tag == current.e_tag
+        {
+            return Ok(Some(file.clone()));
+        }
         let file = std::fs::File::open(&path).map_err(io_error)?;
         let metadata = file.metadata().map_err(io_error)?;
         if metadata.len() == 0 {
@@ -311,15 +320,30 @@ mod tests {
             "preconditions are checked"
         );
 
-        // Vacuum unlinks files that a query may still be reading: the map stays readable.
+        // Ranges handed out stay readable after vacuum unlinks the file; later reads see
+        // what the file system has: a file made again under the same name is read anew,
+        // a file gone is NotFound.
         std::fs::remove_file(dir.path().join("part-0.parquet")).unwrap();
-        let again = store.get_ranges(&file, &[50..60]).await.unwrap();
-        assert_eq!(&again[0][..], &data[50..60]);
+        assert_eq!(&got[1][..], &data[4_096..70_000]);
+        std::fs::write(dir.path().join("part-0.parquet"), b"PAR1 made again").unwrap();
+        let again = store.get_ranges(&file, &[0..15]).await.unwrap();
+        assert_eq!(&again[0][..], b"PAR1 made again");
+        std::fs::remove_file(dir.path().join("part-0.parquet")).unwrap();
+        let gone = store.get_ranges(&file, &[0..1]).await.unwrap_err();
+        assert!(
+            matches!(gone, object_store::Error::NotFound { .. }),
+            "{gone}"
+        );
         drop(got);
 
         let log = Path::from_filesystem_path(dir.path().join("log.json")).unwrap();
         let got = store.get_ranges(&log, &[0..2]).await.unwrap();
         assert_eq!(&got[0][..], b"{}");
+        std::fs::create_dir(dir.path().join("_delta_log")).unwrap();
+        std::fs::write(dir.path().join("_delta_log/1.checkpoint.parquet"), b"PAR1").unwrap();
+        let checkpoint =
+            Path::from_filesystem_path(dir.path().join("_delta_log/1.checkpoint.parquet")).unwrap();
+        store.get_ranges(&checkpoint, &[0..4]).await.unwrap();
         assert_eq!(store.lock().by_path.len(), 1, "other files are not mapped");
     }
 
