@@ -130,15 +130,8 @@ impl LakeSchema {
         }
     }
 
-    /// Gives the schema the session whose runtime (object stores) every query shares. For a
-    /// local lake, the runtime's `file://` store becomes the mapped one: deltalake reads data
-    /// files through the store registered there, and only registers its own where none is.
+    /// Gives the schema the session whose runtime (object stores) every query shares.
     pub fn attach(&self, state: datafusion::execution::SessionState) {
-        if self.location.local_dir().is_some() && crate::mapped_files::enabled() {
-            let root = Url::parse("file:///").expect("a valid URL");
-            let store = Arc::new(crate::mapped_files::MappedLocalStore::new());
-            state.runtime_env().register_object_store(&root, store);
-        }
         let _ = self.session.set(state);
     }
 

@@ -137,6 +137,14 @@ impl Engine {
             .with_memory_pool(pool.clone())
             .build_arc()
             .map_err(|e| format!("cannot start the query runtime: {e}"))?;
+        // deltalake reads data files through the store the runtime has for `file://` (it
+        // registers its own only where none is): for a local lake, the mapped one.
+        if location.local_dir().is_some() && crate::mapped_files::enabled() {
+            runtime.register_object_store(
+                &url::Url::parse("file:///").expect("a valid URL"),
+                Arc::new(crate::mapped_files::MappedLocalStore::new()),
+            );
+        }
         // DataFusion's own `DATAFUSION_*` variables (e.g. `DATAFUSION_EXECUTION_BATCH_SIZE`)
         // tune the engine; the lake's defaults below apply where they say nothing.
         let mut config = SessionConfig::from_env()

@@ -80,10 +80,7 @@ impl MappedLocalStore {
                 path: path.display().to_string(),
                 source: source.into(),
             },
-            _ => object_store::Error::Generic {
-                store: "MappedLocalStore",
-                source: format!("{}: {source}", path.display()).into(),
-            },
+            _ => error(format!("{}: {source}", path.display())),
         };
         // One `stat` per read: the map is used only while the file is the one mapped.
         let current = object_meta(location, &std::fs::metadata(&path).map_err(io_error)?);
@@ -139,16 +136,19 @@ impl MappedFile {
     fn slice(&self, range: &Range<u64>) -> Result<Bytes> {
         let len = self.bytes.len() as u64;
         if range.start > range.end || range.end > len {
-            return Err(object_store::Error::Generic {
-                store: "MappedLocalStore",
-                source: format!(
-                    "{}: range {}..{} is outside the file ({len} bytes)",
-                    self.meta.location, range.start, range.end
-                )
-                .into(),
-            });
+            return Err(error(format!(
+                "{}: range {}..{} is outside the file ({len} bytes)",
+                self.meta.location, range.start, range.end
+            )));
         }
         Ok(self.bytes.slice(range.start as usize..range.end as usize))
+    }
+}
+
+fn error(message: String) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "MappedLocalStore",
+        source: message.into(),
     }
 }
 
@@ -210,16 +210,12 @@ impl ObjectStore for MappedLocalStore {
             return self.local.get_opts(location, options).await;
         };
         options.check_preconditions(&file.meta)?;
-        let range =
-            match &options.range {
-                Some(range) => range.as_range(file.meta.size).map_err(|source| {
-                    object_store::Error::Generic {
-                        store: "MappedLocalStore",
-                        source: format!("{location}: {source}").into(),
-                    }
-                })?,
-                None => 0..file.meta.size,
-            };
+        let range = match &options.range {
+            Some(range) => range
+                .as_range(file.meta.size)
+                .map_err(|source| error(format!("{location}: {source}")))?,
+            None => 0..file.meta.size,
+        };
         let bytes = file.slice(&range)?;
         Ok(GetResult {
             payload: GetResultPayload::Stream(futures::stream::once(async { Ok(bytes) }).boxed()),
