@@ -1,6 +1,7 @@
 //! The lake as a DataFusion schema: every Delta table under `<lake>/<table>` that exists,
-//! by name, through deltalake's own `TableProvider` (partition pruning from the Hive
-//! partition columns, file statistics from the Delta log).
+//! by name, scanned by [`LakeTable`] (partition pruning on the partition columns, file
+//! statistics from the Delta log), or by deltalake's own `TableProvider` for a table that
+//! uses a reader feature `LakeTable` leaves to it.
 //!
 //! Freshness: DataFusion asks the schema for each table a query names while it plans the
 //! query; [`LakeSchema::table`] then moves the table to the log's latest version (an
@@ -18,6 +19,8 @@ use datafusion::error::{DataFusionError, Result};
 use deltalake::DeltaTable;
 use tokio::sync::Mutex;
 use url::Url;
+
+use crate::lake_scan::LakeTable;
 
 /// Where the lake lives: a local directory or an object-store prefix (`s3://bucket/lake/`);
 /// the tables are its children.
@@ -200,7 +203,7 @@ impl LakeSchema {
                 tracing::debug!(table = spec.name, version = ?entry.table.version(), "new commits");
                 metrics::counter!("bulkhead_analytics_table_reloads_total", "table" => spec.name)
                     .increment(1);
-                entry.provider = entry.table.table_provider().await?;
+                entry.provider = provider(spec.name, &entry.table).await?;
             }
             return Ok(Some(entry.provider.clone()));
         }
@@ -216,7 +219,7 @@ impl LakeSchema {
                 .update_datafusion_session(session)
                 .map_err(|e| delta_error(spec.name, e))?;
         }
-        let provider = table.table_provider().await?;
+        let provider = provider(spec.name, &table).await?;
         open.insert(
             spec.name,
             OpenTable {
@@ -226,6 +229,19 @@ impl LakeSchema {
         );
         Ok(Some(provider))
     }
+}
+
+/// The provider of `table` at its loaded version: [`LakeTable`]'s scan where it can read
+/// the table, else deltalake's (`BULKHEAD_LAKE_SCAN=0`: always deltalake's, to compare).
+async fn provider(name: &'static str, table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
+    let delta = table.table_provider().await?;
+    if std::env::var("BULKHEAD_LAKE_SCAN").as_deref() == Ok("0") {
+        return Ok(delta);
+    }
+    Ok(match LakeTable::try_new(name, table, delta.schema())? {
+        Some(lake) => Arc::new(lake),
+        None => delta,
+    })
 }
 
 fn delta_error(table: &str, e: deltalake::DeltaTableError) -> DataFusionError {

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod engine;
 pub mod flight;
 pub mod http;
+pub mod lake_scan;
 pub mod limits;
 pub mod mapped_files;
 pub mod openapi;
