@@ -38,7 +38,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::{PruningPredicateBuilder, PruningStatistics};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use deltalake::DeltaTable;
 use deltalake::delta_datafusion::engine::AsObjectStoreUrl as _;
 use deltalake::kernel::EagerSnapshot;
@@ -111,7 +111,6 @@ impl LakeTable {
         let root = table.log_store().root_url().clone();
         // The store deltalake registers for the table (`update_datafusion_session`).
         let store = root.as_object_store_url();
-        let file_width = scan_schema.file_schema().fields().len();
         let mut files = Vec::new();
         let mut partition_columns_values: Vec<Vec<ScalarValue>> =
             vec![Vec::new(); partition_fields.len()];
@@ -154,7 +153,6 @@ impl LakeTable {
                 total_byte_size: Precision::Inexact(file.size().max(0) as usize),
                 column_statistics: Statistics::unknown_column(scan_schema.file_schema()),
             };
-            debug_assert_eq!(statistics.column_statistics.len(), file_width);
             files.push(partitioned.with_statistics(Arc::new(statistics)));
         }
         let partition_schema = Arc::new(Schema::new(partition_fields));
@@ -178,9 +176,15 @@ impl LakeTable {
         }))
     }
 
-    /// Which files a query with `filters` must read: those whose partition values pass the
-    /// filters on partition columns, and whose log statistics do not rule out the rest.
-    fn files_to_read(&self, state: &dyn Session, filters: &[Expr]) -> Vec<bool> {
+    /// Which files a query with `filters` (`predicate`: all of them, planned) must read:
+    /// those whose partition values pass the filters on partition columns, and whose log
+    /// statistics do not rule out `predicate`.
+    fn files_to_read(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        predicate: Option<&Arc<dyn PhysicalExpr>>,
+    ) -> Vec<bool> {
         let mut keep = vec![true; self.files.len()];
         let partition_schema = self.partition_values.schema();
         let partition_filters: Vec<Expr> = filters
@@ -203,13 +207,10 @@ impl LakeTable {
                 *keep &= passes == Some(true);
             }
         }
-        if let Some(filter) = conjunction(filters.iter().cloned())
-            && let Ok(df_schema) =
-                DFSchema::try_from(self.scan_schema.table_schema().as_ref().clone())
-            && let Ok(predicate) = state.create_physical_expr(filter, &df_schema)
+        if let Some(predicate) = predicate
             && let Some(pruning) = PruningPredicateBuilder::new()
                 .with_file_schema(self.scan_schema.table_schema().clone())
-                .build(predicate)
+                .build(predicate.clone())
         {
             let statistics = LogStatistics {
                 snapshot: &self.snapshot,
@@ -269,7 +270,14 @@ impl TableProvider for LakeTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let keep = self.files_to_read(state, filters);
+        let predicate = match conjunction(filters.iter().cloned()) {
+            Some(filter) => {
+                let schema = DFSchema::try_from(self.scan_schema.table_schema().as_ref().clone())?;
+                Some(state.create_physical_expr(filter, &schema)?)
+            }
+            None => None,
+        };
+        let keep = self.files_to_read(state, filters, predicate.as_ref());
         let files: Vec<PartitionedFile> = self
             .files
             .iter()
@@ -296,9 +304,7 @@ impl TableProvider for LakeTable {
         let mut source = ParquetSource::new(self.scan_schema.clone())
             .with_table_parquet_options(options)
             .with_parquet_file_reader_factory(Arc::new(reader));
-        if let Some(filter) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(self.scan_schema.table_schema().as_ref().clone())?;
-            let predicate = state.create_physical_expr(filter, &df_schema)?;
+        if let Some(predicate) = predicate {
             // As deltalake's provider does: filters are evaluated while decoding, so the
             // other columns are decoded only for the rows that pass.
             source = source.with_predicate(predicate).with_pushdown_filters(true);
