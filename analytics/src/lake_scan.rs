@@ -112,8 +112,6 @@ impl LakeTable {
         // The store deltalake registers for the table (`update_datafusion_session`).
         let store = root.as_object_store_url();
         let mut files = Vec::new();
-        let mut partition_columns_values: Vec<Vec<ScalarValue>> =
-            vec![Vec::new(); partition_fields.len()];
         let log = snapshot.try_log_data().map_err(|e| delta_error(name, e))?;
         for file in log.iter() {
             let url = file_url(&root, &file.path()).ok_or_else(|| {
@@ -138,12 +136,11 @@ impl LakeTable {
                 version: None,
             });
             let values = file.partition_values_map();
-            for (field, column) in partition_fields.iter().zip(&mut partition_columns_values) {
+            for field in &partition_fields {
                 let value = match values.get(field.name()).cloned().flatten() {
                     Some(text) => ScalarValue::try_from_string(text, field.data_type())?,
                     None => ScalarValue::try_new_null(field.data_type())?,
                 };
-                column.push(value.clone());
                 partitioned.partition_values.push(value);
             }
             let statistics = Statistics {
@@ -155,13 +152,14 @@ impl LakeTable {
             };
             files.push(partitioned.with_statistics(Arc::new(statistics)));
         }
-        let partition_schema = Arc::new(Schema::new(partition_fields));
+        let columns = (0..partition_fields.len())
+            .map(|i| {
+                ScalarValue::iter_to_array(files.iter().map(|f| f.partition_values[i].clone()))
+            })
+            .collect::<Result<_>>()?;
         let partition_values = RecordBatch::try_new_with_options(
-            partition_schema,
-            partition_columns_values
-                .into_iter()
-                .map(ScalarValue::iter_to_array)
-                .collect::<Result<_>>()?,
+            Arc::new(Schema::new(partition_fields)),
+            columns,
             &arrow_array::RecordBatchOptions::new().with_row_count(Some(files.len())),
         )?;
         Ok(Some(Self {
