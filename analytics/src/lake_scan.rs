@@ -152,9 +152,15 @@ impl LakeTable {
             };
             files.push(partitioned.with_statistics(Arc::new(statistics)));
         }
-        let columns = (0..partition_fields.len())
-            .map(|i| {
-                ScalarValue::iter_to_array(files.iter().map(|f| f.partition_values[i].clone()))
+        // `iter_to_array` refuses an empty iterator: a table whose files were all removed.
+        let columns = partition_fields
+            .iter()
+            .enumerate()
+            .map(|(i, field)| match files.is_empty() {
+                true => Ok(arrow_array::new_empty_array(field.data_type())),
+                false => {
+                    ScalarValue::iter_to_array(files.iter().map(|f| f.partition_values[i].clone()))
+                }
             })
             .collect::<Result<_>>()?;
         let partition_values = RecordBatch::try_new_with_options(
@@ -574,6 +580,19 @@ mod tests {
                 .await
                 .contains("| 4 |")
         );
+    }
+
+    #[tokio::test]
+    async fn a_table_whose_files_were_all_removed_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (table, _) = table(dir.path(), &[]).await.delete().await.unwrap();
+        let ctx = session(&table).await;
+        let rows = answer(
+            &ctx,
+            "SELECT count(*) AS n, sum(bytes) AS b FROM ours WHERE hour = 10",
+        )
+        .await;
+        assert!(rows.contains("| 0 |"), "{rows}");
     }
 
     #[tokio::test]
