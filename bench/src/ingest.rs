@@ -300,13 +300,15 @@ fn python_baseline(
     Ok(serde_json::from_str(last).map_err(|e| format!("python output {last:?}: {e}"))?)
 }
 
-/// Throughput of `bulkhead ingest` vs. the Python pipeline on the same topic.
+/// Throughput of `bulkhead ingest` vs. the Python pipeline on the same topic (unless
+/// `with_python` is false).
 pub async fn throughput(
     bulkhead: &str,
     kafka: &str,
     flows: u64,
     partitions: i32,
     rounds: usize,
+    with_python: bool,
     work: &Path,
 ) -> Result<Throughput, BoxError> {
     let config = fresh_config(kafka, "ingest");
@@ -373,7 +375,9 @@ pub async fn throughput(
             .push(produced as f64 / usage.1.max(1e-9));
         out.startup_secs.push(startup.as_secs_f64());
         out.peak_rss_mib = out.peak_rss_mib.max(usage.0);
-
+        if !with_python {
+            continue;
+        }
         let python = python_baseline(&config, produced, &work.join("python-out"), 60)?;
         if python.flows != produced {
             return Err(format!("python read {} flows of {produced}", python.flows).into());

@@ -12,12 +12,17 @@ use arrow_array::{Array as _, ArrayRef, ListArray, MapArray, RecordBatch, UInt32
 use arrow_buffer::{NullBufferBuilder, OffsetBuffer};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{ArrowError, DataType};
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::kernel::scalars::ScalarExt;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+use deltalake::kernel::{Action, Transaction};
+use deltalake::operations::write::WriterStatsConfig;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
+use indexmap::IndexMap;
 use url::Url;
 
 /// Rows per Parquet row group (about 1M, as the issue asks).
@@ -177,34 +182,154 @@ impl AppendTable {
         topic: &str,
         last_offsets: &[(i32, i64)],
     ) -> Result<i64, LakeError> {
-        let rows = sort_rows_by(&self.fit_to_table(rows), self.sort_columns).map_err(|source| {
-            LakeError::Arrow {
-                url: self.url.clone(),
-                source,
-            }
-        })?;
+        let rows = self.fit_to_table(rows);
         let txns = last_offsets
             .iter()
             .map(|(partition, offset)| Transaction::new(app_id(topic, *partition), *offset))
             .collect();
-        let table = self.table.clone();
-        let written = table
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_max_retries(5);
+        if self.writes_files_itself(&rows) {
+            return self.append_files(rows, properties).await;
+        }
+        // The first commit creates the table (and a table whose protocol or schema this
+        // writer does not handle itself is left to delta-rs's own write).
+        let rows = sort_rows_by(&rows, self.sort_columns).map_err(|e| self.arrow_error(e))?;
+        let written = self
+            .table
+            .clone()
             .write(vec![rows])
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(self.partition_columns.clone())
             .with_writer_properties(self.writer_properties.clone())
-            .with_commit_properties(
-                CommitProperties::default()
-                    .with_application_transactions(txns)
-                    .with_max_retries(5),
-            )
+            .with_commit_properties(properties)
             .await
-            .map_err(|source| LakeError::Delta {
-                url: self.url.clone(),
-                source,
-            })?;
+            .map_err(|source| self.delta_error(source))?;
         self.table = written;
         Ok(self.table.version().map_or(0, |v| v as i64))
+    }
+
+    /// Whether [`Self::append_files`] can write `rows`: the table exists, needs no
+    /// reader or writer feature beyond plain Parquet (no column mapping, deletion vectors,
+    /// constraints or generated columns), and `rows` has exactly its columns and types
+    /// (nested fields may be named differently: arrow's map builder says `entries`/`keys`,
+    /// the Delta schema `key_value`/`key`; Parquet stores them by position).
+    fn writes_files_itself(&self, rows: &RecordBatch) -> bool {
+        let Ok(state) = self.table.snapshot() else {
+            return false;
+        };
+        let protocol = state.protocol();
+        if protocol.min_reader_version() > 1 || protocol.min_writer_version() > 2 {
+            return false;
+        }
+        let table_schema = state.snapshot().arrow_schema();
+        table_schema.fields().len() == rows.num_columns()
+            && table_schema.fields().iter().all(|field| {
+                rows.schema()
+                    .field_with_name(field.name())
+                    .is_ok_and(|f| f.data_type().equals_datatype(field.data_type()))
+            })
+    }
+
+    /// Appends `rows` by writing one Parquet file per table partition and committing their
+    /// `add` actions with the offsets. The rows are sorted with the partition columns
+    /// leading, so each table partition is one contiguous slice of the sorted batch and is
+    /// encoded from it in place — delta-rs's own write would copy every column once more
+    /// to split the batch by partition.
+    async fn append_files(
+        &mut self,
+        rows: RecordBatch,
+        properties: CommitProperties,
+    ) -> Result<i64, LakeError> {
+        let keys: Vec<&str> = self
+            .partition_columns
+            .iter()
+            .map(String::as_str)
+            .chain(self.sort_columns.iter().copied())
+            .collect();
+        let rows = sort_rows_by(&rows, &keys).map_err(|e| self.arrow_error(e))?;
+        let state = self
+            .table
+            .snapshot()
+            .map_err(|source| self.delta_error(source))?;
+        let stats = WriterStatsConfig::from_config(state.snapshot().table_configuration());
+        let config = WriterConfig::new(
+            rows.schema(),
+            self.partition_columns.clone(),
+            Some(self.writer_properties.clone()),
+            None,
+            Some(ROW_GROUP_ROWS),
+            stats.num_indexed_cols,
+            stats.stats_columns,
+        );
+        let store = self.table.log_store().object_store(None);
+        let mut writer = DeltaWriter::new(store, config);
+        let partition_values: Vec<ArrayRef> = self
+            .partition_columns
+            .iter()
+            .filter_map(|name| rows.column_by_name(name).cloned())
+            .collect();
+        let ranges = arrow_ord::partition::partition(&partition_values)
+            .map_err(|e| self.arrow_error(e))?
+            .ranges();
+        for range in ranges {
+            let values: IndexMap<String, _> = self
+                .partition_columns
+                .iter()
+                .zip(&partition_values)
+                .map(|(name, column)| {
+                    ScalarExt::from_array(column.as_ref(), range.start)
+                        .map(|value| (name.clone(), value))
+                        .ok_or_else(|| {
+                            self.delta_error(DeltaTableError::Generic(format!(
+                                "partition column {name}: unsupported value"
+                            )))
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+            let slice = rows.slice(range.start, range.end - range.start);
+            writer
+                .write_partition(slice, &values)
+                .await
+                .map_err(|source| self.delta_error(source))?;
+        }
+        let adds = writer
+            .close()
+            .await
+            .map_err(|source| self.delta_error(source))?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!self.partition_columns.is_empty())
+                .then(|| self.partition_columns.clone()),
+            predicate: None,
+        };
+        let committed = CommitBuilder::from(properties)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(
+                Some(state as &dyn TableReference),
+                self.table.log_store(),
+                operation,
+            )
+            .await
+            .map_err(|source| self.delta_error(source.into()))?;
+        let version = committed.version as i64;
+        self.table.state = Some(committed.snapshot);
+        Ok(version)
+    }
+
+    fn delta_error(&self, source: DeltaTableError) -> LakeError {
+        LakeError::Delta {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    fn arrow_error(&self, source: ArrowError) -> LakeError {
+        LakeError::Arrow {
+            url: self.url.clone(),
+            source,
+        }
     }
 
     /// `rows` without the columns an existing table lacks. A table created by an earlier
@@ -517,6 +642,98 @@ mod tests {
         .unwrap();
         let expected = arrow_select::take::take_record_batch(&batch, &reference).unwrap();
         assert_eq!(sorted, expected);
+    }
+
+    /// Flow rows over two hours (two table partitions), in no particular order.
+    fn rows_over_two_hours(n: u64) -> RecordBatch {
+        use bulkhead_schemas::proto::{FlowBatch, FlowRecord};
+        let hour_ns = 3_600_000_000_000;
+        let records = (0..n)
+            .map(|i| FlowRecord {
+                src_ip: vec![10, 0, (i % 3) as u8, (i * 7 % 11) as u8],
+                dst_ip: vec![10, 1, 0, (i * 5 % 13) as u8],
+                dst_port: [443, 22, 8080][(i % 3) as usize],
+                protocol: 6,
+                bytes: i * 100,
+                packets: i,
+                first_seen_unix_ns: 1_764_115_200_000_000_000 + (i % 2) * hour_ns + i * 1_000,
+                last_seen_unix_ns: 1_764_115_200_000_000_000 + (i % 2) * hour_ns + i * 2_000,
+                process_name: if i % 4 == 0 {
+                    String::new()
+                } else {
+                    "nginx".into()
+                },
+                src_labels: [("app".to_string(), format!("app{}", i % 5))].into(),
+                ..Default::default()
+            })
+            .collect();
+        let batch = FlowBatch {
+            host_id: "h1".into(),
+            records,
+            ..Default::default()
+        };
+        bulkhead_schemas::lake::flow_batches_to_arrow([&batch]).unwrap()
+    }
+
+    /// Each data file of the table by partition (`date/hour`): its stats (parsed) and rows.
+    fn files_by_partition(
+        table: &FlowsTable,
+        dir: &std::path::Path,
+    ) -> std::collections::BTreeMap<String, Vec<(serde_json::Value, Vec<RecordBatch>)>> {
+        let state = table.table().snapshot().unwrap();
+        let mut files = std::collections::BTreeMap::<String, Vec<_>>::new();
+        for file in state.log_data().iter() {
+            let values = file.partition_values_map();
+            let key = format!("{:?}/{:?}", values["date"], values["hour"]);
+            let stats: serde_json::Value = serde_json::from_str(&file.stats().unwrap()).unwrap();
+            let path = dir.join(file.path().as_ref());
+            let reader =
+                deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(path).unwrap(),
+                )
+                .unwrap()
+                .build()
+                .unwrap();
+            let batches = reader.collect::<Result<Vec<_>, _>>().unwrap();
+            files.entry(key).or_default().push((stats, batches));
+        }
+        files
+    }
+
+    #[tokio::test]
+    async fn commits_after_the_first_write_the_files_delta_rs_would() {
+        let rows = rows_over_two_hours(3_000);
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let mut table = FlowsTable::open(&url).await.unwrap();
+        assert!(
+            !table.writes_files_itself(&rows),
+            "no table yet: delta-rs creates it"
+        );
+        table.commit(rows.clone(), "t", &[(0, 0)]).await.unwrap();
+        assert!(table.writes_files_itself(&rows));
+        // The same rows again, through the own files this time.
+        table.commit(rows.clone(), "t", &[(0, 1)]).await.unwrap();
+        assert_eq!(table.committed_offset("t", 0).await.unwrap(), Some(1));
+        let files = files_by_partition(&table, dir.path());
+        assert_eq!(
+            files.len(),
+            2,
+            "one file per hour and commit: {:?}",
+            files.keys()
+        );
+        for (partition, files) in &files {
+            assert_eq!(files.len(), 2, "{partition}");
+            let (delta_rs, own) = (&files[0], &files[1]);
+            assert_eq!(delta_rs.0, own.0, "{partition}: stats");
+            assert_eq!(own.0["numRecords"], 1_500, "{partition}");
+            let rows = |batches: &[RecordBatch]| {
+                arrow_select::concat::concat_batches(&batches[0].schema(), batches).unwrap()
+            };
+            let (delta_rs, own) = (rows(&delta_rs.1), rows(&own.1));
+            assert_eq!(delta_rs.schema(), own.schema(), "{partition}: file schema");
+            assert_eq!(delta_rs, own, "{partition}: rows and their order");
+        }
     }
 
     #[tokio::test]

@@ -62,6 +62,10 @@ enum Bench {
         /// Steady load of the freshness run, flows/s [default: 200,000; --quick: 5,000].
         #[arg(long)]
         rate: Option<u64>,
+        /// Only ingest's own throughput rounds, printed (no Python baseline, freshness,
+        /// scaling or report): a quick comparison while working on ingest.
+        #[arg(long)]
+        rust_throughput_only: bool,
     },
     /// Analyst queries: DataFusion over the Delta lake vs. DuckDB on the same Parquet
     /// files (alternating; median and ratio), and the dependency map for many workloads.
@@ -86,6 +90,7 @@ impl Bench {
         Bench::Ingest {
             flows: None,
             rate: None,
+            rust_throughput_only: false,
         },
         Bench::Query {
             flows: None,
@@ -405,7 +410,11 @@ async fn run(
             );
             write_json(&args.out, "recommend", &report)?;
         }
-        Bench::Ingest { flows, rate } => {
+        Bench::Ingest {
+            flows,
+            rate,
+            rust_throughput_only,
+        } => {
             let bulkhead = bulkhead_binary(args)?;
             let flows = flows.unwrap_or(if args.quick { 100_000 } else { 2_000_000 });
             let rate = rate.unwrap_or(if args.quick { 5_000 } else { 200_000 });
@@ -415,9 +424,20 @@ async fn run(
             std::fs::create_dir_all(&work)?;
             let partitions = 4;
             let rounds = if args.quick { 1 } else { 3 };
-            let throughput =
-                ingest::throughput(&bulkhead, &args.kafka, flows, partitions, rounds, &work)
-                    .await?;
+            let throughput = ingest::throughput(
+                &bulkhead,
+                &args.kafka,
+                flows,
+                partitions,
+                rounds,
+                !rust_throughput_only,
+                &work,
+            )
+            .await?;
+            if rust_throughput_only {
+                let _ = std::fs::remove_dir_all(&work);
+                return Ok(());
+            }
             let (freshness_ms, fresh_peak) =
                 ingest::freshness(&bulkhead, &args.kafka, rate, secs, &work).await?;
             let scaling = ingest::scaling(
