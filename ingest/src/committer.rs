@@ -346,12 +346,12 @@ impl Tables {
             pending.remove(&partition);
             committed.lost.push(partition);
         }
-        let (rows, offsets) = take_part(pending, |p| &mut p.flows, &flows_schema())?;
-        if rows.num_rows() > 0 {
-            let row_count = rows.num_rows();
+        let (rows, offsets) = take_part(pending, |p| &mut p.flows, &flows_schema());
+        let row_count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        if row_count > 0 {
             let version = self
                 .flows
-                .commit(rows, &self.topic, &offsets)
+                .commit_parts(rows, &self.topic, &offsets)
                 .await
                 .inspect_err(warn_if_concurrent)?;
             telemetry::committed(version, row_count, offsets.len(), started.elapsed());
@@ -360,14 +360,14 @@ impl Tables {
             land(pending, &offsets, |p| &mut p.flows);
             committed.flows.extend(offsets);
         }
-        let (rows, offsets) = take_part(pending, |p| &mut p.edges, &edges_schema())?;
+        let (rows, offsets) = take_part(pending, |p| &mut p.edges, &edges_schema());
         if !offsets.is_empty() {
             let started = Instant::now();
-            let row_count = rows.num_rows();
+            let row_count: usize = rows.iter().map(RecordBatch::num_rows).sum();
             // Written even with no rows, so that the txn records how far the edges go.
             let version = self
                 .edges
-                .commit(rows, &self.topic, &offsets)
+                .commit_parts(rows, &self.topic, &offsets)
                 .await
                 .inspect_err(warn_if_concurrent)?;
             telemetry::edges_committed(version, row_count, offsets.len(), started.elapsed());
@@ -378,13 +378,14 @@ impl Tables {
     }
 }
 
-/// One table's rows of every pending partition as one batch, with each partition's last
-/// offset (left in place: a part is cleared only once its commit landed).
+/// One table's rows of every pending partition (an empty batch when none has rows), with
+/// each partition's last offset (left in place: a part is cleared only once its commit
+/// landed).
 fn take_part(
     pending: &mut BTreeMap<i32, Sealed>,
     part: fn(&mut Sealed) -> &mut Part,
     schema: &arrow_schema::SchemaRef,
-) -> Result<(RecordBatch, Vec<(i32, i64)>), IngestError> {
+) -> (Vec<RecordBatch>, Vec<(i32, i64)>) {
     let mut batches = Vec::new();
     let mut offsets = Vec::new();
     for (partition, p) in pending.iter_mut() {
@@ -393,10 +394,10 @@ fn take_part(
             offsets.push((*partition, *last));
         }
     }
-    Ok((
-        arrow_select::concat::concat_batches(schema, &batches)?,
-        offsets,
-    ))
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema.clone()));
+    }
+    (batches, offsets)
 }
 
 /// One table's part of `offsets`' partitions landed: cleared, and the table at that offset.

@@ -5,13 +5,10 @@
 //! is the truth about what is written. [`SnapshotTable`] overwrites a small read model
 //! (`workloads`, `status`, `policy`) as a whole.
 
-use std::sync::Arc;
 
-use arrow_array::cast::AsArray as _;
-use arrow_array::{Array as _, ArrayRef, ListArray, MapArray, RecordBatch, UInt32Array};
-use arrow_buffer::{NullBufferBuilder, OffsetBuffer};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_row::{RowConverter, SortField};
-use arrow_schema::{ArrowError, DataType};
+use arrow_schema::ArrowError;
 use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
 use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
@@ -28,7 +25,7 @@ use url::Url;
 /// Rows per Parquet row group (about 1M, as the issue asks).
 pub const ROW_GROUP_ROWS: usize = 1_000_000;
 
-/// From this many rows a sort takes its columns on two threads.
+/// From this many rows a sort gathers its columns on two threads.
 const PARALLEL_TAKE_ROWS: usize = 65_536;
 
 /// Columns `flows` rows are sorted by within a file, so that IP and port filters prune.
@@ -182,7 +179,21 @@ impl AppendTable {
         topic: &str,
         last_offsets: &[(i32, i64)],
     ) -> Result<i64, LakeError> {
-        let rows = self.fit_to_table(rows);
+        self.commit_parts(vec![rows], topic, last_offsets).await
+    }
+
+    /// [`Self::commit`] of the rows of several batches of one schema (one per Kafka
+    /// partition), sorted together into one batch: no copy of them is made on the way.
+    pub async fn commit_parts(
+        &mut self,
+        parts: Vec<RecordBatch>,
+        topic: &str,
+        last_offsets: &[(i32, i64)],
+    ) -> Result<i64, LakeError> {
+        let parts: Vec<RecordBatch> = parts
+            .into_iter()
+            .map(|rows| self.fit_to_table(rows))
+            .collect();
         let txns = last_offsets
             .iter()
             .map(|(partition, offset)| Transaction::new(app_id(topic, *partition), *offset))
@@ -190,12 +201,13 @@ impl AppendTable {
         let properties = CommitProperties::default()
             .with_application_transactions(txns)
             .with_max_retries(5);
-        if self.writes_files_itself(&rows) {
-            return self.append_files(rows, properties).await;
+        if parts.first().is_some_and(|rows| self.writes_files_itself(rows)) {
+            return self.append_files(parts, properties).await;
         }
         // The first commit creates the table (and a table whose protocol or schema this
         // writer does not handle itself is left to delta-rs's own write).
-        let rows = sort_rows_by(&rows, self.sort_columns).map_err(|e| self.arrow_error(e))?;
+        let rows =
+            sort_batches_by(&parts, self.sort_columns).map_err(|e| self.arrow_error(e))?;
         let written = self
             .table
             .clone()
@@ -239,7 +251,7 @@ impl AppendTable {
     /// to split the batch by partition.
     async fn append_files(
         &mut self,
-        rows: RecordBatch,
+        parts: Vec<RecordBatch>,
         properties: CommitProperties,
     ) -> Result<i64, LakeError> {
         let keys: Vec<&str> = self
@@ -248,7 +260,7 @@ impl AppendTable {
             .map(String::as_str)
             .chain(self.sort_columns.iter().copied())
             .collect();
-        let rows = sort_rows_by(&rows, &keys).map_err(|e| self.arrow_error(e))?;
+        let rows = sort_batches_by(&parts, &keys).map_err(|e| self.arrow_error(e))?;
         let state = self
             .table
             .snapshot()
@@ -386,129 +398,89 @@ pub fn sort_rows(rows: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 }
 
 /// Rows ordered by `sort_columns` (ascending, nulls first).
+pub fn sort_rows_by(rows: &RecordBatch, sort_columns: &[&str]) -> Result<RecordBatch, ArrowError> {
+    sort_batches_by(std::slice::from_ref(rows), sort_columns)
+}
+
+/// The rows of `batches` (one schema; at least one batch) as one batch ordered by
+/// `sort_columns` (ascending, nulls first; equal keys keep their order).
 ///
 /// The key columns are encoded once into arrow's byte-comparable row format and the
-/// indices sorted by those bytes: a multi-column sort then compares flat byte strings
-/// instead of dispatching per column per comparison (several times faster than
-/// `lexsort_to_indices` on the string keys here).
-pub fn sort_rows_by(rows: &RecordBatch, sort_columns: &[&str]) -> Result<RecordBatch, ArrowError> {
-    if rows.num_rows() < 2 {
-        return Ok(rows.clone());
+/// row positions sorted by those bytes: a multi-column sort then compares flat byte
+/// strings instead of dispatching per column per comparison (several times faster than
+/// `lexsort_to_indices` on the string keys here). The columns are then gathered straight
+/// from the batches in that order (`interleave`), one copy, without concatenating first.
+pub fn sort_batches_by(
+    batches: &[RecordBatch],
+    sort_columns: &[&str],
+) -> Result<RecordBatch, ArrowError> {
+    let Some(first) = batches.first() else {
+        return Err(ArrowError::InvalidArgumentError("no batch to sort".into()));
+    };
+    let schema = first.schema();
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if batches.len() == 1 && total < 2 {
+        return Ok(first.clone());
     }
-    let columns: Vec<ArrayRef> = sort_columns
-        .iter()
-        .map(|name| {
-            rows.column_by_name(name)
-                .cloned()
-                .ok_or_else(|| ArrowError::SchemaError(format!("no column {name} to sort by")))
-        })
-        .collect::<Result<_, _>>()?;
+    let key_columns = |rows: &RecordBatch| -> Result<Vec<ArrayRef>, ArrowError> {
+        sort_columns
+            .iter()
+            .map(|name| {
+                rows.column_by_name(name)
+                    .cloned()
+                    .ok_or_else(|| ArrowError::SchemaError(format!("no column {name} to sort by")))
+            })
+            .collect()
+    };
     let converter = RowConverter::new(
-        columns
+        key_columns(first)?
             .iter()
             .map(|c| SortField::new(c.data_type().clone()))
             .collect(),
     )?;
-    let keys = converter.convert_columns(&columns)?;
-    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
+    let mut keys = converter.empty_rows(total, 0);
+    let mut positions: Vec<(usize, usize)> = Vec::with_capacity(total);
+    for (batch, rows) in batches.iter().enumerate() {
+        converter.append(&mut keys, &key_columns(rows)?)?;
+        positions.extend((0..rows.num_rows()).map(|row| (batch, row)));
+    }
+    let mut order: Vec<u32> = (0..total as u32).collect();
     order.sort_unstable_by(|a, b| {
         keys.row(*a as usize)
             .cmp(&keys.row(*b as usize))
             .then(a.cmp(b))
     });
-    let indices = UInt32Array::from(order);
-    let take_all = |columns: &[ArrayRef]| {
+    let indices: Vec<(usize, usize)> = order.iter().map(|&i| positions[i as usize]).collect();
+    let gather = |columns: std::ops::Range<usize>| {
         columns
-            .iter()
-            .map(|column| take_column(column, &indices))
+            .map(|column| {
+                let arrays: Vec<&dyn Array> = batches
+                    .iter()
+                    .map(|rows| rows.column(column).as_ref())
+                    .collect();
+                arrow_select::interleave::interleave(&arrays, &indices)
+            })
             .collect::<Result<Vec<_>, _>>()
     };
-    // A large commit's columns are taken on two threads: ingest's loop thread is idle
-    // about half the time while the committer sorts, so the second half usually finds a
-    // free core.
-    let columns = if rows.num_rows() >= PARALLEL_TAKE_ROWS {
-        let (first, second) = rows.columns().split_at(rows.num_columns() / 2);
+    // A large commit's columns are gathered on two threads: ingest's loop thread is idle
+    // part of the time while the committer sorts, so the second half often finds a core.
+    let width = schema.fields().len();
+    let columns = if total >= PARALLEL_TAKE_ROWS {
+        let half = width / 2;
         let (first, second) = std::thread::scope(|scope| {
-            let helper = scope.spawn(|| take_all(first));
-            let second = take_all(second);
+            let helper = scope.spawn(|| gather(0..half));
+            let second = gather(half..width);
             (helper.join(), second)
         });
         let mut columns = first.map_err(|_| {
-            ArrowError::ComputeError("a thread taking sorted columns panicked".into())
+            ArrowError::ComputeError("a thread gathering sorted columns panicked".into())
         })??;
         columns.extend(second?);
         columns
     } else {
-        take_all(rows.columns())?
+        gather(0..width)?
     };
-    RecordBatch::try_new(rows.schema(), columns)
-}
-
-/// `take` of one column. Map and list columns (labels, IP lists) are taken by expanding
-/// the row indices into entry indices and taking the entries' own columns, which is
-/// several times cheaper than arrow's generic per-row path for nested arrays (that path
-/// was the largest single cost of sorting a commit).
-fn take_column(column: &ArrayRef, indices: &UInt32Array) -> Result<ArrayRef, ArrowError> {
-    Ok(match column.data_type() {
-        DataType::Map(field, ordered) => {
-            let map = column.as_map();
-            let entries: ArrayRef = Arc::new(map.entries().clone());
-            let (offsets, entries, nulls) =
-                take_entries(column, map.value_offsets(), &entries, indices)?;
-            Arc::new(MapArray::try_new(
-                field.clone(),
-                offsets,
-                entries.as_struct().clone(),
-                nulls,
-                *ordered,
-            )?)
-        }
-        DataType::List(field) => {
-            let list = column.as_list::<i32>();
-            let (offsets, entries, nulls) =
-                take_entries(column, list.value_offsets(), list.values(), indices)?;
-            Arc::new(ListArray::try_new(field.clone(), offsets, entries, nulls)?)
-        }
-        _ => arrow_select::take::take(column, indices, None)?,
-    })
-}
-
-/// The offsets, entries and validity of a nested column's rows `indices`, in that order.
-fn take_entries(
-    column: &ArrayRef,
-    offsets: &[i32],
-    entries: &ArrayRef,
-    indices: &UInt32Array,
-) -> Result<
-    (
-        OffsetBuffer<i32>,
-        ArrayRef,
-        Option<arrow_buffer::NullBuffer>,
-    ),
-    ArrowError,
-> {
-    let mut new_offsets = Vec::with_capacity(indices.len() + 1);
-    new_offsets.push(0i32);
-    let mut entry_indices: Vec<u32> = Vec::with_capacity(entries.len());
-    let mut nulls = NullBufferBuilder::new(indices.len());
-    for &row in indices.values() {
-        let row = row as usize;
-        if column.is_null(row) {
-            nulls.append_null();
-        } else {
-            nulls.append_non_null();
-            entry_indices.extend(offsets[row] as u32..offsets[row + 1] as u32);
-        }
-        let end = i32::try_from(entry_indices.len())
-            .map_err(|_| ArrowError::ComputeError("more than 2^31 nested entries".into()))?;
-        new_offsets.push(end);
-    }
-    let entries = arrow_select::take::take(entries, &UInt32Array::from(entry_indices), None)?;
-    Ok((
-        OffsetBuffer::new(new_offsets.into()),
-        entries,
-        nulls.finish(),
-    ))
+    RecordBatch::try_new(schema, columns)
 }
 
 /// A small read-model table (`workloads`, `status`, `policy`) that holds the fold of a
@@ -577,6 +549,7 @@ impl SnapshotTable {
 mod tests {
     use super::*;
     use arrow_array::{Int32Array, StringArray};
+    use std::sync::Arc;
     use arrow_ord::sort::{SortColumn, lexsort_to_indices};
 
     #[test]
@@ -642,6 +615,13 @@ mod tests {
         .unwrap();
         let expected = arrow_select::take::take_record_batch(&batch, &reference).unwrap();
         assert_eq!(sorted, expected);
+        // The same rows in three batches (as one per Kafka partition) sort to the same.
+        let parts = [
+            batch.slice(0, 700),
+            batch.slice(700, 0),
+            batch.slice(700, n - 700),
+        ];
+        assert_eq!(sort_batches_by(&parts, &keys).unwrap(), expected);
     }
 
     /// Flow rows over two hours (two table partitions), in no particular order.
