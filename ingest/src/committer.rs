@@ -110,7 +110,7 @@ type Offsets = (Option<i64>, Option<i64>);
 
 enum Request {
     Commit(Commit, oneshot::Sender<Result<Committed, IngestError>>),
-    Sync(i32, oneshot::Sender<Result<Offsets, IngestError>>),
+    Sync(Vec<i32>, oneshot::Sender<Result<Vec<Offsets>, IngestError>>),
 }
 
 /// The handle the ingest loop keeps.
@@ -172,8 +172,8 @@ impl Committer {
                                 let _ = reply.send(outcome);
                                 flight.done();
                             }
-                            Request::Sync(partition, reply) => {
-                                let _ = reply.send(tables.sync(partition).await);
+                            Request::Sync(partitions, reply) => {
+                                let _ = reply.send(tables.sync(&partitions).await);
                             }
                         }
                     }
@@ -204,12 +204,12 @@ impl Committer {
         Ok(outcome)
     }
 
-    /// The last offsets of `partition` in `flows` and in `edges`, after every commit sent
-    /// before.
-    pub async fn sync(&self, partition: i32) -> Result<Offsets, IngestError> {
+    /// The last offsets of each of `partitions` in `flows` and in `edges` (in that order),
+    /// after every commit sent before.
+    pub async fn sync(&self, partitions: Vec<i32>) -> Result<Vec<Offsets>, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::Sync(partition, reply))
+            .send(Request::Sync(partitions, reply))
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
@@ -271,9 +271,13 @@ impl Tables {
         Ok((flows, edges))
     }
 
-    async fn sync(&mut self, partition: i32) -> Result<Offsets, IngestError> {
+    async fn sync(&mut self, partitions: &[i32]) -> Result<Vec<Offsets>, IngestError> {
         self.refresh().await?;
-        self.offsets(partition).await
+        let mut offsets = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            offsets.push(self.offsets(*partition).await?);
+        }
+        Ok(offsets)
     }
 
     /// Commits the sealed batches, retrying until both tables have them (or, when

@@ -36,7 +36,9 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
-use bulkhead_schemas::lake::{date_hour, decision_text, edges_schema};
+use bulkhead_schemas::lake::{
+    NO_SHARED_LABELS, SharedLabels, date_hour, decision_text, edges_schema,
+};
 use bulkhead_schemas::proto::{Direction, FlowBatch, FlowRecord};
 use rustc_hash::FxHashMap;
 
@@ -155,17 +157,22 @@ pub struct End<'a> {
 }
 
 /// A record as a connection: client end, server end, the server's port, and whether the
-/// record's packets went from the server to the client (a reply).
-pub fn connection(r: &FlowRecord) -> (End<'_>, End<'_>, u32, bool) {
+/// record's packets went from the server to the client (a reply). `shared`: the labels
+/// enrichment found for the record's ends, standing for its own empty ones.
+pub fn connection<'a>(
+    r: &'a FlowRecord,
+    shared: &'a SharedLabels,
+) -> (End<'a>, End<'a>, u32, bool) {
+    let [src_labels, dst_labels] = shared;
     let src = End {
         ip: &r.src_ip,
         workload: &r.src_workload,
-        labels: &r.src_labels,
+        labels: src_labels.as_deref().unwrap_or(&r.src_labels),
     };
     let dst = End {
         ip: &r.dst_ip,
         workload: &r.dst_workload,
-        labels: &r.dst_labels,
+        labels: dst_labels.as_deref().unwrap_or(&r.dst_labels),
     };
     let direction = Direction::try_from(r.direction).unwrap_or(Direction::Unspecified);
     // The packets of this record left the server when the server sent them (egress on
@@ -185,8 +192,11 @@ pub fn connection(r: &FlowRecord) -> (End<'_>, End<'_>, u32, bool) {
 /// How one record enters the edges: client end, server end, server port, whether its
 /// packets went towards the server, and who reported it. `None`: a client-side report
 /// of a connection the server reports itself.
-fn orient(r: &FlowRecord) -> Option<(End<'_>, End<'_>, u32, bool, &'static str)> {
-    let (client, server, port, from_server) = connection(r);
+fn orient<'a>(
+    r: &'a FlowRecord,
+    shared: &'a SharedLabels,
+) -> Option<(End<'a>, End<'a>, u32, bool, &'static str)> {
+    let (client, server, port, from_server) = connection(r, shared);
     if !r.local_is_server && !server.workload.is_empty() {
         return None;
     }
@@ -227,16 +237,18 @@ impl EdgeAggregator {
     pub fn add_batch(
         &mut self,
         batch: &FlowBatch,
+        shared: &[SharedLabels],
         windowing: Windowing,
         newest_us: &mut i64,
     ) -> Added {
         let mut added = Added::default();
         let window = windowing.window_us.max(1);
-        for r in &batch.records {
+        for (i, r) in batch.records.iter().enumerate() {
             let first_us = micros(r.first_seen_unix_ns);
             let last_us = micros(r.last_seen_unix_ns).max(first_us);
             *newest_us = (*newest_us).max(first_us);
-            let Some((client, server, port, request, reporter)) = orient(r) else {
+            let shared = shared.get(i).unwrap_or(&NO_SHARED_LABELS);
+            let Some((client, server, port, request, reporter)) = orient(r, shared) else {
                 added.skipped_client_reports += 1;
                 continue;
             };
@@ -453,7 +465,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let added = agg.add_batch(&batch, w, &mut newest);
+        let added = agg.add_batch(&batch, &[], w, &mut newest);
         assert_eq!((added.counted, added.skipped_client_reports), (2, 1));
         let start = (T0 / 1000) as i64;
         assert_eq!(
@@ -461,6 +473,28 @@ mod tests {
             vec![("api".into(), "db>dst".into(), 1, 400, start)]
         );
         assert!(agg.is_empty(), "finish empties the buffer");
+    }
+
+    #[test]
+    fn shared_labels_stand_for_a_records_empty_label_maps() {
+        let w = Windowing::default();
+        let mut agg = EdgeAggregator::default();
+        let mut newest = 0;
+        let mut record = rec("api", Direction::Egress, false, 1, 70);
+        record.src_labels.clear();
+        record.dst_workload.clear();
+        record.dst_ip = vec![203, 0, 113, 9];
+        let batch = FlowBatch {
+            records: vec![record],
+            ..Default::default()
+        };
+        let crm = Arc::new([("app".to_string(), "crm".to_string())].into());
+        agg.add_batch(&batch, &[[Some(crm), None]], w, &mut newest);
+        let rows = agg.finish(w).unwrap();
+        let labels = rows.column_by_name("src_labels").unwrap().as_map();
+        assert_eq!(labels.value_length(0), 1);
+        assert_eq!(labels.keys().as_string::<i32>().value(0), "app");
+        assert_eq!(labels.values().as_string::<i32>().value(0), "crm");
     }
 
     #[test]
@@ -475,7 +509,7 @@ mod tests {
             records: vec![external],
             ..Default::default()
         };
-        agg.add_batch(&batch, w, &mut newest);
+        agg.add_batch(&batch, &[], w, &mut newest);
         assert_eq!(
             rows(&mut agg, w),
             vec![(
@@ -500,11 +534,11 @@ mod tests {
             records: vec![rec("db", Direction::Ingress, true, at, 10)],
             ..Default::default()
         };
-        assert_eq!(agg.add_batch(&batch(59), w, &mut newest).late, 0);
-        assert_eq!(agg.add_batch(&batch(60), w, &mut newest).late, 0);
-        assert_eq!(agg.add_batch(&batch(300), w, &mut newest).late, 0);
+        assert_eq!(agg.add_batch(&batch(59), &[], w, &mut newest).late, 0);
+        assert_eq!(agg.add_batch(&batch(60), &[], w, &mut newest).late, 0);
+        assert_eq!(agg.add_batch(&batch(300), &[], w, &mut newest).late, 0);
         // Window [0, 60) ended 240 s before the newest record: beyond the lateness.
-        assert_eq!(agg.add_batch(&batch(5), w, &mut newest).late, 1);
+        assert_eq!(agg.add_batch(&batch(5), &[], w, &mut newest).late, 1);
         let got = rows(&mut agg, w);
         let start = (T0 / 1000) as i64;
         let mut flows: Vec<(i64, i64)> = got.iter().map(|r| (r.4 - start, r.2)).collect();

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use bulkhead_kafka::{KafkaConfig, KafkaError};
+use bulkhead_schemas::lake::{Labels, SharedLabels};
 use bulkhead_schemas::proto::{FlowBatch, HostInventory};
 use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
@@ -24,7 +25,7 @@ use prost::Message as _;
 struct Sighting {
     from_unix_ns: u64,
     host_id: Arc<str>,
-    labels: Arc<BTreeMap<String, String>>,
+    labels: Arc<Labels>,
 }
 
 /// Which host had which address when.
@@ -100,48 +101,48 @@ impl Inventory {
         self.by_ip.len()
     }
 
-    /// Fills the workload and labels of both ends of every record that the collector left
-    /// empty.
-    pub fn enrich(&self, batch: &mut FlowBatch) {
+    /// Fills the workload of both ends of every record that the collector left empty, and
+    /// puts the owners' labels for the ends without labels of their own in `labels`
+    /// (`labels[i]` for record `i`; shared with the inventory, not copied).
+    pub fn enrich(&self, batch: &mut FlowBatch, labels: &mut Vec<SharedLabels>) {
+        labels.clear();
         if self.by_ip.is_empty() {
             return;
         }
+        labels.reserve(batch.records.len());
         for record in &mut batch.records {
             let at = record.first_seen_unix_ns;
-            self.fill(
+            let src = self.fill(
                 &record.src_ip,
                 at,
                 &mut record.src_workload,
-                &mut record.src_labels,
+                record.src_labels.is_empty(),
             );
-            self.fill(
+            let dst = self.fill(
                 &record.dst_ip,
                 at,
                 &mut record.dst_workload,
-                &mut record.dst_labels,
+                record.dst_labels.is_empty(),
             );
+            labels.push([src, dst]);
         }
     }
 
-    /// One end of a record: workload and labels of the address's owner at `at`.
+    /// One end of a record: the workload of the address's owner at `at`, and its labels
+    /// when the end `wants_labels`.
     fn fill(
         &self,
         ip: &[u8],
         at: u64,
         workload: &mut String,
-        labels: &mut BTreeMap<String, String>,
-    ) {
+        wants_labels: bool,
+    ) -> Option<Arc<Labels>> {
         if !workload.is_empty() {
-            return;
+            return None;
         }
-        let Some(owner) = bulkhead_schemas::ip::from_bytes(ip).and_then(|ip| self.owner(&ip, at))
-        else {
-            return;
-        };
+        let owner = bulkhead_schemas::ip::from_bytes(ip).and_then(|ip| self.owner(&ip, at))?;
         *workload = owner.host_id.to_string();
-        if labels.is_empty() {
-            labels.clone_from(&owner.labels);
-        }
+        wants_labels.then(|| owner.labels.clone())
     }
 }
 
@@ -233,22 +234,31 @@ mod tests {
             ..Default::default()
         };
         batch.records[0].dst_workload = "kept".into();
-        inventory.enrich(&mut batch);
+        batch.records[1].src_labels = [("app".to_string(), "own".to_string())].into();
+        let mut labels = Vec::new();
+        inventory.enrich(&mut batch, &mut labels);
         let r = &batch.records;
+        let label = |i: usize, end: usize| labels[i][end].as_ref().map(|l| l["app"].as_str());
         assert_eq!(r[0].src_workload, "web-1");
-        assert_eq!(r[0].src_labels["app"], "shop");
+        assert_eq!(label(0, 0), Some("shop"));
+        assert_eq!(
+            label(0, 1),
+            None,
+            "the collector's workload kept, and its labels"
+        );
         assert_eq!(r[0].dst_workload, "kept", "collector's value kept");
         assert_eq!(
             (r[1].src_workload.as_str(), r[1].dst_workload.as_str()),
             ("web-2", "web-2")
         );
-        assert_eq!(r[1].dst_labels["app"], "crm");
+        assert_eq!(label(1, 1), Some("crm"));
+        assert_eq!(label(1, 0), None, "the record's own labels kept");
         assert_eq!(
             r[2].src_workload, "web-1",
             "older than any inventory: the first owner"
         );
         assert!(
-            r[2].dst_workload.is_empty() && r[2].dst_labels.is_empty(),
+            r[2].dst_workload.is_empty() && label(2, 1).is_none(),
             "unknown stays an IP"
         );
 

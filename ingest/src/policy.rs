@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use bulkhead_kafka::rdkafka::Message as _;
 use bulkhead_kafka::{KafkaConfig, KafkaError};
 use bulkhead_schemas::ip;
+use bulkhead_schemas::lake::NO_SHARED_LABELS;
 use bulkhead_schemas::policy::{
     Decider, Endpoint, PolicyVerifier, PolicyVersion, ip_lists_containing,
 };
@@ -128,7 +129,7 @@ fn judge(active: &Active, record: &mut FlowRecord) {
     if record.policy_decision != PolicyDecision::Unknown as i32 {
         return;
     }
-    let (client, server, port, _) = crate::edges::connection(record);
+    let (client, server, port, _) = crate::edges::connection(record, &NO_SHARED_LABELS);
     fn endpoint<'a>(end: &crate::edges::End<'a>) -> Option<Endpoint<'a>> {
         ip::from_bytes(end.ip).map(|addr| {
             if end.workload.is_empty() {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::{KafkaConfig, Producer};
-use bulkhead_schemas::lake::FlowColumns;
+use bulkhead_schemas::lake::{FlowColumns, SharedLabels};
 use bulkhead_schemas::policy::{PolicyVerifier, parse_verifying_key};
 use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
@@ -85,6 +85,10 @@ pub struct Summary {
 #[derive(Default)]
 struct Rebalances {
     revoked: Vec<i32>,
+    /// Assigned and still held: synced with the lake together before the next message,
+    /// while no commit is in flight (a partition synced at its first message waited
+    /// behind the commit in flight, stalling the loop once per partition at start-up).
+    assigned: Vec<i32>,
 }
 
 struct IngestContext {
@@ -124,6 +128,7 @@ impl ConsumerContext for IngestContext {
                 );
             }
             if let Ok(mut r) = self.rebalances.lock() {
+                r.assigned.retain(|p| !partitions.contains(p));
                 r.revoked.extend(partitions);
             }
         }
@@ -133,6 +138,9 @@ impl ConsumerContext for IngestContext {
         if let Rebalance::Assign(list) = rebalance {
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(?partitions, "partitions assigned");
+            if let Ok(mut r) = self.rebalances.lock() {
+                r.assigned.extend(partitions);
+            }
         }
     }
 }
@@ -315,6 +323,7 @@ pub async fn run(
         committer,
         in_flight: None,
         newest_us: 0,
+        shared_labels: Vec::new(),
         partitions: BTreeMap::new(),
         group_offsets_owed: BTreeMap::new(),
         rebalances,
@@ -444,6 +453,9 @@ struct Ingest {
     in_flight: Option<Landing>,
     /// Newest event time (first_seen, µs) seen: the edges' watermark plus the lateness.
     newest_us: i64,
+    /// The labels enrichment found for the records of the batch being read (a buffer
+    /// reused from batch to batch).
+    shared_labels: Vec<SharedLabels>,
     dlq: Producer,
     dlq_topic: String,
     consumer_name: String,
@@ -486,21 +498,39 @@ impl Ingest {
         }
     }
 
-    /// Reads the partition's offsets from the tables and starts a fresh state.
-    async fn sync(&mut self, partition: i32) -> Result<(), IngestError> {
-        let (table_offset, edges_offset) = self.committer.sync(partition).await?;
-        tracing::info!(
-            partition,
-            table_offset,
-            edges_offset,
-            "partition synced with the lake: resuming after the tables' last offsets"
-        );
-        self.partitions.insert(
-            partition,
-            PartitionState::synced(table_offset, edges_offset),
-        );
-        if let Some(last) = table_offset {
-            self.group_offsets_owed.insert(partition, last + 1);
+    /// Syncs the partitions assigned since the last message (see [`Rebalances::assigned`]).
+    async fn sync_assigned(&mut self) -> Result<(), IngestError> {
+        let assigned = match self.rebalances.lock() {
+            Ok(mut r) => std::mem::take(&mut r.assigned),
+            Err(_) => Vec::new(),
+        };
+        let new: Vec<i32> = assigned
+            .into_iter()
+            .filter(|p| !self.partitions.contains_key(p))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.sync(new).await
+    }
+
+    /// Reads the partitions' offsets from the tables and starts a fresh state for each.
+    async fn sync(&mut self, partitions: Vec<i32>) -> Result<(), IngestError> {
+        let offsets = self.committer.sync(partitions.clone()).await?;
+        for (partition, (table_offset, edges_offset)) in partitions.into_iter().zip(offsets) {
+            tracing::info!(
+                partition,
+                table_offset,
+                edges_offset,
+                "partition synced with the lake: resuming after the tables' last offsets"
+            );
+            self.partitions.insert(
+                partition,
+                PartitionState::synced(table_offset, edges_offset),
+            );
+            if let Some(last) = table_offset {
+                self.group_offsets_owed.insert(partition, last + 1);
+            }
         }
         Ok(())
     }
@@ -555,8 +585,9 @@ impl Ingest {
         payload: Option<Vec<u8>>,
     ) -> Result<(), IngestError> {
         self.drop_revoked();
+        self.sync_assigned().await?;
         if !self.partitions.contains_key(&partition) {
-            self.sync(partition).await?;
+            self.sync(vec![partition]).await?;
         }
         let Some(state) = self.partitions.get_mut(&partition) else {
             return Ok(());
@@ -604,12 +635,13 @@ impl Ingest {
         match dlq::decode_message(payload.as_deref()) {
             Ok(mut batch) => {
                 self.enrich(&mut batch);
+                let shared = &self.shared_labels;
                 let state = self
                     .partitions
                     .get_mut(&partition)
                     .ok_or_else(|| internal(partition))?;
                 if offset >= flows_from {
-                    state.columns.append_batch(&batch).map_err(|e| {
+                    state.columns.append_enriched(&batch, shared).map_err(|e| {
                         IngestError::Internal(format!("a checked batch was refused: {e}"))
                     })?;
                     state.rows += batch.records.len();
@@ -617,10 +649,12 @@ impl Ingest {
                     state.last_offset = Some(offset);
                 }
                 if offset >= edges_from {
-                    let added =
-                        state
-                            .edges
-                            .add_batch(&batch, self.config.windowing, &mut self.newest_us);
+                    let added = state.edges.add_batch(
+                        &batch,
+                        shared,
+                        self.config.windowing,
+                        &mut self.newest_us,
+                    );
                     telemetry::edges_added(partition, offset, &added);
                     state.edges_last = Some(offset);
                 }
@@ -658,10 +692,12 @@ impl Ingest {
         Ok(())
     }
 
-    /// Enriches a decoded batch: workloads and labels from the inventory.
-    fn enrich(&self, batch: &mut bulkhead_schemas::proto::FlowBatch) {
+    /// Enriches a decoded batch: workloads and labels (into `shared_labels`) from the
+    /// inventory, and decisions from the policy.
+    fn enrich(&mut self, batch: &mut bulkhead_schemas::proto::FlowBatch) {
+        self.shared_labels.clear();
         if let Ok(inventory) = self.inventory.read() {
-            inventory.enrich(batch);
+            inventory.enrich(batch, &mut self.shared_labels);
         }
         if let Ok(policy) = self.policy.read() {
             policy.decide(batch);

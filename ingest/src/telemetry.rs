@@ -71,15 +71,30 @@ pub fn committed(version: i64, rows: usize, partitions: usize, took: Duration) {
     metrics::histogram!("bulkhead_ingest_commit_duration_seconds").record(took.as_secs_f64());
 }
 
+/// How often late flows are logged (counted always): a backlog replayed out of order can
+/// make every message late, and a log line per message drowned the rest.
+const LATE_LOG_EVERY: Duration = Duration::from_secs(10);
+
 pub fn edges_added(partition: i32, offset: i64, added: &crate::edges::Added) {
     if added.late > 0 {
-        tracing::info!(
-            partition,
-            offset,
-            late = added.late,
-            "flows later than the edge lateness: they land in their own window, in this commit"
-        );
         metrics::counter!("bulkhead_ingest_late_flows_total").increment(added.late as u64);
+        static LATE: std::sync::Mutex<(Option<std::time::Instant>, usize)> =
+            std::sync::Mutex::new((None, 0));
+        if let Ok(mut late) = LATE.lock() {
+            let (logged, count) = &mut *late;
+            *count += added.late;
+            if logged.is_none_or(|at| at.elapsed() >= LATE_LOG_EVERY) {
+                tracing::info!(
+                    partition,
+                    offset,
+                    late = *count,
+                    "flows later than the edge lateness (since the last such line): they land in \
+                     their own window, in the commit that covers them"
+                );
+                *logged = Some(std::time::Instant::now());
+                *count = 0;
+            }
+        }
     }
     metrics::counter!("bulkhead_ingest_client_reports_skipped_total")
         .increment(added.skipped_client_reports as u64);

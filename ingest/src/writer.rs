@@ -5,7 +5,6 @@
 //! is the truth about what is written. [`SnapshotTable`] overwrites a small read model
 //! (`workloads`, `status`, `policy`) as a whole.
 
-
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::ArrowError;
@@ -201,13 +200,15 @@ impl AppendTable {
         let properties = CommitProperties::default()
             .with_application_transactions(txns)
             .with_max_retries(5);
-        if parts.first().is_some_and(|rows| self.writes_files_itself(rows)) {
+        if parts
+            .first()
+            .is_some_and(|rows| self.writes_files_itself(rows))
+        {
             return self.append_files(parts, properties).await;
         }
         // The first commit creates the table (and a table whose protocol or schema this
         // writer does not handle itself is left to delta-rs's own write).
-        let rows =
-            sort_batches_by(&parts, self.sort_columns).map_err(|e| self.arrow_error(e))?;
+        let rows = sort_batches_by(&parts, self.sort_columns).map_err(|e| self.arrow_error(e))?;
         let written = self
             .table
             .clone()
@@ -549,8 +550,8 @@ impl SnapshotTable {
 mod tests {
     use super::*;
     use arrow_array::{Int32Array, StringArray};
-    use std::sync::Arc;
     use arrow_ord::sort::{SortColumn, lexsort_to_indices};
+    use std::sync::Arc;
 
     #[test]
     fn rows_sort_like_lexsort_nulls_first_with_nested_columns_taken_along() {

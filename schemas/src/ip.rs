@@ -29,6 +29,23 @@ pub fn to_bytes(ip: IpAddr) -> Vec<u8> {
 /// (`::ffff:10.0.0.1`), exactly as the kernel reported them.
 pub fn write_text(bytes: &[u8], out: &mut String) -> bool {
     out.clear();
+    if let Ok(octets) = <[u8; 4]>::try_from(bytes) {
+        // Most flows are IPv4: written digit by digit, without `fmt`'s machinery (which
+        // was ~8 % of ingest's decoding thread).
+        for (i, octet) in octets.into_iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            if octet >= 100 {
+                out.push(char::from(b'0' + octet / 100));
+            }
+            if octet >= 10 {
+                out.push(char::from(b'0' + octet / 10 % 10));
+            }
+            out.push(char::from(b'0' + octet % 10));
+        }
+        return true;
+    }
     match from_bytes(bytes) {
         Some(ip) => {
             let _ = write!(out, "{ip}");
@@ -56,6 +73,15 @@ mod tests {
             assert_eq!(out.parse::<IpAddr>().unwrap(), ip);
         }
         let mut out = String::from("stale");
+        for octets in [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [9, 10, 99, 100],
+            [1, 20, 109, 250],
+        ] {
+            assert!(write_text(&octets, &mut out));
+            assert_eq!(out, Ipv4Addr::from(octets).to_string());
+        }
         assert!(!write_text(&[1, 2, 3], &mut out));
         assert!(out.is_empty());
         assert_eq!(from_bytes(&[]), None);
