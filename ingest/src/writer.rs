@@ -9,9 +9,11 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::ArrowError;
 use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::operations::create::CreateBuilder;
 use deltalake::operations::write::WriterStatsConfig;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -200,14 +202,19 @@ impl AppendTable {
         let properties = CommitProperties::default()
             .with_application_transactions(txns)
             .with_max_retries(5);
+        if self.table.version().is_none()
+            && let Some(rows) = parts.first()
+        {
+            self.create(rows.schema()).await?;
+        }
         if parts
             .first()
             .is_some_and(|rows| self.writes_files_itself(rows))
         {
             return self.append_files(parts, properties).await;
         }
-        // The first commit creates the table (and a table whose protocol or schema this
-        // writer does not handle itself is left to delta-rs's own write).
+        // A table whose protocol or schema this writer does not handle itself is left to
+        // delta-rs's own write.
         let rows = sort_batches_by(&parts, self.sort_columns).map_err(|e| self.arrow_error(e))?;
         let written = self
             .table
@@ -221,6 +228,23 @@ impl AppendTable {
             .map_err(|source| self.delta_error(source))?;
         self.table = written;
         Ok(self.table.version().map_or(0, |v| v as i64))
+    }
+
+    /// Creates the table with the columns of `schema` (left as it is if another writer
+    /// created it meanwhile).
+    async fn create(&mut self, schema: arrow_schema::SchemaRef) -> Result<(), LakeError> {
+        let columns: StructType = schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| self.arrow_error(e))?;
+        self.table = CreateBuilder::new()
+            .with_log_store(self.table.log_store())
+            .with_columns(columns.fields().cloned())
+            .with_partition_columns(self.partition_columns.clone())
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(|source| self.delta_error(source))?;
+        Ok(())
     }
 
     /// Whether [`Self::append_files`] can write `rows`: the table exists, needs no
@@ -682,16 +706,62 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn commits_after_the_first_write_the_files_delta_rs_would() {
+    async fn the_first_commit_creates_the_table_and_writes_its_own_files() {
+        let rows = rows_over_two_hours(1_000);
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let mut table = FlowsTable::open(&url).await.unwrap();
+        let version = table.commit(rows.clone(), "t", &[(0, 0)]).await.unwrap();
+        assert_eq!(version, 1, "created (0), then the rows (1)");
+        assert_eq!(table.committed_offset("t", 0).await.unwrap(), Some(0));
+        let commit =
+            std::fs::read_to_string(dir.path().join("_delta_log/00000000000000000001.json"))
+                .unwrap();
+        assert_eq!(
+            commit.matches("\"add\"").count(),
+            2,
+            "a file per hour: {commit}"
+        );
+        // The same table schema and partitioning as delta-rs's write would create.
+        let other = tempfile::tempdir().unwrap();
+        let by_delta_rs =
+            deltalake::DeltaTableBuilder::from_url(Url::from_directory_path(other.path()).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .write(vec![rows])
+                .with_partition_columns(table.partition_columns.clone())
+                .await
+                .unwrap();
+        let (ours, theirs) = (
+            table.table().snapshot().unwrap(),
+            by_delta_rs.snapshot().unwrap(),
+        );
+        assert_eq!(ours.schema(), theirs.schema());
+        assert_eq!(
+            ours.metadata().partition_columns(),
+            theirs.metadata().partition_columns()
+        );
+    }
+
+    #[tokio::test]
+    async fn own_files_hold_what_delta_rs_would_write() {
         let rows = rows_over_two_hours(3_000);
         let dir = tempfile::tempdir().unwrap();
         let url = Url::from_directory_path(dir.path()).unwrap();
         let mut table = FlowsTable::open(&url).await.unwrap();
-        assert!(
-            !table.writes_files_itself(&rows),
-            "no table yet: delta-rs creates it"
-        );
-        table.commit(rows.clone(), "t", &[(0, 0)]).await.unwrap();
+        assert!(!table.writes_files_itself(&rows), "no table yet");
+        // delta-rs's own write (as a table this writer does not handle itself gets).
+        let sorted = sort_rows_by(&rows, SORT_COLUMNS).unwrap();
+        table.table = table
+            .table()
+            .clone()
+            .write(vec![sorted])
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(table.partition_columns.clone())
+            .with_writer_properties(table.writer_properties.clone())
+            .await
+            .unwrap();
         assert!(table.writes_files_itself(&rows));
         // The same rows again, through the own files this time.
         table.commit(rows.clone(), "t", &[(0, 1)]).await.unwrap();
