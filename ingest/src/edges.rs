@@ -27,7 +27,6 @@
 //! it still lands in its own window (in the commit that covers its offset — never
 //! dropped) and is counted in `bulkhead_ingest_late_flows_total`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -37,7 +36,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
 use bulkhead_schemas::lake::{
-    NO_SHARED_LABELS, SharedLabels, date_hour, decision_text, edges_schema,
+    Labels, NO_SHARED_LABELS, SharedLabels, date_hour, decision_text, edges_schema,
 };
 use bulkhead_schemas::proto::{Direction, FlowBatch, FlowRecord};
 use rustc_hash::FxHashMap;
@@ -134,8 +133,8 @@ struct EdgeValue {
     bytes: i64,
     first_us: i64,
     last_us: i64,
-    src_labels: BTreeMap<String, String>,
-    dst_labels: BTreeMap<String, String>,
+    src_labels: Arc<Labels>,
+    dst_labels: Arc<Labels>,
 }
 
 /// What adding a batch did.
@@ -153,7 +152,18 @@ pub struct Added {
 pub struct End<'a> {
     pub ip: &'a [u8],
     pub workload: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a Labels,
+    /// `labels` when they are the inventory's (shared, not copied).
+    shared: Option<&'a Arc<Labels>>,
+}
+
+impl End<'_> {
+    /// The end's labels to keep: the inventory's shared map, or a copy of the record's.
+    fn labels_to_keep(&self) -> Arc<Labels> {
+        self.shared
+            .cloned()
+            .unwrap_or_else(|| Arc::new(self.labels.clone()))
+    }
 }
 
 /// A record as a connection: client end, server end, the server's port, and whether the
@@ -168,11 +178,13 @@ pub fn connection<'a>(
         ip: &r.src_ip,
         workload: &r.src_workload,
         labels: src_labels.as_deref().unwrap_or(&r.src_labels),
+        shared: src_labels.as_ref(),
     };
     let dst = End {
         ip: &r.dst_ip,
         workload: &r.dst_workload,
         labels: dst_labels.as_deref().unwrap_or(&r.dst_labels),
+        shared: dst_labels.as_ref(),
     };
     let direction = Direction::try_from(r.direction).unwrap_or(Direction::Unspecified);
     // The packets of this record left the server when the server sent them (egress on
@@ -272,8 +284,8 @@ impl EdgeAggregator {
                 bytes: 0,
                 first_us,
                 last_us,
-                src_labels: client.labels.clone(),
-                dst_labels: server.labels.clone(),
+                src_labels: client.labels_to_keep(),
+                dst_labels: server.labels_to_keep(),
             });
             value.flows += i64::from(request);
             value.packets += r.packets.min(i64::MAX as u64) as i64;
@@ -323,7 +335,7 @@ impl EdgeAggregator {
                 .iter_mut()
                 .zip([&value.src_labels, &value.dst_labels])
             {
-                for (k, v) in map {
+                for (k, v) in map.iter() {
                     builder.keys().append_value(k);
                     builder.values().append_value(v);
                 }

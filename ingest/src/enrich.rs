@@ -11,7 +11,7 @@
 //! model current in the background. Replaying flows after a crash enriches them with
 //! the inventory known at replay time (the row count stays exact).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -20,6 +20,7 @@ use bulkhead_schemas::lake::{Labels, SharedLabels};
 use bulkhead_schemas::proto::{FlowBatch, HostInventory};
 use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
+use rustc_hash::FxHashMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Sighting {
@@ -31,7 +32,7 @@ struct Sighting {
 /// Which host had which address when.
 #[derive(Debug, Default)]
 pub struct Inventory {
-    by_ip: HashMap<IpAddr, Vec<Sighting>>,
+    by_ip: FxHashMap<IpAddr, Vec<Sighting>>,
     hosts: usize,
     /// The latest inventory of every host (the `workloads` read model).
     pub latest: BTreeMap<String, HostInventory>,

@@ -17,6 +17,7 @@ use deltalake::operations::create::CreateBuilder;
 use deltalake::operations::write::WriterStatsConfig;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -34,6 +35,35 @@ pub const SORT_COLUMNS: &[&str] = &["src_ip", "dst_ip", "dst_port"];
 
 /// Columns `edges` rows are sorted by within a file.
 pub const EDGE_SORT_COLUMNS: &[&str] = &["window_start", "dst_workload", "dst_port"];
+
+/// Columns of `flows` and `edges` with (nearly) a distinct value per row: written without
+/// a dictionary, which the Parquet writer would fill (hashing every value) only to give
+/// up on it once it reaches its size limit.
+const UNIQUE_VALUE_COLUMNS: &[&str] = &[
+    "first_seen",
+    "last_seen",
+    "bytes",
+    "packets",
+    "src_port",
+    "batch_seq",
+];
+
+/// How ingest encodes the files it appends: zstd, row groups of [`ROW_GROUP_ROWS`],
+/// dictionaries for the columns that repeat. (`bulkhead lake compact` rewrites files with
+/// dictionaries everywhere: it writes for readers, ingest for keeping up.)
+fn append_writer_properties() -> WriterProperties {
+    UNIQUE_VALUE_COLUMNS
+        .iter()
+        .fold(
+            WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS)),
+            |builder, column| {
+                builder.set_column_dictionary_enabled(ColumnPath::from(*column), false)
+            },
+        )
+        .build()
+}
 
 /// The Delta application id that records progress on one partition of a topic.
 pub fn app_id(topic: &str, partition: i32) -> String {
@@ -128,10 +158,7 @@ impl AppendTable {
                 .map(|c| c.to_string())
                 .collect(),
             sort_columns,
-            writer_properties: WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-                .build(),
+            writer_properties: append_writer_properties(),
         })
     }
 
