@@ -287,6 +287,12 @@ impl AppendTable {
         if protocol.min_reader_version() > 1 || protocol.min_writer_version() > 2 {
             return false;
         }
+        // Column invariants (writer version 2) are checked by delta-rs's write only.
+        let has_invariants = serde_json::to_string(state.schema().as_ref())
+            .map_or(true, |schema| schema.contains("delta.invariants"));
+        if has_invariants {
+            return false;
+        }
         let table_schema = state.snapshot().arrow_schema();
         table_schema.fields().len() == rows.num_columns()
             && table_schema.fields().iter().all(|field| {
@@ -769,6 +775,38 @@ mod tests {
             ours.metadata().partition_columns(),
             theirs.metadata().partition_columns()
         );
+    }
+
+    #[tokio::test]
+    async fn a_table_with_column_invariants_is_written_by_delta_rs_which_checks_them() {
+        let rows = rows_over_two_hours(100);
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let mut table = FlowsTable::open(&url).await.unwrap();
+        let columns: StructType = rows.schema().as_ref().try_into_kernel().unwrap();
+        let fields = columns.fields().cloned().map(|field| {
+            if field.name() == "bytes" {
+                field.with_metadata([(
+                    "delta.invariants",
+                    r#"{"expression": {"expression": "bytes < 1000"}}"#,
+                )])
+            } else {
+                field
+            }
+        });
+        table.table = CreateBuilder::new()
+            .with_log_store(table.table().log_store())
+            .with_columns(fields)
+            .with_partition_columns(table.partition_columns.clone())
+            .await
+            .unwrap();
+        assert!(!table.writes_files_itself(&rows));
+        let refused = table.commit(rows, "t", &[(0, 0)]).await;
+        assert!(
+            refused.is_err_and(|e| e.to_string().contains("90 rows failed validation")),
+            "90 of the rows have bytes of 1,000 or more"
+        );
+        assert_eq!(table.committed_offset("t", 0).await.unwrap(), None);
     }
 
     #[tokio::test]
