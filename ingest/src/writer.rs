@@ -28,7 +28,7 @@ use url::Url;
 pub const ROW_GROUP_ROWS: usize = 1_000_000;
 
 /// From this many rows a sort gathers its columns on two threads.
-const PARALLEL_TAKE_ROWS: usize = 65_536;
+const PARALLEL_GATHER_ROWS: usize = 65_536;
 
 /// Columns `flows` rows are sorted by within a file, so that IP and port filters prune.
 pub const SORT_COLUMNS: &[&str] = &["src_ip", "dst_ip", "dst_port"];
@@ -173,12 +173,8 @@ impl AppendTable {
 
     /// Loads the newest commit of the table (another writer's included).
     pub async fn refresh(&mut self) -> Result<(), LakeError> {
-        load_latest(&mut self.table)
-            .await
-            .map_err(|source| LakeError::Delta {
-                url: self.url.clone(),
-                source,
-            })
+        let loaded = load_latest(&mut self.table).await;
+        loaded.map_err(|source| self.delta_error(source))
     }
 
     /// The last offset of `topic`/`partition` recorded in the loaded snapshot.
@@ -193,10 +189,7 @@ impl AppendTable {
         state
             .transaction_version(self.table.log_store().as_ref(), app_id(topic, partition))
             .await
-            .map_err(|source| LakeError::Delta {
-                url: self.url.clone(),
-                source,
-            })
+            .map_err(|source| self.delta_error(source))
     }
 
     /// Appends `rows` (sorted here) and records `last_offsets` (partition, last offset
@@ -523,7 +516,7 @@ pub fn sort_batches_by(
     // A large commit's columns are gathered on two threads: ingest's loop thread is idle
     // part of the time while the committer sorts, so the second half often finds a core.
     let width = schema.fields().len();
-    let columns = if total >= PARALLEL_TAKE_ROWS {
+    let columns = if total >= PARALLEL_GATHER_ROWS {
         let half = width / 2;
         let (first, second) = std::thread::scope(|scope| {
             let helper = scope.spawn(|| gather(0..half));
