@@ -236,6 +236,16 @@ impl AppendTable {
         // A table whose protocol or schema this writer does not handle itself is left to
         // delta-rs's own write.
         let rows = sort_batches_by(&parts, self.sort_columns).map_err(|e| self.arrow_error(e))?;
+        self.append_with_delta_rs(rows, properties).await
+    }
+
+    /// Appends sorted `rows` through delta-rs's `write` operation, which checks the
+    /// table's protocol, invariants and schema itself.
+    async fn append_with_delta_rs(
+        &mut self,
+        rows: RecordBatch,
+        properties: CommitProperties,
+    ) -> Result<i64, LakeError> {
         let written = self
             .table
             .clone()
@@ -675,6 +685,14 @@ mod tests {
         assert_eq!(sort_batches_by(&parts, &keys).unwrap(), expected);
     }
 
+    /// A `flows` table in a new directory (kept while the `TempDir` lives), not created yet.
+    async fn new_table() -> (tempfile::TempDir, FlowsTable) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let table = FlowsTable::open(&url).await.unwrap();
+        (dir, table)
+    }
+
     /// Flow rows over two hours (two table partitions), in no particular order.
     fn rows_over_two_hours(n: u64) -> RecordBatch {
         use bulkhead_schemas::proto::{FlowBatch, FlowRecord};
@@ -734,9 +752,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_commit_creates_the_table_and_writes_its_own_files() {
         let rows = rows_over_two_hours(1_000);
-        let dir = tempfile::tempdir().unwrap();
-        let url = Url::from_directory_path(dir.path()).unwrap();
-        let mut table = FlowsTable::open(&url).await.unwrap();
+        let (dir, mut table) = new_table().await;
         let version = table.commit(rows.clone(), "t", &[(0, 0)]).await.unwrap();
         assert_eq!(version, 1, "created (0), then the rows (1)");
         assert_eq!(table.committed_offset("t", 0).await.unwrap(), Some(0));
@@ -773,9 +789,7 @@ mod tests {
     #[tokio::test]
     async fn a_table_with_column_invariants_is_written_by_delta_rs_which_checks_them() {
         let rows = rows_over_two_hours(100);
-        let dir = tempfile::tempdir().unwrap();
-        let url = Url::from_directory_path(dir.path()).unwrap();
-        let mut table = FlowsTable::open(&url).await.unwrap();
+        let (_dir, mut table) = new_table().await;
         let columns: StructType = rows.schema().as_ref().try_into_kernel().unwrap();
         let fields = columns.fields().cloned().map(|field| {
             if field.name() == "bytes" {
@@ -805,19 +819,12 @@ mod tests {
     #[tokio::test]
     async fn own_files_hold_what_delta_rs_would_write() {
         let rows = rows_over_two_hours(3_000);
-        let dir = tempfile::tempdir().unwrap();
-        let url = Url::from_directory_path(dir.path()).unwrap();
-        let mut table = FlowsTable::open(&url).await.unwrap();
+        let (dir, mut table) = new_table().await;
         assert!(!table.writes_files_itself(&rows), "no table yet");
         // delta-rs's own write (as a table this writer does not handle itself gets).
         let sorted = sort_rows_by(&rows, SORT_COLUMNS).unwrap();
-        table.table = table
-            .table()
-            .clone()
-            .write(vec![sorted])
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(table.partition_columns.clone())
-            .with_writer_properties(table.writer_properties.clone())
+        table
+            .append_with_delta_rs(sorted, CommitProperties::default())
             .await
             .unwrap();
         assert!(table.writes_files_itself(&rows));
@@ -862,9 +869,7 @@ mod tests {
             ..Default::default()
         };
         let rows = bulkhead_schemas::lake::flow_batches_to_arrow([&batch]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let url = Url::from_directory_path(dir.path()).unwrap();
-        let mut table = FlowsTable::open(&url).await.unwrap();
+        let (_dir, mut table) = new_table().await;
         // An earlier release's table: created from rows without the standard label columns.
         let standard: Vec<String> = bulkhead_schemas::lake::standard_label_columns().collect();
         let older: Vec<usize> = (0..rows.num_columns())
