@@ -23,8 +23,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keeps freed memory for `delay` before handing it back to the OS (mimalloc: 1 s).
 /// Ingest frees a commit's buffers on the committer thread while the loop grows the next
-/// ones; handed back at once, every page of them was faulted in again — about 6 % of
-/// ingest's CPU, in system time.
+/// ones; handed back at once, every page of them was faulted in again (ingest's CPU per
+/// 2M flows in `bench ingest`: 8.0 s, 6.7 s kept).
 pub(crate) fn keep_freed_memory_for(delay: std::time::Duration) {
     let ms = std::os::raw::c_long::try_from(delay.as_millis()).unwrap_or(std::os::raw::c_long::MAX);
     // SAFETY: sets a plain integer option of the allocator; any value is valid.
