@@ -17,20 +17,6 @@ use crate::config::GlobalArgs;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its option enum, v3 as libmimalloc-sys bundles it;
-/// a test checks that this option has the documented default, 1,000 ms).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Keeps freed memory for `delay` before handing it back to the OS (mimalloc: 1 s).
-/// Ingest frees a commit's buffers on the committer thread while the loop grows the next
-/// ones; handed back at once, every page of them was faulted in again (ingest's CPU per
-/// 2M flows in `bench ingest`: 8.0 s, 6.7 s kept).
-pub(crate) fn keep_freed_memory_for(delay: std::time::Duration) {
-    let ms = std::os::raw::c_long::try_from(delay.as_millis()).unwrap_or(std::os::raw::c_long::MAX);
-    // SAFETY: sets a plain integer option of the allocator; any value is valid.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
-}
-
 /// Zero Trust micro-segmentation: eBPF flow capture, a Kafka event log, a flow lake you
 /// query with SQL, recommended label-based policy, and nftables enforcement.
 #[derive(Parser)]
@@ -139,19 +125,5 @@ fn main() -> ExitCode {
             eprintln!("bulkhead: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_purge_delay_option_is_the_one_mimalloc_documents() {
-        // SAFETY: reads an integer option of the allocator.
-        let default = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(default, 1_000, "mimalloc's purge delay defaults to 1 s");
-        super::keep_freed_memory_for(std::time::Duration::from_secs(60));
-        // SAFETY: as above.
-        let set = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(set, 60_000);
     }
 }

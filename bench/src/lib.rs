@@ -16,6 +16,7 @@ pub mod datacenter;
 pub mod demo_lab;
 pub mod enforcer;
 pub mod ingest;
+pub mod ingest_stages;
 pub mod lab;
 pub mod query;
 pub mod recommend;

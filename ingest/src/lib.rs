@@ -26,6 +26,7 @@
 //! - [`follow`]: reading a state topic to its end, then following it.
 //! - [`telemetry`]: metrics and logs, one function per event.
 //! - [`maintenance`]: compact, vacuum and retention (`bulkhead lake …`).
+//! - [`memory`]: freed memory kept for the next commit's buffers.
 //!
 //! Not yet here (see docs/design-notes.md): S3.
 //!
@@ -40,6 +41,7 @@ pub mod edges;
 pub mod enrich;
 pub mod follow;
 pub mod maintenance;
+pub mod memory;
 pub mod policy;
 pub mod read_models;
 pub mod run;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bulkhead_bench::report::{Figure, Report};
 use bulkhead_bench::stats::Summary;
-use bulkhead_bench::{collector, enforcer, ingest, lab, query, recommend, schemas};
+use bulkhead_bench::{collector, enforcer, ingest, ingest_stages, lab, query, recommend, schemas};
 use clap::{Parser, Subcommand};
 
 /// The same allocator as `bulkhead`, so in-process figures (queries, recommendations,
@@ -424,6 +424,17 @@ async fn run(
             std::fs::create_dir_all(&work)?;
             let partitions = 4;
             let rounds = if args.quick { 1 } else { 3 };
+            let stages = ingest_stages::stages(flows, 500_000, &work).await?;
+            for (stage, cpu_s, rate) in &stages.stages {
+                println!(
+                    "ingest stages: {stage:<40} {cpu_s:>6.2} CPU s = {:>5.2} µs/flow ({rate:>9.0} flows per CPU s alone)",
+                    cpu_s * 1e6 / stages.flows as f64
+                );
+            }
+            println!(
+                "ingest stages: all, without Kafka: {:.2} CPU s for {} flows = {:.0} flows per CPU second",
+                stages.total_cpu_s, stages.flows, stages.flows_per_cpu_s
+            );
             let throughput = ingest::throughput(
                 &bulkhead,
                 &args.kafka,
@@ -494,6 +505,15 @@ async fn run(
                 )
                 .target("≥ 1M per core"),
             );
+            figures.push(
+                Figure::new(
+                    "ingest",
+                    "flows per CPU second, its steps in memory without Kafka (ingest_stages.json)",
+                    "flows/s",
+                    Summary::of(vec![stages.flows_per_cpu_s]),
+                )
+                .target("≥ 1M per core"),
+            );
             for row in &report.scaling {
                 figures.push(Figure::new(
                     "ingest",
@@ -522,6 +542,7 @@ async fn run(
                     .target("~15 s"),
                 );
             }
+            write_json(&args.out, "ingest_stages", &stages)?;
             let report = serde_json::json!({ "quick": args.quick, "debug_build": cfg!(debug_assertions), "ingest": report });
             write_json(&args.out, "ingest", &report)?;
         }

@@ -1,0 +1,159 @@
+//! Where one core's time goes in ingest: the steps `bulkhead ingest` runs for every
+//! commit — decode, enrich, columns, edges, sort, Parquet + Delta commit — run one after
+//! another on one thread over the same synthetic flows as the throughput bench, each
+//! timed by the process's CPU time (user + system, every thread: delta-rs writes files
+//! on tokio's blocking pool).
+//!
+//! Kafka is left out (librdkafka's fetch and decompression, ~0.25 µs per flow in the
+//! throughput bench), so the sum of the stages is what a core could reach if the event
+//! log were free: the ceiling that `flows per CPU second` in the throughput bench can
+//! approach but not pass. Each stage's own rate says how far from the per-core target
+//! that step alone is.
+
+use std::path::Path;
+
+use bulkhead_ingest::edges::{EdgeAggregator, Windowing};
+use bulkhead_ingest::enrich::Inventory;
+use bulkhead_ingest::writer::{AppendTable, EDGE_SORT_COLUMNS, SORT_COLUMNS, sort_batches_by};
+use bulkhead_schemas::lake::{FlowColumns, SharedLabels};
+use bulkhead_schemas::proto::FlowBatch;
+use prost::Message as _;
+
+use crate::workload::{Estate, FlowSpec};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// The steps, in the order ingest runs them.
+pub const STAGES: [&str; 7] = [
+    "decode (prost)",
+    "enrich (workloads, labels)",
+    "flows columns (Arrow builders)",
+    "edges (aggregate + seal)",
+    "sort + gather (flows)",
+    "Parquet + zstd + Delta commit (flows)",
+    "sort + Parquet + commit (edges)",
+];
+
+/// CPU seconds per stage over `flows` flows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StagesReport {
+    pub flows: u64,
+    pub commit_flows: u64,
+    /// `(stage, CPU seconds, flows per CPU second of that stage alone)`.
+    pub stages: Vec<(String, f64, f64)>,
+    pub total_cpu_s: f64,
+    /// `flows / total_cpu_s`: the per-core ceiling without Kafka.
+    pub flows_per_cpu_s: f64,
+}
+
+/// User + system CPU seconds of this process so far.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Adds the CPU time since `started` to `stage`; returns the time now.
+fn lap(stage: &mut f64, started: f64) -> f64 {
+    let now = process_cpu_s();
+    *stage += now - started;
+    now
+}
+
+/// Runs the stages over `flows` synthetic flows in commits of `commit_flows`, writing
+/// the tables under `work`.
+pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<StagesReport, BoxError> {
+    bulkhead_ingest::memory::keep_freed_memory_for(bulkhead_ingest::memory::KEEP_FREED_MEMORY);
+    let estate = Estate::generate(5, 200);
+    let mut inventory = Inventory::default();
+    for host in estate.inventories(1_764_115_000_000_000_000) {
+        inventory.apply(&host.host_id, Some(&host));
+    }
+    let spec = FlowSpec {
+        seed: 5,
+        records: flows,
+        start_unix_ns: 1_764_115_200_000_000_000,
+        span_ns: 600 * 1_000_000_000,
+        batch_records: 1_000,
+    };
+    let encoded: Vec<Vec<u8>> = estate.flows(&spec).map(|b| b.encode_to_vec()).collect();
+    let lake = work.join("lake-stages");
+    let _ = std::fs::remove_dir_all(&lake);
+    let url = |name: &str| url::Url::from_directory_path(lake.join(name)).expect("absolute path");
+    let mut flows_table = AppendTable::open_named(&url("flows"), "flows", SORT_COLUMNS).await?;
+    let mut edges_table =
+        AppendTable::open_named(&url("edges"), "edges", EDGE_SORT_COLUMNS).await?;
+    let flow_keys: Vec<&str> = ["date", "hour"]
+        .into_iter()
+        .chain(SORT_COLUMNS.iter().copied())
+        .collect();
+    let windowing = Windowing::default();
+    let mut cpu = [0.0; STAGES.len()];
+    let (mut columns, mut edges) = (FlowColumns::default(), EdgeAggregator::default());
+    let mut newest_us = i64::MIN;
+    let mut done = 0;
+    for (commit, messages) in encoded
+        .chunks((commit_flows as usize / spec.batch_records).max(1))
+        .enumerate()
+    {
+        let t = process_cpu_s();
+        let mut batches: Vec<FlowBatch> = messages
+            .iter()
+            .map(|bytes| FlowBatch::decode(bytes.as_slice()))
+            .collect::<Result<_, _>>()?;
+        let t = lap(&mut cpu[0], t);
+        let shared: Vec<Vec<SharedLabels>> = batches
+            .iter_mut()
+            .map(|batch| {
+                let mut shared = Vec::new();
+                inventory.enrich(batch, &mut shared);
+                shared
+            })
+            .collect();
+        let t = lap(&mut cpu[1], t);
+        for (batch, shared) in batches.iter().zip(&shared) {
+            columns.append_enriched(batch, shared)?;
+        }
+        let rows = columns.finish()?;
+        let t = lap(&mut cpu[2], t);
+        for (batch, shared) in batches.iter().zip(&shared) {
+            edges.add_batch(batch, shared, windowing, &mut newest_us);
+        }
+        let edge_rows = edges.finish(windowing)?;
+        drop((batches, shared));
+        let t = lap(&mut cpu[3], t);
+        // The sort alone, its result dropped: the commit sorts again, and its stage is
+        // counted without the sort's time.
+        drop(sort_batches_by(std::slice::from_ref(&rows), &flow_keys)?);
+        let (sort_started, t) = (t, lap(&mut cpu[4], t));
+        let sort_s = t - sort_started;
+        done += rows.num_rows() as u64;
+        let offsets = [(0, commit as i64)];
+        flows_table
+            .commit_parts(vec![rows], "bench.stages", &offsets)
+            .await?;
+        let t = lap(&mut cpu[5], t + sort_s);
+        edges_table
+            .commit_parts(vec![edge_rows], "bench.stages", &offsets)
+            .await?;
+        lap(&mut cpu[6], t);
+    }
+    let _ = std::fs::remove_dir_all(&lake);
+    let total_cpu_s: f64 = cpu.iter().sum();
+    Ok(StagesReport {
+        flows: done,
+        commit_flows,
+        stages: STAGES
+            .iter()
+            .zip(cpu)
+            .map(|(stage, s)| (stage.to_string(), s, done as f64 / s.max(1e-9)))
+            .collect(),
+        total_cpu_s,
+        flows_per_cpu_s: done as f64 / total_cpu_s.max(1e-9),
+    })
+}
