@@ -66,7 +66,7 @@ fn lap(stage: &mut f64, started: f64) -> f64 {
 }
 
 /// Runs the stages over `flows` synthetic flows in commits of `commit_flows`, writing
-/// the tables under `work`.
+/// the tables under `work/lake-stages` (replaced if there).
 pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<StagesReport, BoxError> {
     bulkhead_ingest::memory::keep_freed_memory_for(bulkhead_ingest::memory::KEEP_FREED_MEMORY);
     let estate = Estate::generate(5, 200);
@@ -81,7 +81,21 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
         span_ns: 600 * 1_000_000_000,
         batch_records: 1_000,
     };
-    let encoded: Vec<Vec<u8>> = estate.flows(&spec).map(|b| b.encode_to_vec()).collect();
+    // Messages grouped into commits as ingest groups them: a commit once the buffered
+    // flows reach `commit_flows`.
+    let mut commits: Vec<Vec<Vec<u8>>> = vec![vec![]];
+    let mut buffered = 0;
+    for batch in estate.flows(&spec) {
+        if buffered >= commit_flows {
+            commits.push(vec![]);
+            buffered = 0;
+        }
+        buffered += batch.records.len() as u64;
+        commits
+            .last_mut()
+            .expect("one commit at least")
+            .push(batch.encode_to_vec());
+    }
     let lake = work.join("lake-stages");
     let _ = std::fs::remove_dir_all(&lake);
     let url = |name: &str| url::Url::from_directory_path(lake.join(name)).expect("absolute path");
@@ -97,10 +111,7 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
     let (mut columns, mut edges) = (FlowColumns::default(), EdgeAggregator::default());
     let mut newest_us = i64::MIN;
     let mut done = 0;
-    for (commit, messages) in encoded
-        .chunks((commit_flows as usize / spec.batch_records).max(1))
-        .enumerate()
-    {
+    for (commit, messages) in commits.iter().enumerate() {
         let t = process_cpu_s();
         let mut batches: Vec<FlowBatch> = messages
             .iter()
@@ -143,7 +154,6 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
             .await?;
         lap(&mut cpu[6], t);
     }
-    let _ = std::fs::remove_dir_all(&lake);
     let total_cpu_s: f64 = cpu.iter().sum();
     Ok(StagesReport {
         flows: done,
@@ -156,4 +166,42 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
         total_cpu_s,
         flows_per_cpu_s: done as f64 / total_cpu_s.max(1e-9),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_stage_runs_over_every_flow_and_writes_both_tables() {
+        let work = tempfile::tempdir().unwrap();
+        let report = stages(12_000, 5_000, work.path()).await.unwrap();
+        assert_eq!(report.flows, 12_000);
+        assert_eq!(report.stages.len(), STAGES.len());
+        for (stage, cpu_s, _) in &report.stages {
+            assert!(*cpu_s >= 0.0, "{stage}: {cpu_s} CPU s");
+        }
+        // Decoding, building the columns and writing the files cannot be free.
+        for stage in [0, 2, 5] {
+            assert!(report.stages[stage].1 > 0.0, "{:?}", report.stages[stage]);
+        }
+        let total: f64 = report.stages.iter().map(|(_, s, _)| s).sum();
+        assert!((report.total_cpu_s - total).abs() < 1e-9);
+        for table in ["flows", "edges"] {
+            let log = work
+                .path()
+                .join("lake-stages")
+                .join(table)
+                .join("_delta_log");
+            let commits = std::fs::read_dir(&log).unwrap().filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".json")
+            });
+            // The table's creation, then a commit per 5,000 flows and one for the rest.
+            assert_eq!(commits.count(), 4, "{table}");
+        }
+    }
 }
