@@ -5,10 +5,10 @@
 //! on tokio's blocking pool).
 //!
 //! Kafka is left out (librdkafka's fetch and decompression, ~0.25 µs per flow in the
-//! throughput bench), so the sum of the stages is what a core could reach if the event
-//! log were free: the ceiling that `flows per CPU second` in the throughput bench can
-//! approach but not pass. Each stage's own rate says how far from the per-core target
-//! that step alone is.
+//! throughput bench), so the sum of the stages is about what a core could reach if the
+//! event log were free (the process itself lands within ±15 % of it: its two threads
+//! split the work differently). Each stage's own rate says how far from the per-core
+//! target that step alone is.
 
 use std::path::Path;
 
