@@ -156,9 +156,10 @@ impl LakeTable {
         let columns = partition_fields
             .iter()
             .enumerate()
-            .map(|(i, field)| match files.is_empty() {
-                true => Ok(arrow_array::new_empty_array(field.data_type())),
-                false => {
+            .map(|(i, field)| {
+                if files.is_empty() {
+                    Ok(arrow_array::new_empty_array(field.data_type()))
+                } else {
                     ScalarValue::iter_to_array(files.iter().map(|f| f.partition_values[i].clone()))
                 }
             })

@@ -97,13 +97,29 @@ async fn setup_topics(config: &KafkaConfig, partitions: i32) -> Result<(), BoxEr
     Ok(())
 }
 
+/// When the estate's inventory is observed: before any of its flows.
+pub const INVENTORY_OBSERVED_UNIX_NS: u64 = 1_764_115_000_000_000_000;
+
+/// The backlog the throughput and scaling runs drain: a 200-host estate and `flows` of
+/// its flows over ten minutes, in batches of 1,000.
+pub fn backlog(seed: u64, flows: u64) -> (Estate, FlowSpec) {
+    let spec = FlowSpec {
+        seed,
+        records: flows,
+        start_unix_ns: 1_764_115_200_000_000_000,
+        span_ns: 600 * 1_000_000_000,
+        batch_records: 1_000,
+    };
+    (Estate::generate(seed, 200), spec)
+}
+
 /// Publishes the estate's inventory, observed before any of its flows.
 pub async fn publish_inventory(
     producer: &Producer,
     config: &KafkaConfig,
     estate: &Estate,
 ) -> Result<(), BoxError> {
-    for inventory in estate.inventories(1_764_115_000_000_000_000) {
+    for inventory in estate.inventories(INVENTORY_OBSERVED_UNIX_NS) {
         producer
             .send(
                 &config.topic(Topic::Inventory),
@@ -314,15 +330,8 @@ pub async fn throughput(
     let config = fresh_config(kafka, "ingest");
     setup_topics(&config, partitions).await?;
     let producer = Producer::new(&config)?;
-    let estate = Estate::generate(5, 200);
+    let (estate, spec) = backlog(5, flows);
     publish_inventory(&producer, &config, &estate).await?;
-    let spec = FlowSpec {
-        seed: 5,
-        records: flows,
-        start_unix_ns: 1_764_115_200_000_000_000,
-        span_ns: 600 * 1_000_000_000,
-        batch_records: 1_000,
-    };
     let produced = produce(&producer, &config, estate.flows(&spec)).await?;
     println!(
         "ingest: {produced} flows on {} ({partitions} partitions), {rounds} rounds alternating with Python",
@@ -429,20 +438,13 @@ pub async fn scaling(
     work: &Path,
 ) -> Result<Vec<ScalingRow>, BoxError> {
     let partitions = processes.iter().copied().max().unwrap_or(1) as i32;
-    let estate = Estate::generate(6, 200);
+    let (estate, spec) = backlog(6, flows);
     let mut rows: Vec<ScalingRow> = Vec::new();
     for &n in processes {
         let config = fresh_config(kafka, &format!("scale{n}"));
         setup_topics(&config, partitions).await?;
         let producer = Producer::new(&config)?;
         publish_inventory(&producer, &config, &estate).await?;
-        let spec = FlowSpec {
-            seed: 6,
-            records: flows,
-            start_unix_ns: 1_764_115_200_000_000_000,
-            span_ns: 600 * 1_000_000_000,
-            batch_records: 1_000,
-        };
         let produced = produce(&producer, &config, estate.flows(&spec)).await? as f64;
         let topic = config.topic(Topic::Flows);
         let (mut rates, mut per_cpu) = (Vec::new(), Vec::new());

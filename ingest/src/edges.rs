@@ -487,15 +487,21 @@ mod tests {
         assert!(agg.is_empty(), "finish empties the buffer");
     }
 
+    /// api's report of a request to an address that is no workload.
+    fn report_to_an_unknown_server() -> FlowRecord {
+        let mut record = rec("api", Direction::Egress, false, 1, 70);
+        record.dst_workload.clear();
+        record.dst_ip = vec![203, 0, 113, 9];
+        record
+    }
+
     #[test]
     fn shared_labels_stand_for_a_records_empty_label_maps() {
         let w = Windowing::default();
         let mut agg = EdgeAggregator::default();
         let mut newest = 0;
-        let mut record = rec("api", Direction::Egress, false, 1, 70);
+        let mut record = report_to_an_unknown_server();
         record.src_labels.clear();
-        record.dst_workload.clear();
-        record.dst_ip = vec![203, 0, 113, 9];
         let batch = FlowBatch {
             records: vec![record],
             ..Default::default()
@@ -514,11 +520,8 @@ mod tests {
         let w = Windowing::default();
         let mut agg = EdgeAggregator::default();
         let mut newest = 0;
-        let mut external = rec("api", Direction::Egress, false, 1, 70);
-        external.dst_workload.clear();
-        external.dst_ip = vec![203, 0, 113, 9];
         let batch = FlowBatch {
-            records: vec![external],
+            records: vec![report_to_an_unknown_server()],
             ..Default::default()
         };
         agg.add_batch(&batch, &[], w, &mut newest);

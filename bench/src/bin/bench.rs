@@ -425,16 +425,6 @@ async fn run(
             let partitions = 4;
             let rounds = if args.quick { 1 } else { 3 };
             let stages = ingest_stages::stages(flows, 500_000, &work).await?;
-            for (stage, cpu_s, rate) in &stages.stages {
-                println!(
-                    "ingest stages: {stage:<40} {cpu_s:>6.2} CPU s = {:>5.2} µs/flow ({rate:>9.0} flows per CPU s alone)",
-                    cpu_s * 1e6 / stages.flows as f64
-                );
-            }
-            println!(
-                "ingest stages: all, without Kafka: {:.2} CPU s for {} flows = {:.0} flows per CPU second",
-                stages.total_cpu_s, stages.flows, stages.flows_per_cpu_s
-            );
             let throughput = ingest::throughput(
                 &bulkhead,
                 &args.kafka,
