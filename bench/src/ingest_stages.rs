@@ -1,8 +1,8 @@
 //! Where one core's time goes in ingest: the steps `bulkhead ingest` runs for every
-//! commit — decode, enrich, columns, edges, sort, Parquet + Delta commit — run one after
-//! another on one thread over the same synthetic flows as the throughput bench, each
-//! timed by the process's CPU time (user + system, every thread: delta-rs writes files
-//! on tokio's blocking pool).
+//! commit — decode, enrich, edges, the flows' columns built in file order, Parquet + Delta
+//! commit — run one after another over the same synthetic flows as the throughput bench,
+//! each timed by the process's CPU time (user + system, every thread: a large commit's
+//! columns are built on two threads, and delta-rs writes files on tokio's blocking pool).
 //!
 //! Kafka is left out (librdkafka's fetch and decompression, ~0.25 µs per flow in the
 //! throughput bench), so the sum of the stages is about what a core could reach if the
@@ -14,20 +14,20 @@ use std::path::Path;
 
 use bulkhead_ingest::edges::{EdgeAggregator, Windowing};
 use bulkhead_ingest::enrich::Inventory;
-use bulkhead_ingest::writer::{AppendTable, EDGE_SORT_COLUMNS, SORT_COLUMNS, sort_batches_by};
-use bulkhead_schemas::lake::{FlowColumns, SharedLabels};
+use bulkhead_ingest::flow_rows::{FlowRows, sorted_flows};
+use bulkhead_ingest::writer::{AppendTable, EDGE_SORT_COLUMNS, SORT_COLUMNS};
+use bulkhead_schemas::lake::SharedLabels;
 use bulkhead_schemas::proto::FlowBatch;
 use prost::Message as _;
 
 type BoxError = Box<dyn std::error::Error>;
 
 /// The steps, in the order ingest runs them.
-pub const STAGES: [&str; 7] = [
+pub const STAGES: [&str; 6] = [
     "decode (prost)",
     "enrich (workloads, labels)",
-    "flows columns (Arrow builders)",
     "edges (aggregate + seal)",
-    "sort + gather (flows)",
+    "sort keys + flows columns in file order",
     "Parquet + zstd + Delta commit (flows)",
     "sort + Parquet + commit (edges)",
 ];
@@ -93,13 +93,9 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
     let mut flows_table = AppendTable::open_named(&url("flows"), "flows", SORT_COLUMNS).await?;
     let mut edges_table =
         AppendTable::open_named(&url("edges"), "edges", EDGE_SORT_COLUMNS).await?;
-    let flow_keys: Vec<&str> = ["date", "hour"]
-        .into_iter()
-        .chain(SORT_COLUMNS.iter().copied())
-        .collect();
     let windowing = Windowing::default();
     let mut cpu = [0.0; STAGES.len()];
-    let (mut columns, mut edges) = (FlowColumns::default(), EdgeAggregator::default());
+    let mut edges = EdgeAggregator::default();
     let mut newest_us = i64::MIN;
     let mut done = 0;
     for (commit, messages) in commits.iter().enumerate() {
@@ -119,31 +115,27 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
             .collect();
         let t = lap(&mut cpu[1], t);
         for (batch, shared) in batches.iter().zip(&shared) {
-            columns.append_enriched(batch, shared)?;
-        }
-        let rows = columns.finish()?;
-        let t = lap(&mut cpu[2], t);
-        for (batch, shared) in batches.iter().zip(&shared) {
             edges.add_batch(batch, shared, windowing, &mut newest_us);
         }
         let edge_rows = edges.finish(windowing)?;
-        drop((batches, shared));
+        let t = lap(&mut cpu[2], t);
+        let mut rows = FlowRows::default();
+        for (batch, shared) in batches.into_iter().zip(shared) {
+            rows.push(batch, shared)?;
+        }
+        done += rows.len() as u64;
+        let sorted = sorted_flows(&[&rows])?;
+        drop(rows);
         let t = lap(&mut cpu[3], t);
-        // The sort alone, its result dropped: the commit sorts again, and its stage is
-        // counted without the sort's time.
-        drop(sort_batches_by(std::slice::from_ref(&rows), &flow_keys)?);
-        let sorted_at = lap(&mut cpu[4], t);
-        done += rows.num_rows() as u64;
         let offsets = [(0, commit as i64)];
         flows_table
-            .commit_parts(vec![rows], "bench.stages", &offsets)
+            .commit_sorted(sorted, "bench.stages", &offsets)
             .await?;
-        // Started one sort's time later: the commit's own sort is the stage before.
-        let t = lap(&mut cpu[5], sorted_at + (sorted_at - t));
+        let t = lap(&mut cpu[4], t);
         edges_table
             .commit_parts(vec![edge_rows], "bench.stages", &offsets)
             .await?;
-        lap(&mut cpu[6], t);
+        lap(&mut cpu[5], t);
     }
     let total_cpu_s: f64 = cpu.iter().sum();
     let report = StagesReport {
@@ -184,7 +176,7 @@ mod tests {
             assert!(*cpu_s >= 0.0, "{stage}: {cpu_s} CPU s");
         }
         // Decoding, building the columns and writing the files cannot be free.
-        for stage in [0, 2, 5] {
+        for stage in [0, 3, 4] {
             assert!(report.stages[stage].1 > 0.0, "{:?}", report.stages[stage]);
         }
         let total: f64 = report.stages.iter().map(|(_, s, _)| s).sum();

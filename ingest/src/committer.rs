@@ -18,35 +18,34 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use bulkhead_schemas::lake::{edges_schema, flows_schema};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 use url::Url;
 
+use crate::flow_rows::{FlowRows, sorted_flows};
 use crate::run::IngestError;
 use crate::telemetry;
 use crate::writer::{AppendTable, EDGE_SORT_COLUMNS, FlowsTable, LakeError};
 
 /// One table's share of a partition's commit: its rows with the last offset they cover
 /// (cleared once they landed), and the txn version the table must still hold.
-pub(crate) struct Part {
-    pub rows: Option<(RecordBatch, i64)>,
+pub(crate) struct Part<R> {
+    pub rows: Option<(R, i64)>,
     pub expected: Option<i64>,
 }
 
-/// One partition's buffers handed over at a commit, built into batches by the loop (cheap
-/// next to the committer's sort and encoding): its `flows` and `edges` parts.
+/// One partition's buffers handed over at a commit: its `flows` rows as decoded batches
+/// (the committer appends them to columns in file order) and its `edges`, sealed into a
+/// batch by the loop (small next to the flows).
 pub(crate) struct Sealed {
-    pub flows: Part,
-    pub edges: Part,
+    pub flows: Part<FlowRows>,
+    pub edges: Part<RecordBatch>,
 }
 
 impl Sealed {
     pub fn rows(&self) -> usize {
-        [&self.flows, &self.edges]
-            .iter()
-            .map(|part| part.rows.as_ref().map_or(0, |(r, _)| r.num_rows()))
-            .sum()
+        self.flows.rows.as_ref().map_or(0, |(r, _)| r.len())
+            + self.edges.rows.as_ref().map_or(0, |(r, _)| r.num_rows())
     }
 }
 
@@ -350,12 +349,15 @@ impl Tables {
             pending.remove(&partition);
             committed.lost.push(partition);
         }
-        let (rows, offsets) = take_part(pending, |p| &mut p.flows, &flows_schema());
-        let row_count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        let (rows, offsets) = pending_part(pending, |p| &p.flows);
+        let row_count: usize = rows.iter().map(|rows| rows.len()).sum();
         if row_count > 0 {
+            let batches = sorted_flows(&rows).map_err(|e| {
+                IngestError::Internal(format!("building the flows of a commit: {e}"))
+            })?;
             let version = self
                 .flows
-                .commit_parts(rows, &self.topic, &offsets)
+                .commit_sorted(batches, &self.topic, &offsets)
                 .await
                 .inspect_err(warn_if_concurrent)?;
             telemetry::committed(version, row_count, offsets.len(), started.elapsed());
@@ -364,10 +366,11 @@ impl Tables {
             land(pending, &offsets, |p| &mut p.flows);
             committed.flows.extend(offsets);
         }
-        let (rows, offsets) = take_part(pending, |p| &mut p.edges, &edges_schema());
+        let (rows, offsets) = pending_part(pending, |p| &p.edges);
         if !offsets.is_empty() {
             let started = Instant::now();
-            let row_count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+            let row_count: usize = rows.iter().map(|rows| rows.num_rows()).sum();
+            let rows = rows.into_iter().cloned().collect();
             // Written even with no rows, so that the txn records how far the edges go.
             let version = self
                 .edges
@@ -382,33 +385,26 @@ impl Tables {
     }
 }
 
-/// One table's rows of every pending partition (an empty batch when none has rows), with
-/// each partition's last offset (left in place: a part is cleared only once its commit
-/// landed).
-fn take_part(
-    pending: &mut BTreeMap<i32, Sealed>,
-    part: fn(&mut Sealed) -> &mut Part,
-    schema: &arrow_schema::SchemaRef,
-) -> (Vec<RecordBatch>, Vec<(i32, i64)>) {
-    let mut batches = Vec::new();
-    let mut offsets = Vec::new();
-    for (partition, p) in pending.iter_mut() {
-        if let Some((rows, last)) = &part(p).rows {
-            batches.push(rows.clone());
-            offsets.push((*partition, *last));
-        }
-    }
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(schema.clone()));
-    }
-    (batches, offsets)
+/// One table's rows of every pending partition, with each partition's last offset (left
+/// in place: a part is cleared only once its commit landed).
+fn pending_part<R>(
+    pending: &BTreeMap<i32, Sealed>,
+    part: fn(&Sealed) -> &Part<R>,
+) -> (Vec<&R>, Vec<(i32, i64)>) {
+    pending
+        .iter()
+        .filter_map(|(partition, p)| {
+            let (rows, last) = part(p).rows.as_ref()?;
+            Some((rows, (*partition, *last)))
+        })
+        .unzip()
 }
 
 /// One table's part of `offsets`' partitions landed: cleared, and the table at that offset.
-fn land(
+fn land<R>(
     pending: &mut BTreeMap<i32, Sealed>,
     offsets: &[(i32, i64)],
-    part: fn(&mut Sealed) -> &mut Part,
+    part: fn(&mut Sealed) -> &mut Part<R>,
 ) {
     for &(partition, last) in offsets {
         if let Some(part) = pending.get_mut(&partition).map(part) {

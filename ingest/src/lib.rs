@@ -39,6 +39,7 @@ pub mod config;
 pub mod dlq;
 pub mod edges;
 pub mod enrich;
+pub mod flow_rows;
 pub mod follow;
 pub mod maintenance;
 pub mod memory;

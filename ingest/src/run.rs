@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::{KafkaConfig, Producer};
-use bulkhead_schemas::lake::{FlowColumns, SharedLabels};
+use bulkhead_schemas::lake::SharedLabels;
 use bulkhead_schemas::policy::{PolicyVerifier, parse_verifying_key};
 use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
@@ -41,6 +41,7 @@ use crate::committer::{Commit, Committed, Committer, InFlight, Landing, Part, Se
 use crate::config::IngestConfig;
 use crate::dlq::{self, Source};
 use crate::edges::EdgeAggregator;
+use crate::flow_rows::FlowRows;
 use crate::telemetry;
 use crate::writer::LakeError;
 
@@ -166,7 +167,7 @@ struct PartitionState {
     /// `flows`, so never ahead of it; behind it after a crash between the two commits,
     /// and then the messages in between are read again for the edges only).
     edges_offset: Option<i64>,
-    columns: FlowColumns,
+    flows: FlowRows,
     edges: EdgeAggregator,
     rows: usize,
     bytes: usize,
@@ -186,7 +187,7 @@ impl PartitionState {
             seeked_forward: false,
             exact: false,
             started: false,
-            columns: FlowColumns::default(),
+            flows: FlowRows::default(),
             edges: EdgeAggregator::default(),
             rows: 0,
             bytes: 0,
@@ -323,7 +324,6 @@ pub async fn run(
         committer,
         in_flight: None,
         newest_us: 0,
-        shared_labels: Vec::new(),
         partitions: BTreeMap::new(),
         group_offsets_owed: BTreeMap::new(),
         rebalances,
@@ -453,9 +453,6 @@ struct Ingest {
     in_flight: Option<Landing>,
     /// Newest event time (first_seen, µs) seen: the edges' watermark plus the lateness.
     newest_us: i64,
-    /// The labels enrichment found for the records of the batch being read (a buffer
-    /// reused from batch to batch).
-    shared_labels: Vec<SharedLabels>,
     dlq: Producer,
     dlq_topic: String,
     consumer_name: String,
@@ -634,29 +631,28 @@ impl Ingest {
         let (flows_from, edges_from) = (state.flows_from(), state.edges_from());
         match dlq::decode_message(payload.as_deref()) {
             Ok(mut batch) => {
-                self.enrich(&mut batch);
-                let shared = &self.shared_labels;
+                let shared = self.enrich(&mut batch);
                 let state = self
                     .partitions
                     .get_mut(&partition)
                     .ok_or_else(|| internal(partition))?;
-                if offset >= flows_from {
-                    state.columns.append_enriched(&batch, shared).map_err(|e| {
-                        IngestError::Internal(format!("a checked batch was refused: {e}"))
-                    })?;
-                    state.rows += batch.records.len();
-                    state.bytes += size;
-                    state.last_offset = Some(offset);
-                }
                 if offset >= edges_from {
                     let added = state.edges.add_batch(
                         &batch,
-                        shared,
+                        &shared,
                         self.config.windowing,
                         &mut self.newest_us,
                     );
                     telemetry::edges_added(partition, offset, &added);
                     state.edges_last = Some(offset);
+                }
+                if offset >= flows_from {
+                    state.rows += batch.records.len();
+                    state.bytes += size;
+                    state.last_offset = Some(offset);
+                    state.flows.push(batch, shared).map_err(|e| {
+                        IngestError::Internal(format!("a checked batch was refused: {e}"))
+                    })?;
                 }
             }
             Err(rejection) => {
@@ -692,16 +688,17 @@ impl Ingest {
         Ok(())
     }
 
-    /// Enriches a decoded batch: workloads and labels (into `shared_labels`) from the
-    /// inventory, and decisions from the policy.
-    fn enrich(&mut self, batch: &mut bulkhead_schemas::proto::FlowBatch) {
-        self.shared_labels.clear();
+    /// Enriches a decoded batch: workloads from the inventory, and decisions from the
+    /// policy; returns the labels of each record's ends.
+    fn enrich(&mut self, batch: &mut bulkhead_schemas::proto::FlowBatch) -> Vec<SharedLabels> {
+        let mut shared = Vec::with_capacity(batch.records.len());
         if let Ok(inventory) = self.inventory.read() {
-            inventory.enrich(batch, &mut self.shared_labels);
+            inventory.enrich(batch, &mut shared);
         }
         if let Ok(policy) = self.policy.read() {
             policy.decide(batch);
         }
+        shared
     }
 
     /// Counts, logs and dead-letters a refused message.
@@ -771,10 +768,10 @@ impl Ingest {
         let mut partitions = BTreeMap::new();
         let mut rows = 0;
         for (partition, state) in &mut self.partitions {
-            let flows = match state.last_offset.take() {
-                Some(last) => Some((state.columns.finish()?, last)),
-                None => None,
-            };
+            let flows = state
+                .last_offset
+                .take()
+                .map(|last| (std::mem::take(&mut state.flows), last));
             let edges = match state.edges_last.take() {
                 Some(last) => Some((state.edges.finish(self.config.windowing)?, last)),
                 None => None,

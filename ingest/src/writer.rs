@@ -211,7 +211,36 @@ impl AppendTable {
         topic: &str,
         last_offsets: &[(i32, i64)],
     ) -> Result<i64, LakeError> {
-        let parts: Vec<RecordBatch> = parts
+        let keys = self.file_order();
+        let rows = sort_batches_by(&parts, &keys).map_err(|e| self.arrow_error(e))?;
+        drop(parts);
+        self.commit_sorted(vec![rows], topic, last_offsets).await
+    }
+
+    /// The columns rows are ordered by in a file: the table partition columns, then the
+    /// sort columns.
+    pub fn file_order(&self) -> Vec<&str> {
+        self.partition_columns
+            .iter()
+            .map(String::as_str)
+            .chain(self.sort_columns.iter().copied())
+            .collect()
+    }
+
+    /// [`Self::commit`] of rows already in [`Self::file_order`], across `batches` in
+    /// turn (e.g. halves built on two threads): each batch at least.
+    pub async fn commit_sorted(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        topic: &str,
+        last_offsets: &[(i32, i64)],
+    ) -> Result<i64, LakeError> {
+        if batches.is_empty() {
+            return Err(self.arrow_error(ArrowError::InvalidArgumentError(
+                "a commit needs one batch at least (empty is allowed)".into(),
+            )));
+        }
+        let batches: Vec<RecordBatch> = batches
             .into_iter()
             .map(|rows| self.fit_to_table(rows))
             .collect();
@@ -222,34 +251,28 @@ impl AppendTable {
         let properties = CommitProperties::default()
             .with_application_transactions(txns)
             .with_max_retries(5);
-        if self.table.version().is_none()
-            && let Some(rows) = parts.first()
-        {
-            self.create(rows.schema()).await?;
+        if self.table.version().is_none() {
+            self.create(batches[0].schema()).await?;
         }
-        if parts
-            .first()
-            .is_some_and(|rows| self.writes_files_itself(rows))
-        {
-            return self.append_files(parts, properties).await;
+        if self.writes_files_itself(&batches[0]) {
+            return self.append_files(batches, properties).await;
         }
         // A table whose protocol or schema this writer does not handle itself is left to
         // delta-rs's own write.
-        let rows = sort_batches_by(&parts, self.sort_columns).map_err(|e| self.arrow_error(e))?;
-        self.append_with_delta_rs(rows, properties).await
+        self.append_with_delta_rs(batches, properties).await
     }
 
-    /// Appends sorted `rows` through delta-rs's `write` operation, which checks the
+    /// Appends sorted `batches` through delta-rs's `write` operation, which checks the
     /// table's protocol, invariants and schema itself.
     async fn append_with_delta_rs(
         &mut self,
-        rows: RecordBatch,
+        batches: Vec<RecordBatch>,
         properties: CommitProperties,
     ) -> Result<i64, LakeError> {
         let written = self
             .table
             .clone()
-            .write(vec![rows])
+            .write(batches)
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(self.partition_columns.clone())
             .with_writer_properties(self.writer_properties.clone())
@@ -305,30 +328,24 @@ impl AppendTable {
             })
     }
 
-    /// Appends `rows` by writing one Parquet file per table partition and committing their
-    /// `add` actions with the offsets. The rows are sorted with the partition columns
-    /// leading, so each table partition is one contiguous slice of the sorted batch and is
-    /// encoded from it in place — delta-rs's own write would copy every column once more
-    /// to split the batch by partition.
+    /// Appends sorted `batches` by writing one Parquet file per table partition and
+    /// committing their `add` actions with the offsets. The partition columns lead the
+    /// order, so each table partition is one contiguous slice of each batch (a partition
+    /// that continues into the next batch continues in the same file) and is encoded from
+    /// it in place — delta-rs's own write would copy every column once more to split the
+    /// rows by partition.
     async fn append_files(
         &mut self,
-        parts: Vec<RecordBatch>,
+        batches: Vec<RecordBatch>,
         properties: CommitProperties,
     ) -> Result<i64, LakeError> {
-        let keys: Vec<&str> = self
-            .partition_columns
-            .iter()
-            .map(String::as_str)
-            .chain(self.sort_columns.iter().copied())
-            .collect();
-        let rows = sort_batches_by(&parts, &keys).map_err(|e| self.arrow_error(e))?;
         let state = self
             .table
             .snapshot()
             .map_err(|source| self.delta_error(source))?;
         let stats = WriterStatsConfig::from_config(state.snapshot().table_configuration());
         let config = WriterConfig::new(
-            rows.schema(),
+            batches[0].schema(),
             self.partition_columns.clone(),
             Some(self.writer_properties.clone()),
             None,
@@ -338,34 +355,36 @@ impl AppendTable {
         );
         let store = self.table.log_store().object_store(None);
         let mut writer = DeltaWriter::new(store, config);
-        let partition_values: Vec<ArrayRef> = self
-            .partition_columns
-            .iter()
-            .filter_map(|name| rows.column_by_name(name).cloned())
-            .collect();
-        let ranges = arrow_ord::partition::partition(&partition_values)
-            .map_err(|e| self.arrow_error(e))?
-            .ranges();
-        for range in ranges {
-            let values: IndexMap<String, _> = self
+        for rows in batches {
+            let partition_values: Vec<ArrayRef> = self
                 .partition_columns
                 .iter()
-                .zip(&partition_values)
-                .map(|(name, column)| {
-                    ScalarExt::from_array(column.as_ref(), range.start)
-                        .map(|value| (name.clone(), value))
-                        .ok_or_else(|| {
-                            self.delta_error(DeltaTableError::Generic(format!(
-                                "partition column {name}: unsupported value"
-                            )))
-                        })
-                })
-                .collect::<Result<_, _>>()?;
-            let slice = rows.slice(range.start, range.end - range.start);
-            writer
-                .write_partition(slice, &values)
-                .await
-                .map_err(|source| self.delta_error(source))?;
+                .filter_map(|name| rows.column_by_name(name).cloned())
+                .collect();
+            let ranges = arrow_ord::partition::partition(&partition_values)
+                .map_err(|e| self.arrow_error(e))?
+                .ranges();
+            for range in ranges {
+                let values: IndexMap<String, _> = self
+                    .partition_columns
+                    .iter()
+                    .zip(&partition_values)
+                    .map(|(name, column)| {
+                        ScalarExt::from_array(column.as_ref(), range.start)
+                            .map(|value| (name.clone(), value))
+                            .ok_or_else(|| {
+                                self.delta_error(DeltaTableError::Generic(format!(
+                                    "partition column {name}: unsupported value"
+                                )))
+                            })
+                    })
+                    .collect::<Result<_, _>>()?;
+                let slice = rows.slice(range.start, range.end - range.start);
+                writer
+                    .write_partition(slice, &values)
+                    .await
+                    .map_err(|source| self.delta_error(source))?;
+            }
         }
         let adds = writer
             .close()
@@ -787,6 +806,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sorted_rows_in_two_batches_keep_one_file_per_partition() {
+        let (dir, mut table) = new_table().await;
+        let keys = table.file_order();
+        let rows = sort_rows_by(&rows_over_two_hours(1_000), &keys).unwrap();
+        // Split inside the first hour: it continues in the second batch.
+        let halves = vec![rows.slice(0, 300), rows.slice(300, 700)];
+        table.commit_sorted(halves, "t", &[(0, 4)]).await.unwrap();
+        let commit =
+            std::fs::read_to_string(dir.path().join("_delta_log/00000000000000000001.json"))
+                .unwrap();
+        assert_eq!(
+            commit.matches("\"add\"").count(),
+            2,
+            "a file per hour: {commit}"
+        );
+        // The stats are JSON inside a JSON string: `numRecords\":500`.
+        let records: u64 = commit
+            .split("numRecords\\\":")
+            .skip(1)
+            .map(|rest| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(records, 1_000);
+        assert_eq!(table.committed_offset("t", 0).await.unwrap(), Some(4));
+        let error = table
+            .commit_sorted(vec![], "t", &[(0, 5)])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("one batch at least"), "{error}");
+    }
+
+    #[tokio::test]
     async fn a_table_with_column_invariants_is_written_by_delta_rs_which_checks_them() {
         let rows = rows_over_two_hours(100);
         let (_dir, mut table) = new_table().await;
@@ -824,7 +874,7 @@ mod tests {
         // delta-rs's own write (as a table this writer does not handle itself gets).
         let sorted = sort_rows_by(&rows, SORT_COLUMNS).unwrap();
         table
-            .append_with_delta_rs(sorted, CommitProperties::default())
+            .append_with_delta_rs(vec![sorted], CommitProperties::default())
             .await
             .unwrap();
         assert!(table.writes_files_itself(&rows));

@@ -603,6 +603,26 @@ impl FlowColumns {
         Ok(())
     }
 
+    /// Appends record `index` of `batch`, whose addresses were checked
+    /// ([`check_addresses`]), with the labels enrichment found for its ends: rows can be
+    /// appended in any order, e.g. the order they are written to a file in.
+    ///
+    /// # Panics
+    /// If `index` is not a record of `batch`.
+    pub fn append_checked_record(
+        &mut self,
+        batch: &FlowBatch,
+        index: usize,
+        shared: &SharedLabels,
+    ) {
+        let [src, dst] = shared;
+        self.append_record(
+            batch,
+            &batch.records[index],
+            [src.as_deref(), dst.as_deref()],
+        );
+    }
+
     fn append_record(&mut self, batch: &FlowBatch, r: &FlowRecord, shared: [Option<&Labels>; 2]) {
         let (date, hour) = date_hour(r.first_seen_unix_ns);
         self.date.append_value(date);
