@@ -63,23 +63,10 @@ pub fn sorted_flows(parts: &[&FlowRows]) -> Result<Vec<RecordBatch>, ArrowError>
     if total == 0 {
         return Ok(vec![]);
     }
-    let (keys, places) = file_order_keys(&batches, total);
-    let converter = RowConverter::new(
-        keys.iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
-    let rows = converter.convert_columns(&keys)?;
-    drop(keys);
-    let mut order: Vec<u32> = (0..total as u32).collect();
-    order.sort_unstable_by(|a, b| {
-        rows.row(*a as usize)
-            .cmp(&rows.row(*b as usize))
-            .then(a.cmp(b))
-    });
-    drop(rows);
-    let places: Vec<Place> = order.iter().map(|&i| places[i as usize]).collect();
-    drop(order);
+    let places = match packed_file_order(&batches, total) {
+        Some(places) => places,
+        None => file_order(&batches, total)?,
+    };
     let build = |places: &[Place]| -> Result<RecordBatch, ArrowError> {
         let mut columns = FlowColumns::with_capacity(places.len());
         for (k, &(batch, record)) in places.iter().enumerate() {
@@ -156,12 +143,64 @@ fn prefetch_fields(record: &FlowRecord, shared: Option<&SharedLabels>) {
     }
 }
 
-/// The [`FLOW_FILE_ORDER`] columns of every record of `batches`, computed as
-/// [`FlowColumns`] computes them, and each record's place.
-fn file_order_keys(
+/// A record's [`FLOW_FILE_ORDER`] key in integers, then its place (arrival order breaks
+/// ties). An address's text of at most 16 bytes, zero-padded, compares as a big-endian
+/// integer exactly as the text compares (no address text holds a zero byte).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct PackedKey {
+    date: i32,
+    hour: i32,
+    src_ip: u128,
+    dst_ip: u128,
+    dst_port: i32,
+    place: Place,
+}
+
+/// `text` zero-padded to 16 bytes, as a big-endian integer; `None` when longer.
+fn packed_text(text: &str) -> Option<u128> {
+    let bytes = text.as_bytes();
+    let mut padded = [0u8; 16];
+    padded.get_mut(..bytes.len())?.copy_from_slice(bytes);
+    Some(u128::from_be_bytes(padded))
+}
+
+/// The records' places in [`FLOW_FILE_ORDER`], sorted as integers; `None` when an
+/// address's text is too long for that (IPv6 beyond 16 characters): then
+/// [`file_order`] sorts them. Comparing integers rather than arrow's row format saves
+/// ~0.1 µs per flow (`bench ingest`'s stage lines).
+fn packed_file_order(
     batches: &[&(FlowBatch, Vec<SharedLabels>)],
     total: usize,
-) -> (Vec<ArrayRef>, Vec<Place>) {
+) -> Option<Vec<Place>> {
+    let mut keys = Vec::with_capacity(total);
+    let mut text = String::with_capacity(48);
+    let mut packed_ip = |ip: &[u8]| {
+        bulkhead_schemas::ip::write_text(ip, &mut text);
+        packed_text(&text)
+    };
+    for (b, (batch, _)) in batches.iter().enumerate() {
+        for (r, record) in batch.records.iter().enumerate() {
+            let (date, hour) = date_hour(record.first_seen_unix_ns);
+            keys.push(PackedKey {
+                date,
+                hour,
+                src_ip: packed_ip(&record.src_ip)?,
+                dst_ip: packed_ip(&record.dst_ip)?,
+                dst_port: record.dst_port as i32,
+                place: (b as u32, r as u32),
+            });
+        }
+    }
+    keys.sort_unstable();
+    Some(keys.into_iter().map(|key| key.place).collect())
+}
+
+/// The records' places in [`FLOW_FILE_ORDER`], the key columns computed as
+/// [`FlowColumns`] computes them and compared in arrow's row format.
+fn file_order(
+    batches: &[&(FlowBatch, Vec<SharedLabels>)],
+    total: usize,
+) -> Result<Vec<Place>, ArrowError> {
     let mut date = Date32Builder::with_capacity(total);
     let mut hour = Int32Builder::with_capacity(total);
     let mut src_ip = StringBuilder::with_capacity(total, total * 14);
@@ -189,7 +228,20 @@ fn file_order_keys(
         std::sync::Arc::new(dst_ip.finish()),
         std::sync::Arc::new(dst_port.finish()),
     ];
-    (keys, places)
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(&keys)?;
+    drop(keys);
+    let mut order: Vec<u32> = (0..total as u32).collect();
+    order.sort_unstable_by(|a, b| {
+        rows.row(*a as usize)
+            .cmp(&rows.row(*b as usize))
+            .then(a.cmp(b))
+    });
+    Ok(order.iter().map(|&i| places[i as usize]).collect())
 }
 
 #[cfg(test)]
@@ -262,12 +314,8 @@ mod tests {
         vec![a, b]
     }
 
-    #[test]
-    fn rows_come_out_as_sorting_the_built_columns_would_order_them() {
-        let parts = parts();
-        let refs: Vec<&FlowRows> = parts.iter().collect();
-        let sorted = sorted_flows(&refs).unwrap();
-        assert_eq!(sorted.len(), 1);
+    /// `parts` built into columns as they arrive, then sorted the general way.
+    fn built_then_sorted(parts: &[FlowRows]) -> RecordBatch {
         let built: Vec<RecordBatch> = parts
             .iter()
             .map(|part| {
@@ -278,10 +326,16 @@ mod tests {
                 columns.finish().unwrap()
             })
             .collect();
-        assert_eq!(
-            sorted[0],
-            sort_batches_by(&built, &FLOW_FILE_ORDER).unwrap()
-        );
+        sort_batches_by(&built, &FLOW_FILE_ORDER).unwrap()
+    }
+
+    #[test]
+    fn rows_come_out_as_sorting_the_built_columns_would_order_them() {
+        let parts = parts();
+        let refs: Vec<&FlowRows> = parts.iter().collect();
+        let sorted = sorted_flows(&refs).unwrap();
+        assert_eq!(sorted.len(), 1);
+        assert_eq!(sorted[0], built_then_sorted(&parts));
         assert_eq!(FLOW_FILE_ORDER[2..], *SORT_COLUMNS);
         let bytes = sorted[0]
             .column_by_name("bytes")
@@ -294,6 +348,55 @@ mod tests {
         // Hour one: 10.0.0.10 (text order), then 10.0.0.9 by port, equal keys in arrival
         // order (partition a before b); hour two: 10.0.0.9, then 192.168.0.1.
         assert_eq!(bytes, vec![2, 3, 4, 5, 1, 6]);
+    }
+
+    #[test]
+    fn long_ipv6_addresses_are_ordered_by_their_text_too() {
+        let mut parts = parts();
+        let v6 = |last: u8| {
+            let mut ip = [
+                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last,
+            ];
+            ip[8] = 0xab; // "2001:db8::ab00:0:0:N"-like text, longer than 16 characters
+            ip.to_vec()
+        };
+        let mut two = record([10, 0, 0, 9], [10, 0, 1, 1], 443, 1_790_000_000, 7);
+        two.src_ip = v6(2);
+        let mut ten = record([10, 0, 0, 9], [10, 0, 1, 1], 443, 1_790_000_000, 8);
+        ten.src_ip = v6(10);
+        parts[1]
+            .push(batch("c", 1, vec![two, ten]), vec![])
+            .unwrap();
+        let batches: Vec<&(FlowBatch, Vec<SharedLabels>)> =
+            parts.iter().flat_map(|part| &part.batches).collect();
+        assert!(packed_file_order(&batches, 8).is_none(), "too long to pack");
+        let refs: Vec<&FlowRows> = parts.iter().collect();
+        assert_eq!(sorted_flows(&refs).unwrap()[0], built_then_sorted(&parts));
+    }
+
+    #[test]
+    fn packed_text_compares_as_the_text_does() {
+        let texts = [
+            "",
+            "1",
+            "10.0.0.1",
+            "10.0.0.10",
+            "10.0.0.9",
+            "10.0.0.100",
+            "9.9.9.9",
+            "fd00::1",
+            "fd00::10",
+            "fd00::1:0",
+            "255.255.255.255",
+            "1234567890abcdef",
+        ];
+        for a in texts {
+            for b in texts {
+                let (pa, pb) = (packed_text(a).unwrap(), packed_text(b).unwrap());
+                assert_eq!(pa.cmp(&pb), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+        assert_eq!(packed_text("1234567890abcdef0"), None);
     }
 
     #[test]
