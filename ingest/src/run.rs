@@ -647,12 +647,13 @@ impl Ingest {
                     state.edges_last = Some(offset);
                 }
                 if offset >= flows_from {
-                    state.rows += batch.records.len();
-                    state.bytes += size;
-                    state.last_offset = Some(offset);
+                    let rows = batch.records.len();
                     state.flows.push(batch, shared).map_err(|e| {
                         IngestError::Internal(format!("a checked batch was refused: {e}"))
                     })?;
+                    state.rows += rows;
+                    state.bytes += size;
+                    state.last_offset = Some(offset);
                 }
             }
             Err(rejection) => {
