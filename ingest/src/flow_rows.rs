@@ -8,18 +8,15 @@
 
 use arrow_array::builder::{Date32Builder, Int32Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_row::{RowConverter, SortField};
 use arrow_schema::ArrowError;
 use bulkhead_schemas::lake::{BadAddress, FlowColumns, SharedLabels, check_addresses, date_hour};
 use bulkhead_schemas::proto::{FlowBatch, FlowRecord};
 
+use crate::writer::{PARALLEL_ROWS, key_order, on_two_threads};
+
 /// The columns a `flows` file's rows are ordered by: the table partition (`date`,
 /// `hour`), then [`crate::writer::SORT_COLUMNS`], so that IP and port filters prune.
 pub const FLOW_FILE_ORDER: [&str; 5] = ["date", "hour", "src_ip", "dst_ip", "dst_port"];
-
-/// From this many rows the columns are built on two threads (ingest's loop thread is
-/// idle part of the time while the committer works, so the second often finds a core).
-const PARALLEL_ROWS: usize = 65_536;
 
 /// One partition's decoded, enriched batches since its last commit.
 #[derive(Default)]
@@ -78,11 +75,7 @@ pub fn sorted_flows(parts: &[&FlowRows]) -> Result<Vec<RecordBatch>, ArrowError>
                 prefetch_fields(&batch.records[r as usize], shared.get(r as usize));
             }
             let (batch, shared) = batches[batch as usize];
-            let record = record as usize;
-            let labels = shared
-                .get(record)
-                .unwrap_or(&bulkhead_schemas::lake::NO_SHARED_LABELS);
-            columns.append_checked_record(batch, record, labels);
+            columns.append_checked_record(batch, record as usize, shared);
         }
         columns.finish()
     };
@@ -90,13 +83,7 @@ pub fn sorted_flows(parts: &[&FlowRows]) -> Result<Vec<RecordBatch>, ArrowError>
         return Ok(vec![build(&places)?]);
     }
     let (first, second) = places.split_at(total / 2);
-    let (first, second) = std::thread::scope(|scope| {
-        let helper = scope.spawn(|| build(first));
-        let second = build(second);
-        (helper.join(), second)
-    });
-    let first =
-        first.map_err(|_| ArrowError::ComputeError("building flows columns panicked".into()))?;
+    let (first, second) = on_two_threads(|| build(first), || build(second))?;
     Ok(vec![first?, second?])
 }
 
@@ -228,19 +215,7 @@ fn file_order(
         std::sync::Arc::new(dst_ip.finish()),
         std::sync::Arc::new(dst_port.finish()),
     ];
-    let converter = RowConverter::new(
-        keys.iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
-    let rows = converter.convert_columns(&keys)?;
-    drop(keys);
-    let mut order: Vec<u32> = (0..total as u32).collect();
-    order.sort_unstable_by(|a, b| {
-        rows.row(*a as usize)
-            .cmp(&rows.row(*b as usize))
-            .then(a.cmp(b))
-    });
+    let order = key_order(&[keys])?;
     Ok(order.iter().map(|&i| places[i as usize]).collect())
 }
 
@@ -275,43 +250,35 @@ mod tests {
     /// (10.0.0.10 before 10.0.0.9) and equal keys.
     fn parts() -> Vec<FlowRows> {
         let hour = 1_790_000_000 - 1_790_000_000 % 3600;
-        let mut a = FlowRows::default();
-        a.push(
-            batch(
-                "a",
-                1,
+        let a = held(
+            "a",
+            vec![
                 vec![
                     record([10, 0, 0, 9], [10, 0, 1, 1], 443, hour + 3700, 1),
                     record([10, 0, 0, 10], [10, 0, 1, 1], 443, hour + 10, 2),
                     record([10, 0, 0, 9], [10, 0, 1, 1], 80, hour + 20, 3),
                 ],
-            ),
-            vec![],
-        )
-        .unwrap();
-        a.push(
-            batch(
-                "a",
-                2,
                 vec![record([10, 0, 0, 9], [10, 0, 1, 1], 80, hour + 30, 4)],
-            ),
-            vec![],
-        )
-        .unwrap();
-        let mut b = FlowRows::default();
-        b.push(
-            batch(
-                "b",
-                7,
-                vec![
-                    record([10, 0, 0, 9], [10, 0, 1, 1], 80, hour + 5, 5),
-                    record([192, 168, 0, 1], [10, 0, 0, 2], 22, hour + 3601, 6),
-                ],
-            ),
-            vec![],
-        )
-        .unwrap();
+            ],
+        );
+        let b = held(
+            "b",
+            vec![vec![
+                record([10, 0, 0, 9], [10, 0, 1, 1], 80, hour + 5, 5),
+                record([192, 168, 0, 1], [10, 0, 0, 2], 22, hour + 3601, 6),
+            ]],
+        );
         vec![a, b]
+    }
+
+    /// One partition's rows: a batch from `host` per entry of `batches`, in turn.
+    fn held(host: &str, batches: Vec<Vec<FlowRecord>>) -> FlowRows {
+        let mut rows = FlowRows::default();
+        for (seq, records) in batches.into_iter().enumerate() {
+            rows.push(batch(host, seq as u64 + 1, records), vec![])
+                .unwrap();
+        }
+        rows
     }
 
     /// `parts` built into columns as they arrive, then sorted the general way.

@@ -169,7 +169,6 @@ struct PartitionState {
     edges_offset: Option<i64>,
     flows: FlowRows,
     edges: EdgeAggregator,
-    rows: usize,
     bytes: usize,
     /// Last offset the flows buffer covers (rows or dead letters).
     last_offset: Option<i64>,
@@ -189,7 +188,6 @@ impl PartitionState {
             started: false,
             flows: FlowRows::default(),
             edges: EdgeAggregator::default(),
-            rows: 0,
             bytes: 0,
             last_offset: None,
             edges_last: None,
@@ -485,7 +483,7 @@ impl Ingest {
             {
                 tracing::info!(
                     partition,
-                    rows = state.rows,
+                    rows = state.flows.len(),
                     "partition revoked: dropping its uncommitted rows (the new owner reads them from the table's offsets)"
                 );
             }
@@ -647,11 +645,9 @@ impl Ingest {
                     state.edges_last = Some(offset);
                 }
                 if offset >= flows_from {
-                    let rows = batch.records.len();
                     state.flows.push(batch, shared).map_err(|e| {
                         IngestError::Internal(format!("a checked batch was refused: {e}"))
                     })?;
-                    state.rows += rows;
                     state.bytes += size;
                     state.last_offset = Some(offset);
                 }
@@ -680,7 +676,7 @@ impl Ingest {
         }
         self.buffered_since.get_or_insert_with(Instant::now);
         let (rows, bytes) = self.partitions.values().fold((0, 0), |(r, b), s| {
-            (r + s.rows + s.edges.len(), b + s.bytes)
+            (r + s.flows.len() + s.edges.len(), b + s.bytes)
         });
         telemetry::buffered(rows);
         if rows >= self.config.commit_flows || bytes >= self.config.commit_bytes {
@@ -777,7 +773,6 @@ impl Ingest {
                 Some(last) => Some((state.edges.finish(self.config.windowing)?, last)),
                 None => None,
             };
-            state.rows = 0;
             state.bytes = 0;
             if flows.is_some() || edges.is_some() {
                 let sealed = Sealed {

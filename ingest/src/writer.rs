@@ -27,8 +27,10 @@ use url::Url;
 /// Rows per Parquet row group (about 1M, as the issue asks).
 pub const ROW_GROUP_ROWS: usize = 1_000_000;
 
-/// From this many rows a sort gathers its columns on two threads.
-const PARALLEL_GATHER_ROWS: usize = 65_536;
+/// From this many rows a commit's columns are gathered or built on two threads: ingest's
+/// loop thread is idle part of the time while the committer works, so the second often
+/// finds a core.
+pub(crate) const PARALLEL_ROWS: usize = 65_536;
 
 /// Columns `flows` rows are sorted by within a file, so that IP and port filters prune.
 pub const SORT_COLUMNS: &[&str] = &["src_ip", "dst_ip", "dst_port"];
@@ -529,24 +531,17 @@ pub fn sort_batches_by(
             })
             .collect()
     };
-    let converter = RowConverter::new(
-        key_columns(first)?
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
-    let mut keys = converter.empty_rows(total, 0);
-    let mut positions: Vec<(usize, usize)> = Vec::with_capacity(total);
-    for (batch, rows) in batches.iter().enumerate() {
-        converter.append(&mut keys, &key_columns(rows)?)?;
-        positions.extend((0..rows.num_rows()).map(|row| (batch, row)));
-    }
-    let mut order: Vec<u32> = (0..total as u32).collect();
-    order.sort_unstable_by(|a, b| {
-        keys.row(*a as usize)
-            .cmp(&keys.row(*b as usize))
-            .then(a.cmp(b))
-    });
+    let keys = batches
+        .iter()
+        .map(key_columns)
+        .collect::<Result<Vec<_>, _>>()?;
+    let order = key_order(&keys)?;
+    drop(keys);
+    let positions: Vec<(usize, usize)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(batch, rows)| (0..rows.num_rows()).map(move |row| (batch, row)))
+        .collect();
     let indices: Vec<(usize, usize)> = order.iter().map(|&i| positions[i as usize]).collect();
     let gather = |columns: std::ops::Range<usize>| {
         columns
@@ -559,25 +554,58 @@ pub fn sort_batches_by(
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    // A large commit's columns are gathered on two threads: ingest's loop thread is idle
-    // part of the time while the committer sorts, so the second half often finds a core.
     let width = schema.fields().len();
-    let columns = if total >= PARALLEL_GATHER_ROWS {
+    let columns = if total >= PARALLEL_ROWS {
         let half = width / 2;
-        let (first, second) = std::thread::scope(|scope| {
-            let helper = scope.spawn(|| gather(0..half));
-            let second = gather(half..width);
-            (helper.join(), second)
-        });
-        let mut columns = first.map_err(|_| {
-            ArrowError::ComputeError("a thread gathering sorted columns panicked".into())
-        })??;
+        let (first, second) = on_two_threads(|| gather(0..half), || gather(half..width))?;
+        let mut columns = first?;
         columns.extend(second?);
         columns
     } else {
         gather(0..width)?
     };
     RecordBatch::try_new(schema, columns)
+}
+
+/// The order of the rows whose sort keys are `keys` (one set of key columns per batch,
+/// rows numbered across the batches in turn): ascending, nulls first, equal keys in
+/// their numbering.
+pub fn key_order(keys: &[Vec<ArrayRef>]) -> Result<Vec<u32>, ArrowError> {
+    let Some(first) = keys.first() else {
+        return Ok(vec![]);
+    };
+    let converter = RowConverter::new(
+        first
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let total = keys.iter().map(|k| k.first().map_or(0, |c| c.len())).sum();
+    let mut rows = converter.empty_rows(total, 0);
+    for columns in keys {
+        converter.append(&mut rows, columns)?;
+    }
+    let mut order: Vec<u32> = (0..total as u32).collect();
+    order.sort_unstable_by(|a, b| {
+        rows.row(*a as usize)
+            .cmp(&rows.row(*b as usize))
+            .then(a.cmp(b))
+    });
+    Ok(order)
+}
+
+/// Runs `first` on a helper thread and `second` on this one, and returns both results.
+pub(crate) fn on_two_threads<A: Send, B>(
+    first: impl FnOnce() -> A + Send,
+    second: impl FnOnce() -> B,
+) -> Result<(A, B), ArrowError> {
+    let (first, second) = std::thread::scope(|scope| {
+        let helper = scope.spawn(first);
+        let second = second();
+        (helper.join(), second)
+    });
+    let first = first.map_err(|_| ArrowError::ComputeError("a helper thread panicked".into()))?;
+    Ok((first, second))
 }
 
 /// A small read-model table (`workloads`, `status`, `policy`) that holds the fold of a
@@ -760,18 +788,31 @@ mod tests {
         bulkhead_schemas::lake::flow_batches_to_arrow([&batch]).unwrap()
     }
 
+    /// Each data file of the table: its partition (`date/hour`), stats (parsed) and path.
+    fn data_files(
+        table: &FlowsTable,
+        dir: &std::path::Path,
+    ) -> Vec<(String, serde_json::Value, std::path::PathBuf)> {
+        let state = table.table().snapshot().unwrap();
+        state
+            .log_data()
+            .iter()
+            .map(|file| {
+                let values = file.partition_values_map();
+                let key = format!("{:?}/{:?}", values["date"], values["hour"]);
+                let stats = serde_json::from_str(&file.stats().unwrap()).unwrap();
+                (key, stats, dir.join(file.path().as_ref()))
+            })
+            .collect()
+    }
+
     /// Each data file of the table by partition (`date/hour`): its stats (parsed) and rows.
     fn files_by_partition(
         table: &FlowsTable,
         dir: &std::path::Path,
     ) -> std::collections::BTreeMap<String, Vec<(serde_json::Value, Vec<RecordBatch>)>> {
-        let state = table.table().snapshot().unwrap();
         let mut files = std::collections::BTreeMap::<String, Vec<_>>::new();
-        for file in state.log_data().iter() {
-            let values = file.partition_values_map();
-            let key = format!("{:?}/{:?}", values["date"], values["hour"]);
-            let stats: serde_json::Value = serde_json::from_str(&file.stats().unwrap()).unwrap();
-            let path = dir.join(file.path().as_ref());
+        for (key, stats, path) in data_files(table, dir) {
             let reader =
                 deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
                     std::fs::File::open(path).unwrap(),
@@ -830,7 +871,7 @@ mod tests {
             .commit(rows_over_two_hours(200), "t", &[(0, 0)])
             .await
             .unwrap();
-        let file = walkdir_parquet(dir.path());
+        let (_, _, file) = data_files(&table, dir.path()).remove(0);
         let reader = SerializedFileReader::new(std::fs::File::open(&file).unwrap()).unwrap();
         let group = reader.metadata().row_group(0);
         let stats = |path: &str| {
@@ -850,22 +891,6 @@ mod tests {
         }
     }
 
-    /// The first Parquet file under `dir`.
-    fn walkdir_parquet(dir: &std::path::Path) -> std::path::PathBuf {
-        let mut pending = vec![dir.to_path_buf()];
-        while let Some(dir) = pending.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    pending.push(path);
-                } else if path.extension().is_some_and(|e| e == "parquet") {
-                    return path;
-                }
-            }
-        }
-        panic!("no Parquet file under {dir:?}");
-    }
-
     #[tokio::test]
     async fn sorted_rows_in_two_batches_keep_one_file_per_partition() {
         let (dir, mut table) = new_table().await;
@@ -874,19 +899,13 @@ mod tests {
         // Split inside the first hour: it continues in the second batch.
         let halves = vec![rows.slice(0, 300), rows.slice(300, 700)];
         table.commit_sorted(halves, "t", &[(0, 4)]).await.unwrap();
-        let commit =
-            std::fs::read_to_string(dir.path().join("_delta_log/00000000000000000001.json"))
-                .unwrap();
-        assert_eq!(
-            commit.matches("\"add\"").count(),
-            2,
-            "a file per hour: {commit}"
-        );
-        // The stats are JSON inside a JSON string: `numRecords\":500`.
-        let records: u64 = commit
-            .split("numRecords\\\":")
-            .skip(1)
-            .map(|rest| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+        let files = files_by_partition(&table, dir.path());
+        assert_eq!(files.len(), 2, "two hours");
+        assert!(files.values().all(|f| f.len() == 1), "a file per hour");
+        let records: u64 = files
+            .values()
+            .flatten()
+            .map(|(stats, _)| stats["numRecords"].as_u64().unwrap())
             .sum();
         assert_eq!(records, 1_000);
         assert_eq!(table.committed_offset("t", 0).await.unwrap(), Some(4));

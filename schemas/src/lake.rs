@@ -596,16 +596,16 @@ impl FlowColumns {
         shared: &[SharedLabels],
     ) -> Result<(), BadAddress> {
         check_addresses(batch)?;
-        for (i, record) in batch.records.iter().enumerate() {
-            let [src, dst] = shared.get(i).unwrap_or(&NO_SHARED_LABELS);
-            self.append_record(batch, record, [src.as_deref(), dst.as_deref()]);
+        for i in 0..batch.records.len() {
+            self.append_checked_record(batch, i, shared);
         }
         Ok(())
     }
 
     /// Appends record `index` of `batch`, whose addresses were checked
-    /// ([`check_addresses`]), with the labels enrichment found for its ends: rows can be
-    /// appended in any order, e.g. the order they are written to a file in.
+    /// ([`check_addresses`]), with the labels enrichment found for its ends (`shared[i]`
+    /// for record `i`, as in [`Self::append_enriched`]): rows can be appended in any
+    /// order, e.g. the order they are written to a file in.
     ///
     /// # Panics
     /// If `index` is not a record of `batch`.
@@ -613,9 +613,9 @@ impl FlowColumns {
         &mut self,
         batch: &FlowBatch,
         index: usize,
-        shared: &SharedLabels,
+        shared: &[SharedLabels],
     ) {
-        let [src, dst] = shared;
+        let [src, dst] = shared.get(index).unwrap_or(&NO_SHARED_LABELS);
         self.append_record(
             batch,
             &batch.records[index],
