@@ -41,8 +41,7 @@ pub struct IngestReport {
     pub ratio: f64,
     pub rust_flows_per_cpu_sec: Summary,
     pub freshness_rate_flows_per_sec: u64,
-    pub freshness_ms: Option<Summary>,
-    pub freshness_peak_rss_mib: f64,
+    pub freshness: Freshness,
     pub scaling: Vec<ScalingRow>,
 }
 
@@ -182,6 +181,12 @@ impl IngestChild {
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Flows the child has committed to `flows` so far, from its "committed flows to the
+    /// lake" log lines.
+    fn committed_flows(&self) -> u64 {
+        committed_flows(&self.log_text())
     }
 
     fn check_running(&mut self) -> Result<(), BoxError> {
@@ -509,14 +514,66 @@ pub async fn scaling(
     Ok(rows)
 }
 
-/// Produce → visible in a DataFusion query, p50/p99, under `rate` flows/s for `secs`.
+/// The rows of every "committed flows to the lake" line of an ingest log (colours and
+/// all: the span before the message has a `rows` of its own, so the event's is the one
+/// after it).
+fn committed_flows(log: &str) -> u64 {
+    let plain = strip_ansi(log);
+    plain
+        .lines()
+        .filter_map(|line| line.split_once("committed flows to the lake").map(|(_, f)| f))
+        .filter_map(|fields| {
+            fields
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("rows="))
+                .and_then(|rows| rows.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// What the freshness run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Freshness {
+    /// Produce → visible, ms (none if no probe became visible).
+    pub latency_ms: Option<Summary>,
+    pub peak_rss_mib: f64,
+    /// Flows the process committed, the whole load and the probes.
+    pub flows_committed: u64,
+    /// CPU seconds (user + system) of the process from its start to its last commit.
+    pub cpu_s: f64,
+    /// `flows_committed / cpu_s`: per CPU second over a minute of steady load, start-up
+    /// included, where the throughput rounds are a fresh process's first 2M flows (its
+    /// first touch of every page it uses, costly on this VM, is a fifth of those).
+    pub flows_per_cpu_s: f64,
+}
+
+/// Produce → visible in a DataFusion query, p50/p99, under `rate` flows/s for `secs`;
+/// the process's CPU per flow over the whole load.
 pub async fn freshness(
     bulkhead: &str,
     kafka: &str,
     rate: u64,
     secs: u64,
     work: &Path,
-) -> Result<(Option<Summary>, f64), BoxError> {
+) -> Result<Freshness, BoxError> {
     let config = fresh_config(kafka, "fresh");
     setup_topics(&config, 4).await?;
     let producer = Producer::new(&config)?;
@@ -641,14 +698,35 @@ pub async fn freshness(
     }
     probes.await?;
     let sent = load.join().map_err(|_| "the load thread panicked")??;
+    let probes_sent = produced_at.lock().map(|m| m.len() as u64).unwrap_or(0);
+    // CPU per flow once every flow produced is committed (nothing left in flight).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.committed_flows() < sent + probes_sent && Instant::now() < deadline {
+        child.check_running()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (last_peak, cpu_s) = child.usage();
+    let flows_committed = child.committed_flows();
     child.stop()?;
-    let summary = (!latencies.is_empty()).then(|| Summary::of_durations_ms(&latencies));
-    if let Some(s) = &summary {
+    let latency_ms = (!latencies.is_empty()).then(|| Summary::of_durations_ms(&latencies));
+    let fresh = Freshness {
+        latency_ms,
+        peak_rss_mib: peak.max(last_peak),
+        flows_committed,
+        cpu_s,
+        flows_per_cpu_s: flows_committed as f64 / cpu_s.max(1e-9),
+    };
+    if let Some(s) = &fresh.latency_ms {
         println!(
-            "ingest: freshness at {rate} flows/s ({sent} flows in {secs} s) (ms): {s}; peak {peak:.0} MiB"
+            "ingest: freshness at {rate} flows/s ({sent} flows in {secs} s) (ms): {s}; peak {:.0} MiB",
+            fresh.peak_rss_mib
         );
     }
-    Ok((summary, peak))
+    println!(
+        "ingest: steady load: {flows_committed} flows committed for {cpu_s:.2} CPU s = {:.0} flows per CPU second",
+        fresh.flows_per_cpu_s
+    );
+    Ok(fresh)
 }
 
 async fn newest_probe(url: &url::Url) -> Option<i64> {
@@ -668,4 +746,18 @@ async fn newest_probe(url: &url::Url) -> Option<i64> {
     let column = batches.first()?.column(0);
     let values = column.as_primitive::<arrow_array::types::Int64Type>();
     (!arrow_array::Array::is_null(values, 0)).then(|| values.value(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_flows_sums_the_events_rows_not_the_spans() {
+        let log = "\u{1b}[2m2026-11-27T12:23:07.444842Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[1mcommit\u{1b}[0m\u{1b}[1m{\u{1b}[0m\u{1b}[3mpartitions\u{1b}[0m\u{1b}[2m=\u{1b}[0m1 \u{1b}[3mrows\u{1b}[0m\u{1b}[2m=\u{1b}[0m500720 \u{1b}[3mcommit_attempt\u{1b}[0m\u{1b}[2m=\u{1b}[0m1\u{1b}[1m}\u{1b}[0m\u{1b}[2m:\u{1b}[0m \u{1b}[2mbulkhead_ingest::telemetry\u{1b}[0m\u{1b}[2m:\u{1b}[0m committed flows to the lake \u{1b}[3mversion\u{1b}[0m\u{1b}[2m=\u{1b}[0m1 \u{1b}[3mrows\u{1b}[0m\u{1b}[2m=\u{1b}[0m441000 \u{1b}[3mpartitions\u{1b}[0m\u{1b}[2m=\u{1b}[0m1 \u{1b}[3mtook_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m1675
+2026-11-27T12:23:08Z INFO bulkhead_ingest::run: partitions assigned rows=7
+2026-11-27T12:23:09Z INFO commit{rows=9}: bulkhead_ingest::telemetry: committed flows to the lake version=2 rows=244000 partitions=2 took_ms=524
+";
+        assert_eq!(committed_flows(log), 441_000 + 244_000);
+    }
 }

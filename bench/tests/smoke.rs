@@ -120,7 +120,8 @@ fn ingest_benchmark_runs() {
     positive(&report, "ingest.ratio");
     positive(&report, "ingest.rust_flows_per_cpu_sec.median");
     positive(&report, "ingest.throughput.peak_rss_mib");
-    positive(&report, "ingest.freshness_ms.p99");
+    positive(&report, "ingest.freshness.latency_ms.p99");
+    positive(&report, "ingest.freshness.flows_per_cpu_s");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use arrow_array::builder::{
     BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
     StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 use crate::policy::STANDARD_LABEL_KEYS;
@@ -426,7 +426,39 @@ pub struct FlowColumns {
     standard_labels: [StringBuilder; 8],
     /// Reused buffer for formatting addresses.
     ip_text: String,
+    /// The shared label maps appended since the last `finish`, by address.
+    label_entries: rustc_hash::FxHashMap<usize, LabelEntries>,
     rows: usize,
+}
+
+/// A shared label map as the `flows` columns hold it, worked out once per map per
+/// [`FlowColumns::finish`]: its keys and values as arrays (each appended with one copy
+/// of its bytes) and which value each standard key has. Appending a map entry by entry,
+/// and finding its standard keys by comparing names, was most of a row's label work.
+struct LabelEntries {
+    /// Holds the map, so that its address names no other map until the entry is dropped.
+    _labels: Arc<Labels>,
+    keys: StringArray,
+    values: StringArray,
+    /// The index in `values` of each [`STANDARD_LABEL_KEYS`] entry's value.
+    standard: [Option<usize>; 4],
+}
+
+impl LabelEntries {
+    fn of(labels: &Arc<Labels>) -> Self {
+        let mut standard = [None; 4];
+        for (index, key) in labels.keys().enumerate() {
+            if let Some(i) = STANDARD_LABEL_KEYS.iter().position(|k| k == key) {
+                standard[i] = Some(index);
+            }
+        }
+        Self {
+            _labels: labels.clone(),
+            keys: labels.keys().map(Some).collect(),
+            values: labels.values().map(Some).collect(),
+            standard,
+        }
+    }
 }
 
 /// A record whose addresses are not 4 or 16 bytes long.
@@ -508,6 +540,28 @@ fn append_labels(
         .expect("map builder keys and values stay aligned");
 }
 
+/// [`append_labels`] for a shared map, from its [`LabelEntries`].
+fn append_label_entries(
+    builder: &mut MapBuilder<StringBuilder, StringBuilder>,
+    standard: &mut [StringBuilder],
+    entries: &LabelEntries,
+) {
+    // Arrays built from a map's own strings: their offsets cannot overflow, and the
+    // builders' cannot before a batch of 2 GiB of label text.
+    let (keys, values) = builder.entries();
+    keys.append_array(&entries.keys)
+        .expect("label keys fit the column's offsets");
+    values
+        .append_array(&entries.values)
+        .expect("label values fit the column's offsets");
+    for (column, value) in standard.iter_mut().zip(entries.standard) {
+        column.append_option(value.map(|i| entries.values.value(i)));
+    }
+    builder
+        .append(!entries.keys.is_empty())
+        .expect("map builder keys and values stay aligned");
+}
+
 fn append_list(builder: &mut ListBuilder<StringBuilder>, items: &[String]) {
     if items.is_empty() {
         builder.append_null();
@@ -568,6 +622,7 @@ impl FlowColumns {
             batch_seq: Int64Builder::with_capacity(rows),
             standard_labels: std::array::from_fn(|_| s(4)),
             ip_text: String::with_capacity(48),
+            label_entries: Default::default(),
             rows: 0,
         }
     }
@@ -615,15 +670,29 @@ impl FlowColumns {
         index: usize,
         shared: &[SharedLabels],
     ) {
-        let [src, dst] = shared.get(index).unwrap_or(&NO_SHARED_LABELS);
-        self.append_record(
-            batch,
-            &batch.records[index],
-            [src.as_deref(), dst.as_deref()],
-        );
+        let shared = shared.get(index).unwrap_or(&NO_SHARED_LABELS);
+        self.append_record(batch, &batch.records[index], shared);
     }
 
-    fn append_record(&mut self, batch: &FlowBatch, r: &FlowRecord, shared: [Option<&Labels>; 2]) {
+    /// Appends one end's labels: `shared` if enrichment found them, else the record's own.
+    fn append_end_labels(&mut self, end: usize, shared: Option<&Arc<Labels>>, own: &Labels) {
+        let (map, standard) = match end {
+            0 => (&mut self.src_labels, &mut self.standard_labels[..4]),
+            _ => (&mut self.dst_labels, &mut self.standard_labels[4..]),
+        };
+        match shared {
+            Some(labels) => {
+                let entries = self
+                    .label_entries
+                    .entry(Arc::as_ptr(labels) as usize)
+                    .or_insert_with(|| LabelEntries::of(labels));
+                append_label_entries(map, standard, entries);
+            }
+            None => append_labels(map, standard, own),
+        }
+    }
+
+    fn append_record(&mut self, batch: &FlowBatch, r: &FlowRecord, shared: &SharedLabels) {
         let (date, hour) = date_hour(r.first_seen_unix_ns);
         self.date.append_value(date);
         self.hour.append_value(hour);
@@ -664,18 +733,8 @@ impl FlowColumns {
         opt_str(&mut self.dns_name, &r.remote_dns_name);
         opt_str(&mut self.src_workload, &r.src_workload);
         opt_str(&mut self.dst_workload, &r.dst_workload);
-        let (src_standard, dst_standard) = self.standard_labels.split_at_mut(4);
-        let [src_labels, dst_labels] = shared;
-        append_labels(
-            &mut self.src_labels,
-            src_standard,
-            src_labels.unwrap_or(&r.src_labels),
-        );
-        append_labels(
-            &mut self.dst_labels,
-            dst_standard,
-            dst_labels.unwrap_or(&r.dst_labels),
-        );
+        self.append_end_labels(0, shared[0].as_ref(), &r.src_labels);
+        self.append_end_labels(1, shared[1].as_ref(), &r.dst_labels);
         append_list(&mut self.src_ip_lists, &r.src_ip_lists);
         append_list(&mut self.dst_ip_lists, &r.dst_ip_lists);
         self.policy_decision
@@ -734,6 +793,7 @@ impl FlowColumns {
                 .map(|b| Arc::new(b.finish()) as ArrayRef),
         );
         self.rows = 0;
+        self.label_entries.clear();
         RecordBatch::try_new(flows_schema(), columns)
     }
 }
@@ -905,6 +965,60 @@ mod tests {
                 assert!(schema.field_with_name(&column).is_ok(), "{column}");
                 assert_eq!(columns.next(), Some(column), "builder order");
             }
+        }
+    }
+
+    #[test]
+    fn shared_label_maps_give_the_columns_their_own_copies_would() {
+        let maps: Vec<Labels> = vec![
+            [("role", "web"), ("app", "crm"), ("env", "prod"), ("loc", "par")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            [("team", "blue"), ("app", "erp")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            [("zone", "dmz")].map(|(k, v)| (k.to_string(), v.to_string())).into(),
+            Labels::new(),
+        ];
+        let shared: Vec<Arc<Labels>> = maps.iter().cloned().map(Arc::new).collect();
+        // Every pair of maps, each map on many rows and at both ends.
+        let pairs: Vec<(usize, usize)> = (0..3)
+            .flat_map(|_| (0..maps.len()).flat_map(|s| (0..maps.len()).map(move |d| (s, d))))
+            .collect();
+        let records = |own: bool| -> Vec<FlowRecord> {
+            pairs
+                .iter()
+                .enumerate()
+                .map(|(i, &(s, d))| {
+                    let mut r = record(i as u32);
+                    if own {
+                        r.src_labels = maps[s].clone();
+                        r.dst_labels = maps[d].clone();
+                    }
+                    r
+                })
+                .collect()
+        };
+        let owned = FlowBatch {
+            records: records(true),
+            ..Default::default()
+        };
+        let bare = FlowBatch {
+            records: records(false),
+            ..Default::default()
+        };
+        let ends: Vec<SharedLabels> = pairs
+            .iter()
+            .map(|&(s, d)| [Some(shared[s].clone()), Some(shared[d].clone())])
+            .collect();
+        let mut columns = FlowColumns::default();
+        columns.append_batch(&owned).unwrap();
+        let expected = columns.finish().unwrap();
+        // Twice through the same builder: what it worked out for a map before `finish`
+        // must not leak into the next batch.
+        for _ in 0..2 {
+            columns.append_enriched(&bare, &ends).unwrap();
+            assert_eq!(columns.finish().unwrap(), expected);
         }
     }
 
