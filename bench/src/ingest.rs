@@ -262,7 +262,12 @@ pub fn caught_up(config: &KafkaConfig, group: &str, topic: &str) -> Result<bool,
     for p in &partitions {
         list.add_partition(topic, *p);
     }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    let committed = match consumer.committed_offsets(list, Duration::from_secs(10)) {
+        Ok(committed) => committed,
+        // A fresh broker's group coordinator is still loading: not caught up yet.
+        Err(e) if coordinator_not_ready(&e) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
     for p in partitions {
         let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         let at = committed
@@ -521,7 +526,10 @@ fn committed_flows(log: &str) -> u64 {
     let plain = strip_ansi(log);
     plain
         .lines()
-        .filter_map(|line| line.split_once("committed flows to the lake").map(|(_, f)| f))
+        .filter_map(|line| {
+            line.split_once("committed flows to the lake")
+                .map(|(_, f)| f)
+        })
         .filter_map(|fields| {
             fields
                 .split_whitespace()
@@ -563,6 +571,16 @@ pub struct Freshness {
     /// included, where the throughput rounds are a fresh process's first 2M flows (its
     /// first touch of every page it uses, costly on this VM, is a fifth of those).
     pub flows_per_cpu_s: f64,
+}
+
+fn coordinator_not_ready(error: &bulkhead_kafka::rdkafka::error::KafkaError) -> bool {
+    use bulkhead_kafka::rdkafka::error::RDKafkaErrorCode::{
+        CoordinatorLoadInProgress, CoordinatorNotAvailable, NotCoordinator,
+    };
+    matches!(
+        error.rdkafka_error_code(),
+        Some(NotCoordinator | CoordinatorLoadInProgress | CoordinatorNotAvailable)
+    )
 }
 
 /// Produce → visible in a DataFusion query, p50/p99, under `rate` flows/s for `secs`;

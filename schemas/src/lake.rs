@@ -971,13 +971,20 @@ mod tests {
     #[test]
     fn shared_label_maps_give_the_columns_their_own_copies_would() {
         let maps: Vec<Labels> = vec![
-            [("role", "web"), ("app", "crm"), ("env", "prod"), ("loc", "par")]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .into(),
+            [
+                ("role", "web"),
+                ("app", "crm"),
+                ("env", "prod"),
+                ("loc", "par"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
             [("team", "blue"), ("app", "erp")]
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .into(),
-            [("zone", "dmz")].map(|(k, v)| (k.to_string(), v.to_string())).into(),
+            [("zone", "dmz")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
             Labels::new(),
         ];
         let shared: Vec<Arc<Labels>> = maps.iter().cloned().map(Arc::new).collect();

@@ -496,7 +496,9 @@ async fn run(
             figures.push(
                 Figure::new(
                     "ingest",
-                    &format!("flows per CPU second under {rate} flows/s for {secs} s (freshness run)"),
+                    &format!(
+                        "flows per CPU second under {rate} flows/s for {secs} s (freshness run)"
+                    ),
                     "flows/s",
                     Summary::of(vec![freshness.flows_per_cpu_s]),
                 )
