@@ -171,6 +171,8 @@ impl IngestChild {
             .env("BULKHEAD_TOPIC_PREFIX", &config.topic_prefix)
             .env_remove("BULKHEAD_CONFIG")
             .env("BULKHEAD_LOG", "warn,bulkhead_ingest=info")
+            // Plain text: the benchmarks read the log (`committed_flows`).
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -519,16 +521,13 @@ pub async fn scaling(
     Ok(rows)
 }
 
-/// The rows of every "committed flows to the lake" line of an ingest log (colours and
-/// all: the span before the message has a `rows` of its own, so the event's is the one
-/// after it).
+/// The rows of every "committed flows to the lake" line of an ingest log (the span
+/// before the message has a `rows` of its own: the event's is the one after it).
 fn committed_flows(log: &str) -> u64 {
-    let plain = strip_ansi(log);
-    plain
-        .lines()
+    log.lines()
         .filter_map(|line| {
             line.split_once("committed flows to the lake")
-                .map(|(_, f)| f)
+                .map(|(_, fields)| fields)
         })
         .filter_map(|fields| {
             fields
@@ -537,24 +536,6 @@ fn committed_flows(log: &str) -> u64 {
                 .and_then(|rows| rows.parse::<u64>().ok())
         })
         .sum()
-}
-
-/// `text` without ANSI escape sequences (`ESC [ … letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 /// What the freshness run measured.
@@ -772,7 +753,7 @@ mod tests {
 
     #[test]
     fn committed_flows_sums_the_events_rows_not_the_spans() {
-        let log = "\u{1b}[2m2026-11-27T12:23:07.444842Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[1mcommit\u{1b}[0m\u{1b}[1m{\u{1b}[0m\u{1b}[3mpartitions\u{1b}[0m\u{1b}[2m=\u{1b}[0m1 \u{1b}[3mrows\u{1b}[0m\u{1b}[2m=\u{1b}[0m500720 \u{1b}[3mcommit_attempt\u{1b}[0m\u{1b}[2m=\u{1b}[0m1\u{1b}[1m}\u{1b}[0m\u{1b}[2m:\u{1b}[0m \u{1b}[2mbulkhead_ingest::telemetry\u{1b}[0m\u{1b}[2m:\u{1b}[0m committed flows to the lake \u{1b}[3mversion\u{1b}[0m\u{1b}[2m=\u{1b}[0m1 \u{1b}[3mrows\u{1b}[0m\u{1b}[2m=\u{1b}[0m441000 \u{1b}[3mpartitions\u{1b}[0m\u{1b}[2m=\u{1b}[0m1 \u{1b}[3mtook_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m1675
+        let log = "2026-11-27T12:23:07.444842Z  INFO commit{partitions=1 rows=500720 commit_attempt=1}: bulkhead_ingest::telemetry: committed flows to the lake version=1 rows=441000 partitions=1 took_ms=1675
 2026-11-27T12:23:08Z INFO bulkhead_ingest::run: partitions assigned rows=7
 2026-11-27T12:23:09Z INFO commit{rows=9}: bulkhead_ingest::telemetry: committed flows to the lake version=2 rows=244000 partitions=2 took_ms=524
 ";

@@ -546,8 +546,8 @@ fn append_label_entries(
     standard: &mut [StringBuilder],
     entries: &LabelEntries,
 ) {
-    // Arrays built from a map's own strings: their offsets cannot overflow, and the
-    // builders' cannot before a batch of 2 GiB of label text.
+    // `append_array` fails only where `append_value` would panic: past 2 GiB of text in
+    // one column of one batch.
     let (keys, values) = builder.entries();
     keys.append_array(&entries.keys)
         .expect("label keys fit the column's offsets");
