@@ -9,7 +9,9 @@
 //!   edges per window, write zstd Parquet.
 //! - **freshness**: under a steady produce rate, a probe batch every 100 ms; a poller
 //!   asks DataFusion (over deltalake's table provider) for the newest probe visible in
-//!   `flows`; latency = visible − produced, p50/p99.
+//!   `flows`; latency = visible − produced, p50/p99; and the process's flows per CPU
+//!   second over that minute (steady state, where the throughput rounds time a fresh
+//!   process).
 //! - **peak memory**: `VmHWM` of the ingest process, read from `/proc/<pid>/status`.
 
 use std::collections::BTreeMap;
