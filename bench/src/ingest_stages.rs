@@ -102,7 +102,7 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
         let t = process_cpu_s();
         let mut batches: Vec<FlowBatch> = messages
             .iter()
-            .map(|bytes| FlowBatch::decode(bytes.as_slice()))
+            .map(|bytes| bulkhead_schemas::decode_flow_batch(bytes))
             .collect::<Result<_, _>>()?;
         let t = lap(&mut cpu[0], t);
         let shared: Vec<Vec<SharedLabels>> = batches

@@ -3,7 +3,6 @@
 
 use bulkhead_schemas::lake::FlowColumns;
 use bulkhead_schemas::proto::{DeadLetter, FlowBatch};
-use prost::Message as _;
 
 /// The `FlowBatch` wire schema version this build reads.
 pub const SUPPORTED_SCHEMA_VERSION: u32 = 1;
@@ -62,7 +61,7 @@ pub fn decode_message(payload: Option<&[u8]>) -> Result<FlowBatch, Rejection> {
             reason: "empty message: a FlowBatch always has content".into(),
         });
     }
-    let batch = FlowBatch::decode(payload).map_err(|e| Rejection {
+    let batch = bulkhead_schemas::decode_flow_batch(payload).map_err(|e| Rejection {
         kind: RejectKind::Decode,
         reason: format!("not a bulkhead.v1.FlowBatch ({} bytes): {e}", payload.len()),
     })?;
@@ -124,6 +123,7 @@ pub fn dead_letter(
 mod tests {
     use super::*;
     use bulkhead_schemas::proto::FlowRecord;
+    use prost::Message as _;
 
     fn batch(version: u32, dst_ip: Vec<u8>) -> Vec<u8> {
         FlowBatch {
