@@ -1,6 +1,7 @@
 //! Bad input: classification of a flow message that cannot become rows, and the dead
 //! letter that carries it (byte for byte, with the reason) to `bulkhead.flows.dlq.v1`.
 
+use bulkhead_schemas::FlowBatchDecodeError;
 use bulkhead_schemas::lake::FlowColumns;
 use bulkhead_schemas::proto::{DeadLetter, FlowBatch};
 
@@ -61,9 +62,15 @@ pub fn decode_message(payload: Option<&[u8]>) -> Result<FlowBatch, Rejection> {
             reason: "empty message: a FlowBatch always has content".into(),
         });
     }
-    let batch = bulkhead_schemas::decode_flow_batch(payload).map_err(|e| Rejection {
-        kind: RejectKind::Decode,
-        reason: format!("not a bulkhead.v1.FlowBatch ({} bytes): {e}", payload.len()),
+    let batch = bulkhead_schemas::decode_flow_batch(payload).map_err(|e| match e {
+        FlowBatchDecodeError::Malformed(e) => Rejection {
+            kind: RejectKind::Decode,
+            reason: format!("not a bulkhead.v1.FlowBatch ({} bytes): {e}", payload.len()),
+        },
+        too_many @ FlowBatchDecodeError::TooManyRecords { .. } => Rejection {
+            kind: RejectKind::Invalid,
+            reason: format!("FlowBatch refused: {too_many}"),
+        },
     })?;
     if batch.schema_version != SUPPORTED_SCHEMA_VERSION {
         return Err(Rejection {
@@ -167,6 +174,12 @@ mod tests {
                 Some(batch(1, vec![1, 2, 3])),
                 RejectKind::Invalid,
                 "dst_ip has 3 bytes",
+            ),
+            // Empty records, two bytes each: refused before they are decoded.
+            (
+                Some([0x32, 0x00].repeat(1_000)),
+                RejectKind::Invalid,
+                "1000 records in 2000 bytes",
             ),
         ];
         for (payload, kind, needle) in cases {

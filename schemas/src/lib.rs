@@ -43,14 +43,40 @@ pub mod proto {
 /// Decodes a `FlowBatch` with its records' vector sized up front. Counting the records
 /// first (reading only their tags and lengths) spares the vector's doublings, each a copy
 /// of every record decoded so far: about two copies of each ~400-byte record otherwise.
-pub fn decode_flow_batch(payload: &[u8]) -> Result<proto::FlowBatch, prost::DecodeError> {
+///
+/// The count also refuses a message that claims more records than could each carry two
+/// addresses (which the lake requires): two bytes of an empty record decode into a
+/// ~400-byte struct, so one 16 MiB message of them would have taken 3 GiB.
+pub fn decode_flow_batch(payload: &[u8]) -> Result<proto::FlowBatch, FlowBatchDecodeError> {
     use prost::Message as _;
+    let records = count_flow_records(payload);
+    if records > payload.len() / MIN_FLOW_RECORD_BYTES {
+        return Err(FlowBatchDecodeError::TooManyRecords {
+            records,
+            bytes: payload.len(),
+        });
+    }
     let mut batch = proto::FlowBatch {
-        records: Vec::with_capacity(count_flow_records(payload)),
+        records: Vec::with_capacity(records),
         ..Default::default()
     };
     batch.merge(payload)?;
     Ok(batch)
+}
+
+/// The fewest bytes a `FlowBatch` record with two IPv4 addresses takes: its own tag and
+/// length, and each address's tag, length and four bytes.
+pub const MIN_FLOW_RECORD_BYTES: usize = 2 + 2 * (2 + 4);
+
+/// Why a message is not a `FlowBatch` ingest can take.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowBatchDecodeError {
+    #[error(transparent)]
+    Malformed(#[from] prost::DecodeError),
+    #[error(
+        "{records} records in {bytes} bytes: a record with its two addresses takes at least {MIN_FLOW_RECORD_BYTES} bytes"
+    )]
+    TooManyRecords { records: usize, bytes: usize },
 }
 
 /// `FlowBatch.records`' field number (flow.proto).
@@ -135,7 +161,44 @@ mod tests {
         ] {
             let ours = decode_flow_batch(broken).unwrap_err();
             let prost = FlowBatch::decode(broken).unwrap_err();
+            assert!(matches!(ours, FlowBatchDecodeError::Malformed(_)), "{ours}");
             assert_eq!(ours.to_string(), prost.to_string());
         }
+    }
+
+    #[test]
+    fn a_batch_of_more_records_than_could_hold_addresses_is_refused_before_decoding() {
+        // 100,000 empty records: 200 KB that prost would decode into ~40 MB of structs.
+        let hostile: Vec<u8> = [0x32, 0x00].repeat(100_000);
+        let error = decode_flow_batch(&hostile).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                FlowBatchDecodeError::TooManyRecords {
+                    records: 100_000,
+                    bytes: 200_000
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("100000 records in 200000 bytes"),
+            "{error}"
+        );
+        // The smallest real records (two IPv4 addresses, nothing else) are not refused.
+        let smallest = FlowBatch {
+            records: vec![
+                FlowRecord {
+                    src_ip: vec![10, 0, 0, 1],
+                    dst_ip: vec![10, 0, 0, 2],
+                    ..Default::default()
+                };
+                1_000
+            ],
+            ..Default::default()
+        };
+        let bytes = smallest.encode_to_vec();
+        assert_eq!(bytes.len(), 1_000 * MIN_FLOW_RECORD_BYTES);
+        assert_eq!(decode_flow_batch(&bytes).unwrap(), smallest);
     }
 }
