@@ -151,6 +151,19 @@ fn packed_text(text: &str) -> Option<u128> {
     Some(u128::from_be_bytes(padded))
 }
 
+/// Every record of `batches` with its place, in arrival order.
+fn places<'a>(
+    batches: &'a [&'a (FlowBatch, Vec<SharedLabels>)],
+) -> impl Iterator<Item = (Place, &'a FlowRecord)> {
+    batches.iter().enumerate().flat_map(|(b, (batch, _))| {
+        batch
+            .records
+            .iter()
+            .enumerate()
+            .map(move |(r, record)| ((b as u32, r as u32), record))
+    })
+}
+
 /// The records' places in [`FLOW_FILE_ORDER`], sorted as integers; `None` when an
 /// address's text is too long for that (IPv6 beyond 16 characters): then
 /// [`file_order`] sorts them. Comparing integers rather than arrow's row format saves
@@ -165,18 +178,16 @@ fn packed_file_order(
         bulkhead_schemas::ip::write_text(ip, &mut text);
         packed_text(&text)
     };
-    for (b, (batch, _)) in batches.iter().enumerate() {
-        for (r, record) in batch.records.iter().enumerate() {
-            let (date, hour) = date_hour(record.first_seen_unix_ns);
-            keys.push(PackedKey {
-                date,
-                hour,
-                src_ip: packed_ip(&record.src_ip)?,
-                dst_ip: packed_ip(&record.dst_ip)?,
-                dst_port: record.dst_port as i32,
-                place: (b as u32, r as u32),
-            });
-        }
+    for (place, record) in places(batches) {
+        let (date, hour) = date_hour(record.first_seen_unix_ns);
+        keys.push(PackedKey {
+            date,
+            hour,
+            src_ip: packed_ip(&record.src_ip)?,
+            dst_ip: packed_ip(&record.dst_ip)?,
+            dst_port: record.dst_port as i32,
+            place,
+        });
     }
     keys.sort_unstable();
     Some(keys.into_iter().map(|key| key.place).collect())
@@ -193,20 +204,18 @@ fn file_order(
     let mut src_ip = StringBuilder::with_capacity(total, total * 14);
     let mut dst_ip = StringBuilder::with_capacity(total, total * 14);
     let mut dst_port = Int32Builder::with_capacity(total);
-    let mut places = Vec::with_capacity(total);
+    let mut arrival = Vec::with_capacity(total);
     let mut text = String::with_capacity(48);
-    for (b, (batch, _)) in batches.iter().enumerate() {
-        for (r, record) in batch.records.iter().enumerate() {
-            let (d, h) = date_hour(record.first_seen_unix_ns);
-            date.append_value(d);
-            hour.append_value(h);
-            bulkhead_schemas::ip::write_text(&record.src_ip, &mut text);
-            src_ip.append_value(&text);
-            bulkhead_schemas::ip::write_text(&record.dst_ip, &mut text);
-            dst_ip.append_value(&text);
-            dst_port.append_value(record.dst_port as i32);
-            places.push((b as u32, r as u32));
-        }
+    for (place, record) in places(batches) {
+        let (d, h) = date_hour(record.first_seen_unix_ns);
+        date.append_value(d);
+        hour.append_value(h);
+        bulkhead_schemas::ip::write_text(&record.src_ip, &mut text);
+        src_ip.append_value(&text);
+        bulkhead_schemas::ip::write_text(&record.dst_ip, &mut text);
+        dst_ip.append_value(&text);
+        dst_port.append_value(record.dst_port as i32);
+        arrival.push(place);
     }
     let keys: Vec<ArrayRef> = vec![
         std::sync::Arc::new(date.finish()),
@@ -216,7 +225,7 @@ fn file_order(
         std::sync::Arc::new(dst_port.finish()),
     ];
     let order = key_order(&[keys])?;
-    Ok(order.iter().map(|&i| places[i as usize]).collect())
+    Ok(order.iter().map(|&i| arrival[i as usize]).collect())
 }
 
 #[cfg(test)]

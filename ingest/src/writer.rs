@@ -347,6 +347,44 @@ impl AppendTable {
             })
     }
 
+    /// Hands `rows` (in file order) to `writer`, one contiguous slice per table partition.
+    async fn write_partitions(
+        &self,
+        writer: &mut DeltaWriter,
+        rows: &RecordBatch,
+    ) -> Result<(), LakeError> {
+        let partition_values: Vec<ArrayRef> = self
+            .partition_columns
+            .iter()
+            .filter_map(|name| rows.column_by_name(name).cloned())
+            .collect();
+        let ranges = arrow_ord::partition::partition(&partition_values)
+            .map_err(|e| self.arrow_error(e))?
+            .ranges();
+        for range in ranges {
+            let values: IndexMap<String, _> = self
+                .partition_columns
+                .iter()
+                .zip(&partition_values)
+                .map(|(name, column)| {
+                    ScalarExt::from_array(column.as_ref(), range.start)
+                        .map(|value| (name.clone(), value))
+                        .ok_or_else(|| {
+                            self.delta_error(DeltaTableError::Generic(format!(
+                                "partition column {name}: unsupported value"
+                            )))
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+            let slice = rows.slice(range.start, range.end - range.start);
+            writer
+                .write_partition(slice, &values)
+                .await
+                .map_err(|source| self.delta_error(source))?;
+        }
+        Ok(())
+    }
+
     /// Appends sorted `batches` by writing one Parquet file per table partition and
     /// committing their `add` actions with the offsets. The partition columns lead the
     /// order, so each table partition is one contiguous slice of each batch (a partition
@@ -374,36 +412,8 @@ impl AppendTable {
         );
         let store = self.table.log_store().object_store(None);
         let mut writer = DeltaWriter::new(store, config);
-        for rows in batches {
-            let partition_values: Vec<ArrayRef> = self
-                .partition_columns
-                .iter()
-                .filter_map(|name| rows.column_by_name(name).cloned())
-                .collect();
-            let ranges = arrow_ord::partition::partition(&partition_values)
-                .map_err(|e| self.arrow_error(e))?
-                .ranges();
-            for range in ranges {
-                let values: IndexMap<String, _> = self
-                    .partition_columns
-                    .iter()
-                    .zip(&partition_values)
-                    .map(|(name, column)| {
-                        ScalarExt::from_array(column.as_ref(), range.start)
-                            .map(|value| (name.clone(), value))
-                            .ok_or_else(|| {
-                                self.delta_error(DeltaTableError::Generic(format!(
-                                    "partition column {name}: unsupported value"
-                                )))
-                            })
-                    })
-                    .collect::<Result<_, _>>()?;
-                let slice = rows.slice(range.start, range.end - range.start);
-                writer
-                    .write_partition(slice, &values)
-                    .await
-                    .map_err(|source| self.delta_error(source))?;
-            }
+        for rows in &batches {
+            self.write_partitions(&mut writer, rows).await?;
         }
         let adds = writer
             .close()

@@ -448,7 +448,7 @@ impl LabelEntries {
     fn of(labels: &Arc<Labels>) -> Self {
         let mut standard = [None; 4];
         for (index, key) in labels.keys().enumerate() {
-            if let Some(i) = STANDARD_LABEL_KEYS.iter().position(|k| k == key) {
+            if let Some(i) = standard_key_index(key) {
                 standard[i] = Some(index);
             }
         }
@@ -511,6 +511,11 @@ fn opt_str(builder: &mut StringBuilder, value: &str) {
     }
 }
 
+/// `key`'s place in [`STANDARD_LABEL_KEYS`], if it is a standard key.
+fn standard_key_index(key: &str) -> Option<usize> {
+    STANDARD_LABEL_KEYS.iter().position(|k| *k == key)
+}
+
 /// Appends `labels` to the map column and its standard keys' values to `standard`
 /// (one builder per [`STANDARD_LABEL_KEYS`] entry, NULL where the key is absent).
 fn append_labels(
@@ -522,7 +527,7 @@ fn append_labels(
     for (key, value) in labels {
         builder.keys().append_value(key);
         builder.values().append_value(value);
-        if let Some(i) = STANDARD_LABEL_KEYS.iter().position(|k| k == key) {
+        if let Some(i) = standard_key_index(key) {
             standard_values[i] = Some(value);
         }
     }
