@@ -71,8 +71,7 @@ pub fn sorted_flows(parts: &[&FlowRows]) -> Result<Vec<RecordBatch>, ArrowError>
                 prefetch_record(&batches[b as usize].0.records[r as usize]);
             }
             if let Some(&(b, r)) = places.get(k + PREFETCH_FIELDS) {
-                let (batch, shared) = batches[b as usize];
-                prefetch_fields(&batch.records[r as usize], shared.get(r as usize));
+                prefetch_fields(&batches[b as usize].0.records[r as usize]);
             }
             let (batch, shared) = batches[batch as usize];
             columns.append_checked_record(batch, record as usize, shared);
@@ -110,7 +109,7 @@ fn prefetch_record(record: &FlowRecord) {
     }
 }
 
-fn prefetch_fields(record: &FlowRecord, shared: Option<&SharedLabels>) {
+fn prefetch_fields(record: &FlowRecord) {
     for bytes in [&record.src_ip, &record.dst_ip] {
         prefetch(bytes.as_ptr());
     }
@@ -124,9 +123,6 @@ fn prefetch_fields(record: &FlowRecord, shared: Option<&SharedLabels>) {
         &record.host_id,
     ] {
         prefetch(text.as_ptr());
-    }
-    for labels in shared.into_iter().flatten().flatten() {
-        prefetch(std::sync::Arc::as_ptr(labels));
     }
 }
 

@@ -11,11 +11,13 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
+    ArrayBuilder, BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, ListBuilder,
     StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, MapArray, RecordBatch, StructArray, UInt32Array};
+use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow_select::take::take;
 
 use crate::policy::STANDARD_LABEL_KEYS;
 use crate::proto::{Direction, FlowBatch, FlowRecord, PolicyDecision};
@@ -414,50 +416,161 @@ pub struct FlowColumns {
     dns_name: StringBuilder,
     src_workload: StringBuilder,
     dst_workload: StringBuilder,
-    src_labels: MapBuilder<StringBuilder, StringBuilder>,
-    dst_labels: MapBuilder<StringBuilder, StringBuilder>,
     src_ip_lists: ListBuilder<StringBuilder>,
     dst_ip_lists: ListBuilder<StringBuilder>,
     policy_decision: StringBuilder,
     policy_version: Int64Builder,
     agent_instance_id: StringBuilder,
     batch_seq: Int64Builder,
-    /// The [`standard_label_columns`], in their order.
-    standard_labels: [StringBuilder; 8],
+    /// `src_labels`, `dst_labels` and the [`standard_label_columns`].
+    labels: LabelColumns,
     /// Reused buffer for formatting addresses.
     ip_text: String,
-    /// The shared label maps appended since the last `finish`, by address.
-    label_entries: rustc_hash::FxHashMap<usize, LabelEntries>,
     rows: usize,
 }
 
-/// A shared label map as the `flows` columns hold it, worked out once per map per
-/// [`FlowColumns::finish`]: its keys and values as arrays (each appended with one copy
-/// of its bytes) and which value each standard key has. Appending a map entry by entry,
-/// and finding its standard keys by comparing names, was most of a row's label work.
-struct LabelEntries {
-    /// Holds the map, so that its address names no other map until the entry is dropped.
-    _labels: Arc<Labels>,
-    keys: StringArray,
-    values: StringArray,
-    /// The index in `values` of each [`STANDARD_LABEL_KEYS`] entry's value.
-    standard: [Option<usize>; 4],
+/// The label columns of `flows` — `src_labels`, `dst_labels` and the eight
+/// [`standard_label_columns`] — held as one map number per row and end until
+/// [`finish`](Self::finish), which builds all ten with `take` from the maps' entries.
+/// A workload's map is shared by every row it is an end of, so its keys, values and
+/// standard keys are worked out once per `finish`, not copied entry by entry per row
+/// into ten builders (that was a third of building a row).
+struct LabelColumns {
+    /// Every map's entries, one map after another.
+    keys: StringBuilder,
+    values: StringBuilder,
+    /// Where each map's entries are in `keys` and `values`; map 0 is the empty map.
+    maps: Vec<LabelMap>,
+    /// The number in `maps` of each shared map, by address, with the map itself held so
+    /// that its address names no other map before `finish`.
+    shared: rustc_hash::FxHashMap<usize, (u32, Arc<Labels>)>,
+    /// Each row's map number, at the source and the destination end.
+    rows: [Vec<u32>; 2],
 }
 
-impl LabelEntries {
-    fn of(labels: &Arc<Labels>) -> Self {
+/// A map's entries in [`LabelColumns`]: `len` entries from `start`, and the entry of each
+/// [`STANDARD_LABEL_KEYS`] key it has.
+struct LabelMap {
+    start: u32,
+    len: u32,
+    standard: [Option<u32>; 4],
+}
+
+const EMPTY_LABEL_MAP: LabelMap = LabelMap {
+    start: 0,
+    len: 0,
+    standard: [None; 4],
+};
+
+impl LabelColumns {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            keys: StringBuilder::new(),
+            values: StringBuilder::new(),
+            maps: vec![EMPTY_LABEL_MAP],
+            shared: Default::default(),
+            rows: [Vec::with_capacity(rows), Vec::with_capacity(rows)],
+        }
+    }
+
+    /// Appends one row's labels at `end` (0 source, 1 destination): `shared` if enrichment
+    /// found them, else the record's own.
+    fn append(&mut self, end: usize, shared: Option<&Arc<Labels>>, own: &Labels) {
+        let map = match shared {
+            Some(labels) => match self.shared.get(&(Arc::as_ptr(labels) as usize)) {
+                Some(&(map, _)) => map,
+                None => {
+                    let map = self.add_map(labels);
+                    self.shared
+                        .insert(Arc::as_ptr(labels) as usize, (map, labels.clone()));
+                    map
+                }
+            },
+            None => self.add_map(own),
+        };
+        self.rows[end].push(map);
+    }
+
+    /// Adds `labels`' entries; returns the map's number (0 for an empty map).
+    fn add_map(&mut self, labels: &Labels) -> u32 {
+        if labels.is_empty() {
+            return 0;
+        }
+        let start = self.keys.len() as u32;
         let mut standard = [None; 4];
-        for (index, key) in labels.keys().enumerate() {
+        for (entry, (key, value)) in (start..).zip(labels) {
+            self.keys.append_value(key);
+            self.values.append_value(value);
             if let Some(i) = standard_key_index(key) {
-                standard[i] = Some(index);
+                standard[i] = Some(entry);
             }
         }
-        Self {
-            _labels: labels.clone(),
-            keys: labels.keys().map(Some).collect(),
-            values: labels.values().map(Some).collect(),
+        self.maps.push(LabelMap {
+            start,
+            len: labels.len() as u32,
             standard,
+        });
+        (self.maps.len() - 1) as u32
+    }
+
+    /// The two map columns and the eight standard label columns of the rows appended
+    /// since the last `finish`; the columns are reset.
+    fn finish(&mut self) -> Result<([ArrayRef; 2], Vec<ArrayRef>), ArrowError> {
+        let keys = self.keys.finish();
+        let values = self.values.finish();
+        let DataType::Map(entries_field, _) = labels_type() else {
+            unreachable!("labels_type is a map")
+        };
+        let DataType::Struct(entry_fields) = entries_field.data_type().clone() else {
+            unreachable!("a map's entries are a struct")
+        };
+        let mut maps: Vec<ArrayRef> = Vec::with_capacity(2);
+        let mut standard_columns: Vec<ArrayRef> = Vec::with_capacity(8);
+        for rows in &mut self.rows {
+            let entries: usize = rows
+                .iter()
+                .map(|&m| self.maps[m as usize].len as usize)
+                .sum();
+            let mut entry_indices = Vec::with_capacity(entries);
+            let mut offsets = Vec::with_capacity(rows.len() + 1);
+            offsets.push(0i32);
+            for &m in rows.iter() {
+                let map = &self.maps[m as usize];
+                entry_indices.extend(map.start..map.start + map.len);
+                offsets.push(entry_indices.len() as i32);
+            }
+            let entry_indices = UInt32Array::from(entry_indices);
+            let entries = StructArray::try_new(
+                entry_fields.clone(),
+                vec![
+                    take(&keys, &entry_indices, None)?,
+                    take(&values, &entry_indices, None)?,
+                ],
+                None,
+            )?;
+            // An empty map is NULL, as `MapBuilder::append(false)` leaves it.
+            let nulls = NullBuffer::from_iter(rows.iter().map(|&m| m != 0));
+            let nulls = (nulls.null_count() > 0).then_some(nulls);
+            maps.push(Arc::new(MapArray::try_new(
+                entries_field.clone(),
+                OffsetBuffer::new(offsets.into()),
+                entries,
+                nulls,
+                false,
+            )?));
+            for key in 0..STANDARD_LABEL_KEYS.len() {
+                let value_indices: UInt32Array = rows
+                    .iter()
+                    .map(|&m| self.maps[m as usize].standard[key])
+                    .collect();
+                standard_columns.push(take(&values, &value_indices, None)?);
+            }
+            rows.clear();
         }
+        self.maps.truncate(1);
+        self.shared.clear();
+        let [src, dst]: [ArrayRef; 2] = maps.try_into().expect("two ends");
+        Ok(([src, dst], standard_columns))
     }
 }
 
@@ -516,57 +629,6 @@ fn standard_key_index(key: &str) -> Option<usize> {
     STANDARD_LABEL_KEYS.iter().position(|k| *k == key)
 }
 
-/// Appends `labels` to the map column and its standard keys' values to `standard`
-/// (one builder per [`STANDARD_LABEL_KEYS`] entry, NULL where the key is absent).
-fn append_labels(
-    builder: &mut MapBuilder<StringBuilder, StringBuilder>,
-    standard: &mut [StringBuilder],
-    labels: &std::collections::BTreeMap<String, String>,
-) {
-    let mut standard_values: [Option<&str>; 4] = [None; 4];
-    for (key, value) in labels {
-        builder.keys().append_value(key);
-        builder.values().append_value(value);
-        if let Some(i) = standard_key_index(key) {
-            standard_values[i] = Some(value);
-        }
-    }
-    for (column, value) in standard.iter_mut().zip(standard_values) {
-        column.append_option(value);
-    }
-    if labels.is_empty() {
-        builder
-            .append(false)
-            .expect("map builder keys and values stay aligned");
-        return;
-    }
-    builder
-        .append(true)
-        .expect("map builder keys and values stay aligned");
-}
-
-/// [`append_labels`] for a shared map, from its [`LabelEntries`].
-fn append_label_entries(
-    builder: &mut MapBuilder<StringBuilder, StringBuilder>,
-    standard: &mut [StringBuilder],
-    entries: &LabelEntries,
-) {
-    // `append_array` fails only where `append_value` would panic: past 2 GiB of text in
-    // one column of one batch.
-    let (keys, values) = builder.entries();
-    keys.append_array(&entries.keys)
-        .expect("label keys fit the column's offsets");
-    values
-        .append_array(&entries.values)
-        .expect("label values fit the column's offsets");
-    for (column, value) in standard.iter_mut().zip(entries.standard) {
-        column.append_option(value.map(|i| entries.values.value(i)));
-    }
-    builder
-        .append(!entries.keys.is_empty())
-        .expect("map builder keys and values stay aligned");
-}
-
 fn append_list(builder: &mut ListBuilder<StringBuilder>, items: &[String]) {
     if items.is_empty() {
         builder.append_null();
@@ -617,17 +679,14 @@ impl FlowColumns {
             dns_name: s(8),
             src_workload: s(0),
             dst_workload: s(0),
-            src_labels: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
-            dst_labels: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
             src_ip_lists: ListBuilder::new(StringBuilder::new()),
             dst_ip_lists: ListBuilder::new(StringBuilder::new()),
             policy_decision: s(7),
             policy_version: Int64Builder::with_capacity(rows),
             agent_instance_id: s(16),
             batch_seq: Int64Builder::with_capacity(rows),
-            standard_labels: std::array::from_fn(|_| s(4)),
+            labels: LabelColumns::with_capacity(rows),
             ip_text: String::with_capacity(48),
-            label_entries: Default::default(),
             rows: 0,
         }
     }
@@ -679,24 +738,6 @@ impl FlowColumns {
         self.append_record(batch, &batch.records[index], shared);
     }
 
-    /// Appends one end's labels: `shared` if enrichment found them, else the record's own.
-    fn append_end_labels(&mut self, end: usize, shared: Option<&Arc<Labels>>, own: &Labels) {
-        let (map, standard) = match end {
-            0 => (&mut self.src_labels, &mut self.standard_labels[..4]),
-            _ => (&mut self.dst_labels, &mut self.standard_labels[4..]),
-        };
-        match shared {
-            Some(labels) => {
-                let entries = self
-                    .label_entries
-                    .entry(Arc::as_ptr(labels) as usize)
-                    .or_insert_with(|| LabelEntries::of(labels));
-                append_label_entries(map, standard, entries);
-            }
-            None => append_labels(map, standard, own),
-        }
-    }
-
     fn append_record(&mut self, batch: &FlowBatch, r: &FlowRecord, shared: &SharedLabels) {
         let (date, hour) = date_hour(r.first_seen_unix_ns);
         self.date.append_value(date);
@@ -738,8 +779,8 @@ impl FlowColumns {
         opt_str(&mut self.dns_name, &r.remote_dns_name);
         opt_str(&mut self.src_workload, &r.src_workload);
         opt_str(&mut self.dst_workload, &r.dst_workload);
-        self.append_end_labels(0, shared[0].as_ref(), &r.src_labels);
-        self.append_end_labels(1, shared[1].as_ref(), &r.dst_labels);
+        self.labels.append(0, shared[0].as_ref(), &r.src_labels);
+        self.labels.append(1, shared[1].as_ref(), &r.dst_labels);
         append_list(&mut self.src_ip_lists, &r.src_ip_lists);
         append_list(&mut self.dst_ip_lists, &r.dst_ip_lists);
         self.policy_decision
@@ -754,6 +795,7 @@ impl FlowColumns {
 
     /// The appended rows as a `RecordBatch` of [`flows_schema`]; the builders are reset.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let ([src_labels, dst_labels], standard_labels) = self.labels.finish()?;
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.date.finish()),
             Arc::new(self.hour.finish()),
@@ -783,8 +825,8 @@ impl FlowColumns {
             Arc::new(self.dns_name.finish()),
             Arc::new(self.src_workload.finish()),
             Arc::new(self.dst_workload.finish()),
-            Arc::new(self.src_labels.finish()),
-            Arc::new(self.dst_labels.finish()),
+            src_labels,
+            dst_labels,
             Arc::new(self.src_ip_lists.finish()),
             Arc::new(self.dst_ip_lists.finish()),
             Arc::new(self.policy_decision.finish()),
@@ -792,13 +834,8 @@ impl FlowColumns {
             Arc::new(self.agent_instance_id.finish()),
             Arc::new(self.batch_seq.finish()),
         ];
-        columns.extend(
-            self.standard_labels
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
+        columns.extend(standard_labels);
         self.rows = 0;
-        self.label_entries.clear();
         RecordBatch::try_new(flows_schema(), columns)
     }
 }
@@ -1031,6 +1068,79 @@ mod tests {
         for _ in 0..2 {
             columns.append_enriched(&bare, &ends).unwrap();
             assert_eq!(columns.finish().unwrap(), expected);
+        }
+    }
+
+    /// The label columns as arrow's own builders make them, entry by entry.
+    fn labels_built_by_arrow(ends: &[[&Labels; 2]]) -> (Vec<ArrayRef>, Vec<ArrayRef>) {
+        use arrow_array::builder::MapBuilder;
+        let mut maps = vec![];
+        let mut standard = vec![];
+        for end in 0..2 {
+            let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+            let mut columns: Vec<StringBuilder> = (0..4).map(|_| StringBuilder::new()).collect();
+            for row in ends {
+                for (key, value) in row[end] {
+                    map.keys().append_value(key);
+                    map.values().append_value(value);
+                }
+                map.append(!row[end].is_empty()).unwrap();
+                for (column, key) in columns.iter_mut().zip(STANDARD_LABEL_KEYS) {
+                    column.append_option(row[end].get(key));
+                }
+            }
+            maps.push(Arc::new(map.finish()) as ArrayRef);
+            standard.extend(columns.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef));
+        }
+        (maps, standard)
+    }
+
+    #[test]
+    fn label_columns_equal_what_arrows_builders_make_of_the_same_maps() {
+        let role_app: Labels = [("app", "crm"), ("role", "web"), ("zone", "a")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        let loc: Labels = [("loc", "par")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        let empty = Labels::new();
+        let shared = Arc::new(role_app.clone());
+        let rows: Vec<[&Labels; 2]> = vec![
+            [&role_app, &loc],
+            [&empty, &role_app],
+            [&loc, &empty],
+            [&empty, &empty],
+            [&role_app, &role_app],
+        ];
+        let batch = FlowBatch {
+            records: (0..rows.len() as u32)
+                .map(|i| {
+                    let mut r = record(i);
+                    r.src_labels = rows[i as usize][0].clone();
+                    r.dst_labels = rows[i as usize][1].clone();
+                    r
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // Row 4's ends share one map; the others carry their own.
+        let ends: Vec<SharedLabels> = (0..rows.len())
+            .map(|i| match i {
+                4 => [Some(shared.clone()), Some(shared.clone())],
+                _ => [None, None],
+            })
+            .collect();
+        let mut columns = FlowColumns::default();
+        columns.append_enriched(&batch, &ends).unwrap();
+        let built = columns.finish().unwrap();
+        let (maps, standard) = labels_built_by_arrow(&rows);
+        for (name, expected) in ["src_labels", "dst_labels"].iter().zip(&maps) {
+            let column = built.column_by_name(name).unwrap();
+            assert_eq!(column.data_type(), &labels_type(), "{name}");
+            assert_eq!(column, expected, "{name}");
+        }
+        for (name, expected) in standard_label_columns().zip(&standard) {
+            assert_eq!(built.column_by_name(&name).unwrap(), expected, "{name}");
         }
     }
 
