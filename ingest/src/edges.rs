@@ -30,18 +30,20 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    Date32Builder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
 use bulkhead_schemas::lake::{
-    Labels, NO_SHARED_LABELS, SharedLabels, date_hour, decision_text, edges_schema,
+    LabelColumns, Labels, NO_SHARED_LABELS, SharedLabels, date_hour, decision_text, edges_schema,
 };
 use bulkhead_schemas::proto::{Direction, FlowBatch, FlowRecord};
 use rustc_hash::FxHashMap;
 
 const NS_PER_US: u64 = 1_000;
+
+/// An edge's labels are always its ends' maps, never a record's own.
+static NO_LABELS: Labels = Labels::new();
 
 /// Tumbling window and allowed lateness, in microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,9 +308,7 @@ impl EdgeAggregator {
         let mut date = Date32Builder::with_capacity(n);
         let (mut window_start, mut window_end) = (ts(), ts());
         let mut text: Vec<StringBuilder> = (0..4).map(|_| StringBuilder::new()).collect();
-        let mut labels: Vec<MapBuilder<StringBuilder, StringBuilder>> = (0..2)
-            .map(|_| MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()))
-            .collect();
+        let mut labels = LabelColumns::with_capacity(n, false);
         let mut dst_port = Int32Builder::with_capacity(n);
         let mut protocol = Int32Builder::with_capacity(n);
         let mut process = StringBuilder::new();
@@ -331,16 +331,8 @@ impl EdgeAggregator {
                 builders[0].append_option(workload);
                 builders[1].append_option(ip);
             }
-            for (builder, map) in labels
-                .iter_mut()
-                .zip([&value.src_labels, &value.dst_labels])
-            {
-                for (k, v) in map.iter() {
-                    builder.keys().append_value(k);
-                    builder.values().append_value(v);
-                }
-                builder.append(!map.is_empty())?;
-            }
+            labels.append(0, Some(&value.src_labels), &NO_LABELS);
+            labels.append(1, Some(&value.dst_labels), &NO_LABELS);
             dst_port.append_value(key.dst_port);
             protocol.append_value(key.protocol);
             process.append_option(key.process.map(|id| names.get(id)));
@@ -354,12 +346,8 @@ impl EdgeAggregator {
         }
         let [src_workload, src_ip, dst_workload, dst_ip] =
             <[StringBuilder; 4]>::try_from(text).map_err(|_| internal())?;
-        let [src_labels, dst_labels] =
-            <[MapBuilder<StringBuilder, StringBuilder>; 2]>::try_from(labels)
-                .map_err(|_| internal())?;
+        let [src_labels, dst_labels] = labels.finish()?.maps;
         let finish = |mut b: StringBuilder| -> ArrayRef { Arc::new(b.finish()) };
-        let map =
-            |mut b: MapBuilder<StringBuilder, StringBuilder>| -> ArrayRef { Arc::new(b.finish()) };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(date.finish()),
             Arc::new(window_start.finish()),
@@ -368,8 +356,8 @@ impl EdgeAggregator {
             finish(src_ip),
             finish(dst_workload),
             finish(dst_ip),
-            map(src_labels),
-            map(dst_labels),
+            src_labels,
+            dst_labels,
             Arc::new(dst_port.finish()),
             Arc::new(protocol.finish()),
             finish(process),
@@ -394,7 +382,7 @@ mod tests {
     use super::*;
     use arrow_array::Array as _;
     use arrow_array::cast::AsArray;
-    use arrow_array::types::Int64Type;
+    use arrow_array::types::{Int32Type, Int64Type};
 
     const T0: u64 = 1_764_115_200_000_000_000; // 2025-11-26T00:00Z
 
@@ -502,17 +490,34 @@ mod tests {
         let mut newest = 0;
         let mut record = report_to_an_unknown_server();
         record.src_labels.clear();
+        // A second edge (another port) whose client carries its own labels.
+        let mut own = report_to_an_unknown_server();
+        own.dst_port = 6432;
+        own.src_labels = [("app".to_string(), "own".to_string())].into();
         let batch = FlowBatch {
-            records: vec![record],
+            records: vec![record, own],
             ..Default::default()
         };
         let crm = Arc::new([("app".to_string(), "crm".to_string())].into());
         agg.add_batch(&batch, &[[Some(crm), None]], w, &mut newest);
         let rows = agg.finish(w).unwrap();
+        let ports = rows
+            .column_by_name("dst_port")
+            .unwrap()
+            .as_primitive::<Int32Type>();
+        let row = |port: i32| ports.values().iter().position(|&p| p == port).unwrap();
         let labels = rows.column_by_name("src_labels").unwrap().as_map();
-        assert_eq!(labels.value_length(0), 1);
-        assert_eq!(labels.keys().as_string::<i32>().value(0), "app");
-        assert_eq!(labels.values().as_string::<i32>().value(0), "crm");
+        let app = |i: usize| {
+            let entries = labels.value(i);
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries.column(0).as_string::<i32>().value(0), "app");
+            entries.column(1).as_string::<i32>().value(0).to_string()
+        };
+        assert_eq!(app(row(5432)), "crm");
+        assert_eq!(app(row(6432)), "own");
+        // The unknown server has no labels: NULL, not an empty map.
+        let dst_labels = rows.column_by_name("dst_labels").unwrap();
+        assert_eq!(dst_labels.null_count(), 2);
     }
 
     #[test]

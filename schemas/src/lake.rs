@@ -429,13 +429,15 @@ pub struct FlowColumns {
     rows: usize,
 }
 
-/// The label columns of `flows` — `src_labels`, `dst_labels` and the eight
-/// [`standard_label_columns`] — held as one map number per row and end until
-/// [`finish`](Self::finish), which builds all ten with `take` from the maps' entries.
-/// A workload's map is shared by every row it is an end of, so its keys, values and
-/// standard keys are worked out once per `finish`, not copied entry by entry per row
-/// into ten builders (that was a third of building a row).
-struct LabelColumns {
+/// The label columns of a table's rows: `src_labels` and `dst_labels`, and for `flows`
+/// the eight [`standard_label_columns`] too. Each row and end holds only a map number
+/// until [`finish`](Self::finish), which builds the columns with arrow's `take` from
+/// the maps' entries. A workload's map is shared by every row it is an end of, so its
+/// keys, values and standard keys are worked out once per `finish`, not copied entry by
+/// entry per row into ten builders (that was a third of building a `flows` row).
+pub struct LabelColumns {
+    /// Whether `finish` builds the standard label columns.
+    standard_columns: bool,
     /// Every map's entries, one map after another.
     keys: StringBuilder,
     values: StringBuilder,
@@ -462,9 +464,20 @@ const EMPTY_LABEL_MAP: LabelMap = LabelMap {
     standard: [None; 4],
 };
 
+/// The columns [`LabelColumns::finish`] builds.
+pub struct LabelArrays {
+    /// `src_labels`, `dst_labels`.
+    pub maps: [ArrayRef; 2],
+    /// The [`standard_label_columns`], in their order; none unless asked for.
+    pub standard: Vec<ArrayRef>,
+}
+
 impl LabelColumns {
-    fn with_capacity(rows: usize) -> Self {
+    /// Room for `rows` rows; `standard_columns`: whether [`Self::finish`] builds the
+    /// standard label columns too.
+    pub fn with_capacity(rows: usize, standard_columns: bool) -> Self {
         Self {
+            standard_columns,
             keys: StringBuilder::new(),
             values: StringBuilder::new(),
             maps: vec![EMPTY_LABEL_MAP],
@@ -474,8 +487,8 @@ impl LabelColumns {
     }
 
     /// Appends one row's labels at `end` (0 source, 1 destination): `shared` if enrichment
-    /// found them, else the record's own.
-    fn append(&mut self, end: usize, shared: Option<&Arc<Labels>>, own: &Labels) {
+    /// found them (a map seen before, by address, is not copied again), else `own`.
+    pub fn append(&mut self, end: usize, shared: Option<&Arc<Labels>>, own: &Labels) {
         let map = match shared {
             Some(labels) => match self.shared.get(&(Arc::as_ptr(labels) as usize)) {
                 Some(&(map, _)) => map,
@@ -513,9 +526,8 @@ impl LabelColumns {
         (self.maps.len() - 1) as u32
     }
 
-    /// The two map columns and the eight standard label columns of the rows appended
-    /// since the last `finish`; the columns are reset.
-    fn finish(&mut self) -> Result<([ArrayRef; 2], Vec<ArrayRef>), ArrowError> {
+    /// The columns of the rows appended since the last `finish`; the builder is reset.
+    pub fn finish(&mut self) -> Result<LabelArrays, ArrowError> {
         let keys = self.keys.finish();
         let values = self.values.finish();
         let DataType::Map(entries_field, _) = labels_type() else {
@@ -558,7 +570,12 @@ impl LabelColumns {
                 nulls,
                 false,
             )?));
-            for key in 0..STANDARD_LABEL_KEYS.len() {
+            let standard_keys = if self.standard_columns {
+                STANDARD_LABEL_KEYS.len()
+            } else {
+                0
+            };
+            for key in 0..standard_keys {
                 let value_indices: UInt32Array = rows
                     .iter()
                     .map(|&m| self.maps[m as usize].standard[key])
@@ -570,7 +587,10 @@ impl LabelColumns {
         self.maps.truncate(1);
         self.shared.clear();
         let [src, dst]: [ArrayRef; 2] = maps.try_into().expect("two ends");
-        Ok(([src, dst], standard_columns))
+        Ok(LabelArrays {
+            maps: [src, dst],
+            standard: standard_columns,
+        })
     }
 }
 
@@ -685,7 +705,7 @@ impl FlowColumns {
             policy_version: Int64Builder::with_capacity(rows),
             agent_instance_id: s(16),
             batch_seq: Int64Builder::with_capacity(rows),
-            labels: LabelColumns::with_capacity(rows),
+            labels: LabelColumns::with_capacity(rows, true),
             ip_text: String::with_capacity(48),
             rows: 0,
         }
@@ -795,7 +815,10 @@ impl FlowColumns {
 
     /// The appended rows as a `RecordBatch` of [`flows_schema`]; the builders are reset.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let ([src_labels, dst_labels], standard_labels) = self.labels.finish()?;
+        let LabelArrays {
+            maps: [src_labels, dst_labels],
+            standard: standard_labels,
+        } = self.labels.finish()?;
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.date.finish()),
             Arc::new(self.hour.finish()),
@@ -1142,6 +1165,15 @@ mod tests {
         for (name, expected) in standard_label_columns().zip(&standard) {
             assert_eq!(built.column_by_name(&name).unwrap(), expected, "{name}");
         }
+        // Without the standard columns (the `edges` table), the same maps.
+        let mut labels = LabelColumns::with_capacity(0, false);
+        for row in &rows {
+            labels.append(0, None, row[0]);
+            labels.append(1, Some(&Arc::new(row[1].clone())), &Labels::new());
+        }
+        let arrays = labels.finish().unwrap();
+        assert!(arrays.standard.is_empty());
+        assert_eq!(arrays.maps.as_slice(), maps.as_slice());
     }
 
     #[test]
