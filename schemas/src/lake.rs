@@ -528,8 +528,12 @@ impl LabelColumns {
 
     /// The columns of the rows appended since the last `finish`; the builder is reset.
     pub fn finish(&mut self) -> Result<LabelArrays, ArrowError> {
+        // Reset first, so that an error leaves nothing of these rows behind either.
         let keys = self.keys.finish();
         let values = self.values.finish();
+        let label_maps = std::mem::replace(&mut self.maps, vec![EMPTY_LABEL_MAP]);
+        let rows_by_end = std::mem::take(&mut self.rows);
+        self.shared.clear();
         let DataType::Map(entries_field, _) = labels_type() else {
             unreachable!("labels_type is a map")
         };
@@ -538,16 +542,21 @@ impl LabelColumns {
         };
         let mut maps: Vec<ArrayRef> = Vec::with_capacity(2);
         let mut standard_columns: Vec<ArrayRef> = Vec::with_capacity(8);
-        for rows in &mut self.rows {
+        for rows in &rows_by_end {
             let entries: usize = rows
                 .iter()
-                .map(|&m| self.maps[m as usize].len as usize)
+                .map(|&m| label_maps[m as usize].len as usize)
                 .sum();
+            if entries > i32::MAX as usize {
+                return Err(ArrowError::ComputeError(format!(
+                    "{entries} label map entries in one batch: more than a map column's offsets hold"
+                )));
+            }
             let mut entry_indices = Vec::with_capacity(entries);
             let mut offsets = Vec::with_capacity(rows.len() + 1);
             offsets.push(0i32);
             for &m in rows.iter() {
-                let map = &self.maps[m as usize];
+                let map = &label_maps[m as usize];
                 entry_indices.extend(map.start..map.start + map.len);
                 offsets.push(entry_indices.len() as i32);
             }
@@ -578,14 +587,11 @@ impl LabelColumns {
             for key in 0..standard_keys {
                 let value_indices: UInt32Array = rows
                     .iter()
-                    .map(|&m| self.maps[m as usize].standard[key])
+                    .map(|&m| label_maps[m as usize].standard[key])
                     .collect();
                 standard_columns.push(take(&values, &value_indices, None)?);
             }
-            rows.clear();
         }
-        self.maps.truncate(1);
-        self.shared.clear();
         let [src, dst]: [ArrayRef; 2] = maps.try_into().expect("two ends");
         Ok(LabelArrays {
             maps: [src, dst],
@@ -815,10 +821,8 @@ impl FlowColumns {
 
     /// The appended rows as a `RecordBatch` of [`flows_schema`]; the builders are reset.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let LabelArrays {
-            maps: [src_labels, dst_labels],
-            standard: standard_labels,
-        } = self.labels.finish()?;
+        // Every builder is reset, even when the label columns fail.
+        let labels = self.labels.finish();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.date.finish()),
             Arc::new(self.hour.finish()),
@@ -848,8 +852,8 @@ impl FlowColumns {
             Arc::new(self.dns_name.finish()),
             Arc::new(self.src_workload.finish()),
             Arc::new(self.dst_workload.finish()),
-            src_labels,
-            dst_labels,
+        ];
+        let after_labels: [ArrayRef; 6] = [
             Arc::new(self.src_ip_lists.finish()),
             Arc::new(self.dst_ip_lists.finish()),
             Arc::new(self.policy_decision.finish()),
@@ -857,8 +861,11 @@ impl FlowColumns {
             Arc::new(self.agent_instance_id.finish()),
             Arc::new(self.batch_seq.finish()),
         ];
-        columns.extend(standard_labels);
         self.rows = 0;
+        let labels = labels?;
+        columns.extend(labels.maps);
+        columns.extend(after_labels);
+        columns.extend(labels.standard);
         RecordBatch::try_new(flows_schema(), columns)
     }
 }
