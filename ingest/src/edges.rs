@@ -42,9 +42,6 @@ use rustc_hash::FxHashMap;
 
 const NS_PER_US: u64 = 1_000;
 
-/// An edge's labels are always its ends' maps, never a record's own.
-static NO_LABELS: Labels = Labels::new();
-
 /// Tumbling window and allowed lateness, in microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Windowing {
@@ -308,7 +305,7 @@ impl EdgeAggregator {
         let mut date = Date32Builder::with_capacity(n);
         let (mut window_start, mut window_end) = (ts(), ts());
         let mut text: Vec<StringBuilder> = (0..4).map(|_| StringBuilder::new()).collect();
-        let mut labels = LabelColumns::with_capacity(n, false);
+        let mut labels = LabelColumns::maps_only(n);
         let mut dst_port = Int32Builder::with_capacity(n);
         let mut protocol = Int32Builder::with_capacity(n);
         let mut process = StringBuilder::new();
@@ -331,8 +328,8 @@ impl EdgeAggregator {
                 builders[0].append_option(workload);
                 builders[1].append_option(ip);
             }
-            labels.append(0, Some(&value.src_labels), &NO_LABELS);
-            labels.append(1, Some(&value.dst_labels), &NO_LABELS);
+            labels.append_shared(0, &value.src_labels);
+            labels.append_shared(1, &value.dst_labels);
             dst_port.append_value(key.dst_port);
             protocol.append_value(key.protocol);
             process.append_option(key.process.map(|id| names.get(id)));

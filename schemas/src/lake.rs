@@ -473,11 +473,10 @@ pub struct LabelArrays {
 }
 
 impl LabelColumns {
-    /// Room for `rows` rows; `standard_columns`: whether [`Self::finish`] builds the
-    /// standard label columns too.
-    pub fn with_capacity(rows: usize, standard_columns: bool) -> Self {
+    /// Room for `rows` rows of `flows`: the two maps and the standard label columns.
+    pub fn with_capacity(rows: usize) -> Self {
         Self {
-            standard_columns,
+            standard_columns: true,
             keys: StringBuilder::new(),
             values: StringBuilder::new(),
             maps: vec![EMPTY_LABEL_MAP],
@@ -486,21 +485,32 @@ impl LabelColumns {
         }
     }
 
-    /// Appends one row's labels at `end` (0 source, 1 destination): `shared` if enrichment
-    /// found them (a map seen before, by address, is not copied again), else `own`.
-    pub fn append(&mut self, end: usize, shared: Option<&Arc<Labels>>, own: &Labels) {
-        let map = match shared {
-            Some(labels) => match self.shared.get(&(Arc::as_ptr(labels) as usize)) {
-                Some(&(map, _)) => map,
-                None => {
-                    let map = self.add_map(labels);
-                    self.shared
-                        .insert(Arc::as_ptr(labels) as usize, (map, labels.clone()));
-                    map
-                }
-            },
-            None => self.add_map(own),
+    /// Room for `rows` rows of a table with the two maps only (`edges`).
+    pub fn maps_only(rows: usize) -> Self {
+        Self {
+            standard_columns: false,
+            ..Self::with_capacity(rows)
+        }
+    }
+
+    /// Appends a row's labels at `end` (0 source, 1 destination) that enrichment shares
+    /// between rows: a map seen before, by address, is not copied again.
+    pub fn append_shared(&mut self, end: usize, labels: &Arc<Labels>) {
+        let address = Arc::as_ptr(labels) as usize;
+        let map = match self.shared.get(&address) {
+            Some(&(map, _)) => map,
+            None => {
+                let map = self.add_map(labels);
+                self.shared.insert(address, (map, labels.clone()));
+                map
+            }
         };
+        self.rows[end].push(map);
+    }
+
+    /// Appends a row's own labels at `end` (0 source, 1 destination).
+    pub fn append_own(&mut self, end: usize, labels: &Labels) {
+        let map = self.add_map(labels);
         self.rows[end].push(map);
     }
 
@@ -514,7 +524,7 @@ impl LabelColumns {
         for (entry, (key, value)) in (start..).zip(labels) {
             self.keys.append_value(key);
             self.values.append_value(value);
-            if let Some(i) = standard_key_index(key) {
+            if let Some(i) = STANDARD_LABEL_KEYS.iter().position(|k| k == key) {
                 standard[i] = Some(entry);
             }
         }
@@ -540,9 +550,7 @@ impl LabelColumns {
         let DataType::Struct(entry_fields) = entries_field.data_type().clone() else {
             unreachable!("a map's entries are a struct")
         };
-        let mut maps: Vec<ArrayRef> = Vec::with_capacity(2);
-        let mut standard_columns: Vec<ArrayRef> = Vec::with_capacity(8);
-        for rows in &rows_by_end {
+        let map_column = |rows: &[u32]| -> Result<ArrayRef, ArrowError> {
             let entries: usize = rows
                 .iter()
                 .map(|&m| label_maps[m as usize].len as usize)
@@ -555,7 +563,7 @@ impl LabelColumns {
             let mut entry_indices = Vec::with_capacity(entries);
             let mut offsets = Vec::with_capacity(rows.len() + 1);
             offsets.push(0i32);
-            for &m in rows.iter() {
+            for &m in rows {
                 let map = &label_maps[m as usize];
                 entry_indices.extend(map.start..map.start + map.len);
                 offsets.push(entry_indices.len() as i32);
@@ -572,31 +580,32 @@ impl LabelColumns {
             // An empty map is NULL, as `MapBuilder::append(false)` leaves it.
             let nulls = NullBuffer::from_iter(rows.iter().map(|&m| m != 0));
             let nulls = (nulls.null_count() > 0).then_some(nulls);
-            maps.push(Arc::new(MapArray::try_new(
+            Ok(Arc::new(MapArray::try_new(
                 entries_field.clone(),
                 OffsetBuffer::new(offsets.into()),
                 entries,
                 nulls,
                 false,
-            )?));
-            let standard_keys = if self.standard_columns {
-                STANDARD_LABEL_KEYS.len()
-            } else {
-                0
-            };
-            for key in 0..standard_keys {
-                let value_indices: UInt32Array = rows
-                    .iter()
-                    .map(|&m| label_maps[m as usize].standard[key])
-                    .collect();
-                standard_columns.push(take(&values, &value_indices, None)?);
+            )?))
+        };
+        let standard_column = |rows: &[u32], key: usize| {
+            let value_indices: UInt32Array = rows
+                .iter()
+                .map(|&m| label_maps[m as usize].standard[key])
+                .collect();
+            take(&values, &value_indices, None)
+        };
+        let [src, dst] = &rows_by_end;
+        let maps = [map_column(src)?, map_column(dst)?];
+        let mut standard = vec![];
+        if self.standard_columns {
+            for rows in [src, dst] {
+                for key in 0..STANDARD_LABEL_KEYS.len() {
+                    standard.push(standard_column(rows, key)?);
+                }
             }
         }
-        let [src, dst]: [ArrayRef; 2] = maps.try_into().expect("two ends");
-        Ok(LabelArrays {
-            maps: [src, dst],
-            standard: standard_columns,
-        })
+        Ok(LabelArrays { maps, standard })
     }
 }
 
@@ -648,11 +657,6 @@ fn opt_str(builder: &mut StringBuilder, value: &str) {
     } else {
         builder.append_value(value);
     }
-}
-
-/// `key`'s place in [`STANDARD_LABEL_KEYS`], if it is a standard key.
-fn standard_key_index(key: &str) -> Option<usize> {
-    STANDARD_LABEL_KEYS.iter().position(|k| *k == key)
 }
 
 fn append_list(builder: &mut ListBuilder<StringBuilder>, items: &[String]) {
@@ -711,7 +715,7 @@ impl FlowColumns {
             policy_version: Int64Builder::with_capacity(rows),
             agent_instance_id: s(16),
             batch_seq: Int64Builder::with_capacity(rows),
-            labels: LabelColumns::with_capacity(rows, true),
+            labels: LabelColumns::with_capacity(rows),
             ip_text: String::with_capacity(48),
             rows: 0,
         }
@@ -805,8 +809,16 @@ impl FlowColumns {
         opt_str(&mut self.dns_name, &r.remote_dns_name);
         opt_str(&mut self.src_workload, &r.src_workload);
         opt_str(&mut self.dst_workload, &r.dst_workload);
-        self.labels.append(0, shared[0].as_ref(), &r.src_labels);
-        self.labels.append(1, shared[1].as_ref(), &r.dst_labels);
+        for (end, (shared, own)) in shared
+            .iter()
+            .zip([&r.src_labels, &r.dst_labels])
+            .enumerate()
+        {
+            match shared {
+                Some(labels) => self.labels.append_shared(end, labels),
+                None => self.labels.append_own(end, own),
+            }
+        }
         append_list(&mut self.src_ip_lists, &r.src_ip_lists);
         append_list(&mut self.dst_ip_lists, &r.dst_ip_lists);
         self.policy_decision
@@ -1173,10 +1185,10 @@ mod tests {
             assert_eq!(built.column_by_name(&name).unwrap(), expected, "{name}");
         }
         // Without the standard columns (the `edges` table), the same maps.
-        let mut labels = LabelColumns::with_capacity(0, false);
+        let mut labels = LabelColumns::maps_only(0);
         for row in &rows {
-            labels.append(0, None, row[0]);
-            labels.append(1, Some(&Arc::new(row[1].clone())), &Labels::new());
+            labels.append_own(0, row[0]);
+            labels.append_shared(1, &Arc::new(row[1].clone()));
         }
         let arrays = labels.finish().unwrap();
         assert!(arrays.standard.is_empty());
