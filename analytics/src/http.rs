@@ -477,7 +477,7 @@ async fn explorer(State(state): State<ApiState>, body: Bytes) -> Response {
         let started = Instant::now();
         let stream = state.engine.stream(&sql).await?;
         let (batches, truncated) = take_rows(stream, limit, &sql).await?;
-        Ok::<_, ApiError>(table_response(&batches, truncated, started)?)
+        table_response(&batches, truncated, started)
     };
     match run.await {
         Ok(r) => r.into_response(),

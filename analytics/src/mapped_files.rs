@@ -275,6 +275,10 @@ impl ObjectStore for MappedLocalStore {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::single_range_in_vec_init,
+    reason = "get_ranges takes a list of ranges; these tests ask for one"
+)]
 mod tests {
     use super::*;
     use object_store::ObjectStoreExt;

@@ -864,7 +864,7 @@ mod tests {
             Some("b"),
         ]));
         let port: ArrayRef = Arc::new(Int32Array::from(vec![1, 1, 1, 1, 1, 2]));
-        let starts = run_starts(&[ip.clone()], 6).unwrap();
+        let starts = run_starts(std::slice::from_ref(&ip), 6).unwrap();
         assert_eq!(starts.values().to_vec(), vec![0, 2, 4]);
         let starts = run_starts(&[ip, port], 6).unwrap();
         assert_eq!(starts.values().to_vec(), vec![0, 2, 4, 5]);

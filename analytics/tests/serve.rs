@@ -55,7 +55,7 @@ async fn write_table(dir: &Path, name: &str, batch: RecordBatch) {
 /// Edges: every host i talks to host (i+1) % HOSTS on 5432 (allowed), host 0 scans host 5
 /// on 23 (potentially blocked), and an internet client reaches host 1 on 443.
 fn edges_batch() -> RecordBatch {
-    let mut rows: Vec<(Option<usize>, String, Option<usize>, String, i32, i64, &str)> = Vec::new();
+    let mut rows = Vec::new();
     for i in 0..HOSTS {
         let j = (i + 1) % HOSTS;
         rows.push((

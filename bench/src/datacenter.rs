@@ -170,8 +170,11 @@ fn label_set(pairs: &[(&str, &str)]) -> Vec<Label> {
     pairs.iter().map(|(k, v)| Label::new(*k, *v)).collect()
 }
 
+/// (protocol, port) pairs.
+type Ports = &'static [(u32, u32)];
+
 /// The shared services: role, protocol/port pairs, process.
-const SHARED: &[(&str, &[(u32, u32)], &str)] = &[
+const SHARED: &[(&str, Ports, &str)] = &[
     ("dns", &[(UDP, 53), (TCP, 53)], "unbound"),
     ("ntp", &[(UDP, 123)], "chronyd"),
     ("ldap", &[(TCP, 636)], "slapd"),
@@ -225,7 +228,12 @@ impl Datacenter {
                 id: format!("dc-{:x}-{:05}", spec.seed, workloads.len()),
                 hostname: format!("{app}-{role}-{n}.{env}.dc.example"),
                 ip,
-                labels: labels(role, app, env, if n % 2 == 0 { "par" } else { "fra" }),
+                labels: labels(
+                    role,
+                    app,
+                    env,
+                    if n.is_multiple_of(2) { "par" } else { "fra" },
+                ),
                 listening,
                 client_process,
             });

@@ -267,8 +267,11 @@ pub async fn write_edges(lake: &Path, workloads: usize, rows: usize) {
         b.keys().append_value("app");
         b.values().append_value(format!("app{}", w / 10));
         b.keys().append_value("env");
-        b.values()
-            .append_value(if w % 2 == 0 { "prod" } else { "staging" });
+        b.values().append_value(if w.is_multiple_of(2) {
+            "prod"
+        } else {
+            "staging"
+        });
         b.keys().append_value("role");
         b.values().append_value(["web", "api", "db"][w % 3]);
         b.append(true).expect("aligned");

@@ -71,7 +71,7 @@ impl Estate {
                 ("role", role),
                 ("app", app),
                 ("env", env),
-                ("loc", if n % 2 == 0 { "par" } else { "fra" }),
+                ("loc", if n.is_multiple_of(2) { "par" } else { "fra" }),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -98,7 +98,7 @@ impl Estate {
             } else {
                 format!("{app}{}", app_index / APPS.len())
             };
-            let env = if app_index % 2 == 0 {
+            let env = if app_index.is_multiple_of(2) {
                 "prod"
             } else {
                 "staging"

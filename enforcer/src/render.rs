@@ -101,7 +101,7 @@ fn addr_expr(range: &AddrRange) -> Expression<'static> {
     // A CIDR when the range is aligned and its size is a power of two.
     if size
         .checked_add(1)
-        .is_none_or(|n| n.is_power_of_two() && range.start % n == 0)
+        .is_none_or(|n| n.is_power_of_two() && range.start.is_multiple_of(n))
     {
         let host_bits = 128 - size.leading_zeros();
         return Expression::Named(NamedExpression::Prefix(Prefix {

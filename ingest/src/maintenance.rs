@@ -19,17 +19,7 @@ use crate::writer::{LakeError, ROW_GROUP_ROWS};
 async fn open(url: &Url) -> Result<DeltaTable, LakeError> {
     deltalake::open_table(url.clone())
         .await
-        .map_err(|source| LakeError::Delta {
-            url: url.clone(),
-            source,
-        })
-}
-
-fn delta(url: &Url) -> impl FnOnce(deltalake::DeltaTableError) -> LakeError + '_ {
-    move |source| LakeError::Delta {
-        url: url.clone(),
-        source,
-    }
+        .map_err(LakeError::delta(url))
 }
 
 /// What [`compact`] did.
@@ -52,7 +42,7 @@ pub async fn compact(url: &Url, target_bytes: u64) -> Result<Compaction, LakeErr
     if let Some(target) = std::num::NonZeroU64::new(target_bytes) {
         builder = builder.with_target_size(target);
     }
-    let (_, metrics) = builder.await.map_err(delta(url))?;
+    let (_, metrics) = builder.await.map_err(LakeError::delta(url))?;
     Ok(Compaction {
         files_removed: metrics.num_files_removed,
         files_added: metrics.num_files_added,
@@ -64,7 +54,7 @@ pub async fn compact(url: &Url, target_bytes: u64) -> Result<Compaction, LakeErr
 pub async fn vacuum(url: &Url, retain: Duration, dry_run: bool) -> Result<Vec<String>, LakeError> {
     let table = open(url).await?;
     let retain = chrono::Duration::from_std(retain).map_err(|e| {
-        delta(url)(deltalake::DeltaTableError::Generic(format!(
+        LakeError::delta(url)(deltalake::DeltaTableError::Generic(format!(
             "retention {retain:?}: {e}"
         )))
     })?;
@@ -74,7 +64,7 @@ pub async fn vacuum(url: &Url, retain: Duration, dry_run: bool) -> Result<Vec<St
         .with_enforce_retention_duration(false)
         .with_dry_run(dry_run)
         .await
-        .map_err(delta(url))?;
+        .map_err(LakeError::delta(url))?;
     Ok(metrics.files_deleted)
 }
 
@@ -86,7 +76,7 @@ pub async fn retain(url: &Url, keep_from_days: i32) -> Result<usize, LakeError> 
         .delete()
         .with_predicate(format!("date < DATE '{date}'"))
         .await
-        .map_err(delta(url))?;
+        .map_err(LakeError::delta(url))?;
     Ok(metrics.num_removed_files)
 }
 

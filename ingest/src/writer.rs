@@ -96,8 +96,9 @@ pub enum LakeError {
     #[error("Delta table {url}: {source}")]
     Delta {
         url: Url,
+        /// Boxed: `DeltaTableError` is large, and every `Result` of the lake carries it.
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error("sorting rows for {url}: {source}")]
     Arrow {
@@ -108,19 +109,27 @@ pub enum LakeError {
 }
 
 impl LakeError {
+    /// Turns a Delta error on the table at `url` into a [`LakeError`] that names it.
+    pub fn delta(url: &Url) -> impl Fn(DeltaTableError) -> LakeError + Copy + '_ {
+        move |source| LakeError::Delta {
+            url: url.clone(),
+            source: Box::new(source),
+        }
+    }
+
     /// Another writer committed progress for the same partitions since we read the
     /// table (e.g. after a rebalance): our buffer must be dropped and re-read.
     pub fn is_concurrent_transaction(&self) -> bool {
         matches!(
             self,
-            LakeError::Delta {
-                source: DeltaTableError::Transaction {
+            LakeError::Delta { source, .. } if matches!(
+                **source,
+                DeltaTableError::Transaction {
                     source: deltalake::kernel::transaction::TransactionError::CommitConflict(
                         deltalake::kernel::transaction::CommitConflictError::ConcurrentTransaction
                     ),
-                },
-                ..
-            }
+                }
+            )
         )
     }
 }
@@ -151,10 +160,7 @@ impl AppendTable {
         name: &str,
         sort_columns: &'static [&'static str],
     ) -> Result<Self, LakeError> {
-        let delta = |source| LakeError::Delta {
-            url: url.clone(),
-            source,
-        };
+        let delta = LakeError::delta(url);
         if url.scheme() == "file"
             && let Ok(path) = url.to_file_path()
         {
@@ -433,17 +439,14 @@ impl AppendTable {
                 operation,
             )
             .await
-            .map_err(|source| self.delta_error(source.into()))?;
+            .map_err(|source| self.delta_error(source))?;
         let version = committed.version as i64;
         self.table.state = Some(committed.snapshot);
         Ok(version)
     }
 
     fn delta_error(&self, source: DeltaTableError) -> LakeError {
-        LakeError::Delta {
-            url: self.url.clone(),
-            source,
-        }
+        LakeError::delta(&self.url)(source)
     }
 
     fn arrow_error(&self, source: ArrowError) -> LakeError {
@@ -631,10 +634,7 @@ pub struct SnapshotTable {
 impl SnapshotTable {
     /// Opens (or prepares to create) the read-model table at `url`.
     pub async fn open(url: &Url) -> Result<Self, LakeError> {
-        let delta = |source| LakeError::Delta {
-            url: url.clone(),
-            source,
-        };
+        let delta = LakeError::delta(url);
         if url.scheme() == "file"
             && let Ok(path) = url.to_file_path()
         {
@@ -661,10 +661,7 @@ impl SnapshotTable {
 
     /// Replaces the table's content with `rows` in one commit; returns the new version.
     pub async fn replace(&mut self, rows: RecordBatch) -> Result<i64, LakeError> {
-        let delta = |source| LakeError::Delta {
-            url: self.url.clone(),
-            source,
-        };
+        let delta = LakeError::delta(&self.url);
         load_latest(&mut self.table).await.map_err(delta)?;
         let written = self
             .table

@@ -59,7 +59,7 @@ pub async fn ensure_topics(
     options: &TopicOptions,
 ) -> Result<Vec<TopicOutcome>, KafkaError> {
     let admin = admin_client(config)?;
-    let specs: Vec<(String, &TopicSpec, Vec<(&str, String)>)> = topics
+    let specs: Vec<_> = topics
         .iter()
         .map(|t| (config.topic(*t), t.spec(), topic_configs(t.spec())))
         .collect();

@@ -198,9 +198,12 @@ pub async fn load_edges(lake: &Url, since_us: i64) -> anyhow::Result<(LazyFrame,
     Ok((edges, labels))
 }
 
+/// A workload's labels and when (`last_seen`) an edge carried them.
+type SeenLabels = (i64, BTreeMap<String, String>);
+
 /// The newest labels of every workload in one file's edges (source and destination
 /// sides), with when they were seen.
-fn labels_of(edges: LazyFrame) -> PolarsResult<BTreeMap<String, (i64, BTreeMap<String, String>)>> {
+fn labels_of(edges: LazyFrame) -> PolarsResult<BTreeMap<String, SeenLabels>> {
     let mut out = BTreeMap::new();
     for (workload, labels) in [
         ("src_workload", "src_labels"),
@@ -225,10 +228,7 @@ fn labels_of(edges: LazyFrame) -> PolarsResult<BTreeMap<String, (i64, BTreeMap<S
         for i in 0..df.height() {
             let Some(id) = ids.get(i) else { continue };
             let t = times.get(i).unwrap_or(i64::MIN);
-            if out
-                .get(id)
-                .is_some_and(|(seen, _): &(i64, BTreeMap<String, String>)| *seen >= t)
-            {
+            if out.get(id).is_some_and(|(seen, _): &SeenLabels| *seen >= t) {
                 continue;
             }
             let mut map = BTreeMap::new();

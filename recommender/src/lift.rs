@@ -248,16 +248,23 @@ pub fn recommend_from_sums(
     let thin = |e: &EdgeSum| e.bytes / e.flows.max(1) < options.scan_max_bytes_per_flow;
 
     // 1. Suspicious patterns.
-    let mut scan_targets: BTreeMap<&End, (BTreeSet<(&End, u32)>, BTreeSet<u32>)> = BTreeMap::new();
-    for e in sums.iter().filter(|e| thin(e)) {
-        let entry = scan_targets.entry(&e.src).or_default();
-        entry.0.insert((&e.dst, e.port));
-        entry.1.insert(e.port);
+    /// What one source reached with thin flows.
+    #[derive(Default)]
+    struct Reached<'a> {
+        targets: BTreeSet<(&'a End, u32)>,
+        ports: BTreeSet<u32>,
     }
-    let scanners: BTreeSet<&End> = scan_targets
+    let mut reached: BTreeMap<&End, Reached> = BTreeMap::new();
+    for e in sums.iter().filter(|e| thin(e)) {
+        let by_src = reached.entry(&e.src).or_default();
+        by_src.targets.insert((&e.dst, e.port));
+        by_src.ports.insert(e.port);
+    }
+    let scanners: BTreeSet<&End> = reached
         .iter()
-        .filter(|(_, (targets, ports))| {
-            targets.len() >= options.scan_min_targets && ports.len() >= options.scan_min_ports
+        .filter(|(_, by_src)| {
+            by_src.targets.len() >= options.scan_min_targets
+                && by_src.ports.len() >= options.scan_min_ports
         })
         .map(|(src, _)| *src)
         .collect();
@@ -463,9 +470,8 @@ pub fn recommend_from_sums(
             .sum();
         let support = consumers.len() as f64 / env_members.max(1) as f64;
         let mut set: Vec<Label> = Vec::new();
-        let why;
-        if support >= options.support_threshold {
-            why = format!(
+        let why = if support >= options.support_threshold {
+            format!(
                 "shared service: used by {} of the {} workloads of env {} from {} scopes, so every workload of those environments may use it",
                 consumers.len(),
                 env_members,
@@ -475,7 +481,7 @@ pub fn recommend_from_sums(
                     .map(|g| &g.scope)
                     .collect::<BTreeSet<_>>()
                     .len()
-            );
+            )
         } else {
             let apps: BTreeSet<&str> = consumer_groups
                 .iter()
@@ -487,14 +493,14 @@ pub fn recommend_from_sums(
                 })
                 .collect();
             set.extend(apps.iter().map(|a| Label::new("app", *a)));
-            why = format!(
+            format!(
                 "shared service: used by {} workloads ({:.0}% of their environments, under the {:.0}% support threshold): allowed to the {} apps seen",
                 consumers.len(),
                 support * 100.0,
                 options.support_threshold * 100.0,
                 apps.len()
-            );
-        }
+            )
+        };
         set.extend(envs.iter().map(|e| Label::new("env", *e)));
         let providers_seen = ids(edges, true);
         let seen: BTreeSet<&str> = providers_seen.iter().map(String::as_str).collect();

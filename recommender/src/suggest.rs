@@ -99,7 +99,7 @@ pub fn suggest_labels(edges: &[EdgeSum], labels: &WorkloadLabels) -> Vec<LabelSu
             members.entry(key).or_default().push(id);
         }
     }
-    let profiles: Vec<(Vec<(String, String)>, BTreeSet<String>, &Vec<&String>)> = members
+    let profiles: Vec<_> = members
         .iter()
         .map(|(group, ids)| {
             let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
