@@ -7,26 +7,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::{
-    BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, MapBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
 use arrow_array::{ArrayRef, RecordBatch};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use bulkhead_analytics::serve::{ServeConfig, Server};
 use bulkhead_analytics::{Engine, LakeLocation, Limits};
 use bulkhead_bench::workload::{Estate, FlowSpec};
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::{KafkaConfig, Producer};
 use bulkhead_schemas::topics::Topic;
-use deltalake::protocol::SaveMode;
 use prost::Message as _;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
+
+#[path = "../analytics/tests/common/mod.rs"]
+mod common;
+use common::{Workload, assert_error, call, call_json, write_table};
 
 const SEED: u64 = 0xa7a1;
 const HOSTS: usize = 30;
@@ -198,21 +195,6 @@ async fn rows(engine: &Engine, sql: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn write_table(dir: &Path, name: &str, batch: RecordBatch) {
-    let spec = bulkhead_schemas::lake::table(name).unwrap();
-    let path = dir.join(name);
-    std::fs::create_dir_all(&path).unwrap();
-    let table = deltalake::DeltaTable::try_from_url(url::Url::from_directory_path(&path).unwrap())
-        .await
-        .unwrap();
-    table
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Append)
-        .with_partition_columns(spec.partition_columns.iter().map(|c| c.to_string()))
-        .await
-        .unwrap_or_else(|e| panic!("writing {name}: {e}"));
-}
-
 /// Edges aggregated from the ingested flows per hour; a decision by port (scans are
 /// potentially blocked).
 async fn write_edges(engine: &Engine, dir: &Path) {
@@ -243,114 +225,34 @@ async fn write_edges(engine: &Engine, dir: &Path) {
     write_table(dir, "edges", batch).await;
 }
 
-fn labels_builder() -> MapBuilder<StringBuilder, StringBuilder> {
-    MapBuilder::new(None, StringBuilder::new(), StringBuilder::new())
-}
-
+/// The estate's hosts as `workloads` rows, observed at `now_ns`.
 fn workloads_batch(estate: &Estate, now_ns: u64) -> RecordBatch {
-    let n = estate.hosts.len();
-    let (mut id, mut hostname, mut os, mut agent) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-    );
-    let mut addresses = ListBuilder::new(StringBuilder::new());
-    let mut ports = ListBuilder::new(StringBuilder::new());
-    let (mut labels, mut host_labels) = (labels_builder(), labels_builder());
-    let mut mode = StringBuilder::new();
-    let mut quarantined = BooleanBuilder::new();
-    let mut observed = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    for h in &estate.hosts {
-        id.append_value(&h.id);
-        hostname.append_value(&h.hostname);
-        os.append_value("linux");
-        agent.append_value("test");
-        addresses.values().append_value(h.ipv4.to_string());
-        addresses.values().append_value(h.ipv6.to_string());
-        addresses.append(true);
-        ports.values().append_value(format!(
-            "{}/{}",
-            if h.protocol == 17 { "udp" } else { "tcp" },
-            h.port
-        ));
-        ports.append(true);
-        for b in [&mut labels, &mut host_labels] {
-            for (k, v) in &h.labels {
-                b.keys().append_value(k);
-                b.values().append_value(v);
-            }
-            b.append(true).unwrap();
-        }
-        mode.append_value("visibility_only");
-        quarantined.append_value(false);
-        observed.append_value((now_ns / 1000) as i64);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(id.finish()),
-        Arc::new(hostname.finish()),
-        Arc::new(os.finish()),
-        Arc::new(agent.finish()),
-        Arc::new(addresses.finish()),
-        Arc::new(ports.finish()),
-        Arc::new(labels.finish()),
-        Arc::new(host_labels.finish()),
-        Arc::new(mode.finish()),
-        Arc::new(quarantined.finish()),
-        Arc::new(observed.finish()),
-    ];
-    assert_eq!(columns[0].len(), n);
-    RecordBatch::try_new(bulkhead_schemas::lake::workloads_schema(), columns).unwrap()
+    let workloads: Vec<Workload> = estate
+        .hosts
+        .iter()
+        .map(|h| Workload {
+            id: h.id.clone(),
+            hostname: h.hostname.clone(),
+            addresses: vec![h.ipv4.to_string(), h.ipv6.to_string()],
+            port: format!(
+                "{}/{}",
+                if h.protocol == 17 { "udp" } else { "tcp" },
+                h.port
+            ),
+            labels: h
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+        .collect();
+    common::workloads_batch(&workloads, (now_ns / 1000) as i64)
 }
 
+/// `status` rows of the estate's `hosts` (indices), at `at_ns`.
 fn status_batch(estate: &Estate, at_ns: u64, hosts: &[usize], version: i64) -> RecordBatch {
-    let mut host_id = StringBuilder::new();
-    let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let (mut state, mut mode, mut last_error) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-    );
-    let mut applied = Int64Builder::new();
-    let mut quarantined = BooleanBuilder::new();
-    let (mut rules, mut elements) = (Int32Builder::new(), Int32Builder::new());
-    let (mut rejected, mut dropped, mut pb, mut duration) = (
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-    );
-    for &i in hosts {
-        host_id.append_value(&estate.hosts[i].id);
-        at.append_value((at_ns / 1000) as i64);
-        state.append_value("applied");
-        applied.append_value(version);
-        mode.append_value("visibility_only");
-        quarantined.append_value(false);
-        rules.append_value(12);
-        elements.append_value(4);
-        last_error.append_null();
-        rejected.append_value(0);
-        dropped.append_value(0);
-        pb.append_value(7);
-        duration.append_value(1500);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(host_id.finish()),
-        Arc::new(at.finish()),
-        Arc::new(state.finish()),
-        Arc::new(applied.finish()),
-        Arc::new(mode.finish()),
-        Arc::new(quarantined.finish()),
-        Arc::new(rules.finish()),
-        Arc::new(elements.finish()),
-        Arc::new(last_error.finish()),
-        Arc::new(rejected.finish()),
-        Arc::new(dropped.finish()),
-        Arc::new(pb.finish()),
-        Arc::new(duration.finish()),
-    ];
-    RecordBatch::try_new(bulkhead_schemas::lake::status_schema(), columns).unwrap()
+    let ids: Vec<&str> = hosts.iter().map(|&i| estate.hosts[i].id.as_str()).collect();
+    common::status_batch(&ids, (at_ns / 1000) as i64, version)
 }
 
 /// Parquet files of the latest snapshot of `table`.
@@ -562,57 +464,6 @@ async fn partition_pruning_and_new_commits_without_restart() {
     assert_eq!(
         scalar(&engine, "SELECT count(*) FROM workloads").await,
         HOSTS as i64
-    );
-}
-
-async fn call(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: Option<&str>,
-    token: Option<&str>,
-) -> (StatusCode, String) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        request = request.header("authorization", format!("Bearer {t}"));
-    }
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    let request = request
-        .body(
-            body.map(|b| Body::from(b.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 64 << 20)
-        .await
-        .unwrap();
-    (status, String::from_utf8_lossy(&bytes).to_string())
-}
-
-async fn call_json(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = call(app, method, uri, body.as_deref(), None).await;
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{uri}: {e}: {text}"));
-    (status, value)
-}
-
-fn assert_error(status: StatusCode, value: &Value, expect: u16, needle: &str, what: &str) {
-    assert_eq!(status.as_u16(), expect, "{what}: {value}");
-    let message = value["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{what}: no error message: {value}"));
-    assert!(
-        message.contains(needle),
-        "{what}: {message:?} should mention {needle:?}"
     );
 }
 

@@ -3,20 +3,20 @@
 //! message, new commits visible without a restart, the bearer token on mounted routers,
 //! and a real Flight SQL client (Python ADBC) over TCP.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
-    StringBuilder, TimestampMicrosecondBuilder,
+    Date32Builder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use bulkhead_analytics::serve::{ServeConfig, Server};
 use bulkhead_analytics::{Engine, LakeLocation, Limits};
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
+
+mod common;
+use common::{Workload, assert_error, call, call_json, status_batch, write_table};
 
 const HOSTS: usize = 6;
 const NOW_US: i64 = 1_764_151_200_000_000; // 2025-11-26T10:00:00Z
@@ -35,21 +35,6 @@ fn labels(b: &mut MapBuilder<StringBuilder, StringBuilder>, i: usize) {
         b.values().append_value(v);
     }
     b.append(true).unwrap();
-}
-
-async fn write_table(dir: &Path, name: &str, batch: RecordBatch) {
-    let spec = bulkhead_schemas::lake::table(name).unwrap();
-    let path = dir.join(name);
-    std::fs::create_dir_all(&path).unwrap();
-    let table = deltalake::DeltaTable::try_from_url(url::Url::from_directory_path(&path).unwrap())
-        .await
-        .unwrap();
-    table
-        .write(vec![batch])
-        .with_save_mode(deltalake::protocol::SaveMode::Append)
-        .with_partition_columns(spec.partition_columns.iter().map(|c| c.to_string()))
-        .await
-        .unwrap_or_else(|e| panic!("writing {name}: {e}"));
 }
 
 /// Edges: every host i talks to host (i+1) % HOSTS on 5432 (allowed), host 0 scans host 5
@@ -170,160 +155,37 @@ fn edges_batch() -> RecordBatch {
 }
 
 fn workloads_batch() -> RecordBatch {
-    let (mut id, mut hostname, mut os, mut agent) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-    );
-    let mut addresses = ListBuilder::new(StringBuilder::new());
-    let mut ports = ListBuilder::new(StringBuilder::new());
-    let mut l = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-    let mut hl = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-    let mut mode = StringBuilder::new();
-    let mut quarantined = BooleanBuilder::new();
-    let mut observed = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    for i in 0..HOSTS {
-        id.append_value(host(i));
-        hostname.append_value(format!("{}-{i}.example", app(i)));
-        os.append_value("linux");
-        agent.append_value("test");
-        addresses.values().append_value(format!("10.0.0.{i}"));
-        addresses.append(true);
-        ports.values().append_value("tcp/5432");
-        ports.append(true);
-        labels(&mut l, i);
-        labels(&mut hl, i);
-        mode.append_value("visibility_only");
-        quarantined.append_value(false);
-        observed.append_value(NOW_US);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(id.finish()),
-        Arc::new(hostname.finish()),
-        Arc::new(os.finish()),
-        Arc::new(agent.finish()),
-        Arc::new(addresses.finish()),
-        Arc::new(ports.finish()),
-        Arc::new(l.finish()),
-        Arc::new(hl.finish()),
-        Arc::new(mode.finish()),
-        Arc::new(quarantined.finish()),
-        Arc::new(observed.finish()),
-    ];
-    RecordBatch::try_new(bulkhead_schemas::lake::workloads_schema(), columns).unwrap()
-}
-
-fn status_batch(hosts: &[usize], at_us: i64, version: i64) -> RecordBatch {
-    let mut host_id = StringBuilder::new();
-    let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let (mut state, mut mode, mut last_error) = (
-        StringBuilder::new(),
-        StringBuilder::new(),
-        StringBuilder::new(),
-    );
-    let mut applied = Int64Builder::new();
-    let mut quarantined = BooleanBuilder::new();
-    let (mut rules, mut elements) = (Int32Builder::new(), Int32Builder::new());
-    let (mut rejected, mut dropped, mut pb, mut duration) = (
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-    );
-    for &i in hosts {
-        host_id.append_value(host(i));
-        at.append_value(at_us);
-        state.append_value("applied");
-        applied.append_value(version);
-        mode.append_value("visibility_only");
-        quarantined.append_value(false);
-        rules.append_value(12);
-        elements.append_value(4);
-        last_error.append_null();
-        rejected.append_value(0);
-        dropped.append_value(0);
-        pb.append_value(7);
-        duration.append_value(1500);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(host_id.finish()),
-        Arc::new(at.finish()),
-        Arc::new(state.finish()),
-        Arc::new(applied.finish()),
-        Arc::new(mode.finish()),
-        Arc::new(quarantined.finish()),
-        Arc::new(rules.finish()),
-        Arc::new(elements.finish()),
-        Arc::new(last_error.finish()),
-        Arc::new(rejected.finish()),
-        Arc::new(dropped.finish()),
-        Arc::new(pb.finish()),
-        Arc::new(duration.finish()),
-    ];
-    RecordBatch::try_new(bulkhead_schemas::lake::status_schema(), columns).unwrap()
+    let workloads: Vec<Workload> = (0..HOSTS)
+        .map(|i| Workload {
+            id: host(i),
+            hostname: format!("{}-{i}.example", app(i)),
+            addresses: vec![format!("10.0.0.{i}")],
+            port: "tcp/5432".into(),
+            labels: [("app", app(i)), ("env", "prod")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        })
+        .collect();
+    common::workloads_batch(&workloads, NOW_US)
 }
 
 async fn lake() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_table(dir.path(), "edges", edges_batch()).await;
     write_table(dir.path(), "workloads", workloads_batch()).await;
-    write_table(dir.path(), "status", status_batch(&[0, 1], NOW_US, 3)).await;
     write_table(
         dir.path(),
         "status",
-        status_batch(&[0], NOW_US - 60_000_000, 2),
+        status_batch(&["host-0", "host-1"], NOW_US, 3),
+    )
+    .await;
+    write_table(
+        dir.path(),
+        "status",
+        status_batch(&["host-0"], NOW_US - 60_000_000, 2),
     )
     .await;
     dir
-}
-
-async fn call(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: Option<&str>,
-    token: Option<&str>,
-) -> (StatusCode, String) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        request = request.header("authorization", format!("Bearer {t}"));
-    }
-    let request = request
-        .body(
-            body.map(|b| Body::from(b.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 64 << 20)
-        .await
-        .unwrap();
-    (status, String::from_utf8_lossy(&bytes).to_string())
-}
-
-async fn call_json(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = call(app, method, uri, body.as_deref(), None).await;
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{uri}: {e}: {text}"));
-    (status, value)
-}
-
-fn assert_error(status: StatusCode, value: &Value, expect: u16, needle: &str, what: &str) {
-    assert_eq!(status.as_u16(), expect, "{what}: {value}");
-    let message = value["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{what}: no error: {value}"));
-    assert!(
-        message.contains(needle),
-        "{what}: {message:?} should mention {needle:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +300,7 @@ async fn http_endpoints_and_bad_input() {
     assert_eq!(list[5]["enforcer"], Value::Null);
 
     // A new commit shows up in the next request, without a restart.
-    write_table(dir.path(), "status", status_batch(&[5], NOW_US, 4)).await;
+    write_table(dir.path(), "status", status_batch(&["host-5"], NOW_US, 4)).await;
     let (_, v) = call_json(&app, "GET", "/api/v1/workloads", None).await;
     assert_eq!(v[5]["enforcer"]["applied_version"], json!(4), "{v}");
 
