@@ -161,16 +161,6 @@ impl AppendTable {
         sort_columns: &'static [&'static str],
     ) -> Result<Self, LakeError> {
         let delta = LakeError::delta(url);
-        if url.scheme() == "file"
-            && let Ok(path) = url.to_file_path()
-        {
-            std::fs::create_dir_all(&path).map_err(|e| {
-                delta(DeltaTableError::InvalidTableLocation(format!(
-                    "cannot create {}: {e}",
-                    path.display()
-                )))
-            })?;
-        }
         let table = open_table(url).await.map_err(delta)?;
         let spec = bulkhead_schemas::lake::table(name)
             .ok_or_else(|| delta(DeltaTableError::Generic(format!("no {name} table spec"))))?;
@@ -482,7 +472,16 @@ impl AppendTable {
 }
 
 /// The table at `url` at its newest commit, or unloaded when it has no commit yet.
+/// The table at `url` at its newest commit, or unloaded before its first; a local
+/// directory is created if it is missing.
 async fn open_table(url: &Url) -> Result<DeltaTable, DeltaTableError> {
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
+        std::fs::create_dir_all(&path).map_err(|e| {
+            DeltaTableError::InvalidTableLocation(format!("cannot create {}: {e}", path.display()))
+        })?;
+    }
     let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())?.build()?;
     load_latest(&mut table).await?;
     Ok(table)
@@ -634,18 +633,7 @@ pub struct SnapshotTable {
 impl SnapshotTable {
     /// Opens (or prepares to create) the read-model table at `url`.
     pub async fn open(url: &Url) -> Result<Self, LakeError> {
-        let delta = LakeError::delta(url);
-        if url.scheme() == "file"
-            && let Ok(path) = url.to_file_path()
-        {
-            std::fs::create_dir_all(&path).map_err(|e| {
-                delta(DeltaTableError::InvalidTableLocation(format!(
-                    "cannot create {}: {e}",
-                    path.display()
-                )))
-            })?;
-        }
-        let table = open_table(url).await.map_err(delta)?;
+        let table = open_table(url).await.map_err(LakeError::delta(url))?;
         Ok(Self {
             url: url.clone(),
             table,
