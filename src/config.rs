@@ -8,8 +8,10 @@ use anyhow::Context as _;
 use bulkhead_kafka::{KafkaArgs, KafkaConfig, KafkaFileConfig};
 use serde::Deserialize;
 
-/// Flags every command takes.
+/// Flags every command takes (listed under their own heading in each command's help,
+/// after the command's own flags).
 #[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Config and logging (every command)")]
 pub struct GlobalArgs {
     /// TOML config file (sections: [kafka], [collector]).
     #[arg(
@@ -38,7 +40,7 @@ pub struct GlobalArgs {
         global = true
     )]
     pub log_format: LogFormat,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Kafka (every command)")]
     pub kafka: KafkaArgs,
 }
 

@@ -63,7 +63,8 @@ enum Command {
     Enforce(bulkhead_enforcer::EnforceArgs),
     /// The host agent: collect and enforce in one process (as root, on every host).
     Agent(commands::agent::AgentArgs),
-    /// Consume flows from Kafka into the lake's `flows` Delta table, exactly once.
+    /// Consume flows from Kafka into the lake, exactly once: the `flows` and `edges` Delta
+    /// tables, and the `workloads`, `policy` and `status` read models.
     Ingest(bulkhead_ingest::IngestArgs),
     /// Maintain the lake's Delta tables: compact, vacuum, retain (safe while ingest runs).
     #[command(subcommand)]

@@ -10,7 +10,7 @@ use url::Url;
 pub struct IngestArgs {
     /// The lake: a local directory (created if missing), a file:// URL, or an S3 prefix
     /// (`s3://bucket/lake`; credentials, region and endpoint from the standard `AWS_*`
-    /// variables). The `flows` table is the Delta table `<lake>/flows`.
+    /// variables). Each table is the Delta table `<lake>/<table>` (`<lake>/flows`, …).
     #[arg(long, env = "BULKHEAD_LAKE", value_name = "DIR|URL")]
     pub lake: String,
     /// Consumer group; ingest processes of one group share the flow partitions.

@@ -1,4 +1,4 @@
-//! `bulkhead ingest`: consume flows from Kafka into the `flows` Delta table, exactly once.
+//! `bulkhead ingest`: consume flows from Kafka into the lake's tables, exactly once.
 
 use bulkhead_ingest::{IngestArgs, IngestConfig};
 
