@@ -87,7 +87,7 @@ impl Settings {
     }
 }
 
-/// Logs go to stderr through `tracing`, as text or JSON lines.
+/// Logs go to stderr through `tracing`, as text (coloured on a terminal) or JSON lines.
 pub fn init_tracing(args: &GlobalArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
         eprintln!(
@@ -96,8 +96,11 @@ pub fn init_tracing(args: &GlobalArgs) {
         );
         tracing_subscriber::EnvFilter::new("info")
     });
+    // Colours only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),

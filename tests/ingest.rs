@@ -41,13 +41,23 @@ fn synthetic(seed: u64, records: u64, batch_records: usize) -> (Vec<FlowBatch>, 
         batch_records,
     };
     let batches: Vec<FlowBatch> = estate.flows(&spec).collect();
+    let expected = expected_of(&batches);
+    assert_eq!(
+        expected.rows as u64, records,
+        "generator made {records} records"
+    );
+    (batches, expected)
+}
+
+/// What the lake holds once it holds exactly `batches`.
+fn expected_of<'a>(batches: impl IntoIterator<Item = &'a FlowBatch>) -> Expected {
     let mut expected = Expected {
         rows: 0,
         bytes: 0,
         packets: 0,
         batches: BTreeMap::new(),
     };
-    for batch in &batches {
+    for batch in batches {
         for r in &batch.records {
             expected.rows += 1;
             expected.bytes += r.bytes as i64;
@@ -62,11 +72,7 @@ fn synthetic(seed: u64, records: u64, batch_records: usize) -> (Vec<FlowBatch>, 
                 .or_default() += 1;
         }
     }
-    assert_eq!(
-        expected.rows as u64, records,
-        "generator made {records} records"
-    );
-    (batches, expected)
+    expected
 }
 
 async fn topics(config: &KafkaConfig, partitions: i32) {
@@ -810,6 +816,98 @@ async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplic
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     c.stop();
+}
+
+/// Deletes the flows topic's records of partition 0 before `offset`, as retention does.
+async fn delete_records_before(config: &KafkaConfig, offset: i64) {
+    use bulkhead_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+    use bulkhead_kafka::rdkafka::client::DefaultClientContext;
+    use bulkhead_kafka::rdkafka::{Offset, TopicPartitionList};
+    let admin: AdminClient<DefaultClientContext> = config.create(config.client_config()).unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&config.topic(Topic::Flows), 0, Offset::Offset(offset))
+        .unwrap();
+    let done = admin
+        .delete_records(&list, &AdminOptions::new())
+        .await
+        .unwrap_or_else(|e| panic!("deleting records before {offset}: {e}"));
+    for entry in done.elements() {
+        assert!(
+            entry.error().is_ok(),
+            "deleting records: {:?}",
+            entry.error()
+        );
+        assert_eq!(entry.offset(), Offset::Offset(offset), "new low watermark");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_kafka_deleted_before_ingest_read_them_are_reported_and_the_rest_lands() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-expired");
+    topics(&config, 1).await;
+    // 50 batches on one partition: offsets 0..50.
+    let (mut batches, _) = synthetic(66, 10_000, 100);
+    batches.truncate(50);
+    assert_eq!(batches.len(), 50);
+    let kept = [0..10, 20..30, 40..50];
+    let rows_of =
+        |n: usize| -> i64 { expected_of(kept[..n].iter().flat_map(|r| &batches[r.clone()])).rows };
+    let producer = Producer::new(&config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let fast = ["--commit-interval-secs", "0.3"];
+
+    // 1. Offsets 0..10 land; ingest stops.
+    publish(&producer, &config, &batches[..10]).await;
+    let mut ingest = start_ingest(&config, &lake, 0, &fast);
+    wait_for_rows(&lake, rows_of(1), &mut ingest, Duration::from_secs(60)).await;
+    ingest.stop();
+
+    // 2. While it is down, offsets 10..20 are deleted before it reads them (retention):
+    //    the restarted ingest resumes at 20 and says that 10 messages never arrived.
+    publish(&producer, &config, &batches[10..30]).await;
+    delete_records_before(&config, 20).await;
+    let mut ingest = start_ingest(&config, &lake, 1, &fast);
+    wait_for_rows(&lake, rows_of(2), &mut ingest, Duration::from_secs(60)).await;
+
+    // 3. While it runs but is frozen, offsets 30..40 come and go: after it thaws,
+    //    librdkafka skips to 40 and ingest reports the gap.
+    let pid = ingest.child.id() as i32;
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Longer than a fetch's wait (fetch.wait.max.ms, 500 ms): the fetch in flight when
+    // it froze has returned empty, so no deleted message waits in its socket.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    publish(&producer, &config, &batches[30..50]).await;
+    delete_records_before(&config, 40).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let view = wait_for_rows(&lake, rows_of(3), &mut ingest, Duration::from_secs(60)).await;
+    let log = ingest.stop();
+
+    assert_exact(
+        &view,
+        &expected_of(kept.iter().flat_map(|r| &batches[r.clone()])),
+    );
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("before ingest read them"))
+        .collect();
+    assert_eq!(reports.len(), 2, "one report per gap:\n{log}");
+    for (report, (from, to)) in reports.iter().zip([(10, 20), (30, 40)]) {
+        for field in [
+            format!("from_offset={from}"),
+            format!("to_offset={to}"),
+            "messages=10".into(),
+        ] {
+            assert!(report.contains(&field), "{field} missing: {report}");
+        }
+    }
+    assert!(
+        log.contains("20 messages deleted from Kafka before they were read"),
+        "the second run's summary counts both gaps:\n{log}"
+    );
 }
 
 fn bulkhead_lake(args: &[&str], lake: &Path) -> String {

@@ -79,6 +79,8 @@ pub struct Summary {
     pub commits: u64,
     pub dead_letters: u64,
     pub duplicates_skipped: u64,
+    /// Messages Kafka deleted before they were read (see [`telemetry::expired`]).
+    pub messages_expired: u64,
 }
 
 /// Partitions handed to or taken from this process, seen in the rebalance callbacks
@@ -588,6 +590,17 @@ impl Ingest {
             return Ok(());
         };
         match position(state, offset) {
+            // More than a transaction marker's offset missing mid-stream: librdkafka
+            // moved on from offsets the broker no longer has, or a reader deleted them.
+            Position::Accept if state.started && offset > state.next + 1 => {
+                let missing_from = state.next;
+                let low = self.low_watermark(consumer, partition);
+                if low > missing_from {
+                    let to = low.min(offset);
+                    telemetry::expired(partition, missing_from, to);
+                    self.summary.messages_expired += (to - missing_from) as u64;
+                }
+            }
             Position::Accept => {}
             Position::Replayed { seek_forward } => {
                 telemetry::duplicate_skipped(partition, offset, state.next);
@@ -609,6 +622,10 @@ impl Ingest {
                     .partitions
                     .get_mut(&partition)
                     .ok_or_else(|| internal(partition))?;
+                if low > state.next {
+                    telemetry::expired(partition, state.next, low);
+                    self.summary.messages_expired += (low - state.next) as u64;
+                }
                 let target = state.next.max(low);
                 state.next = target;
                 if offset != target {

@@ -15,6 +15,7 @@ pub const METRICS: &[&str] = &[
     "bulkhead_ingest_commit_duration_seconds",
     "bulkhead_ingest_dead_letters_total",
     "bulkhead_ingest_duplicates_skipped_total",
+    "bulkhead_ingest_expired_messages_total",
     "bulkhead_ingest_lake_retries_total",
     "bulkhead_ingest_lag_messages",
     "bulkhead_ingest_buffered_rows",
@@ -56,6 +57,20 @@ pub fn duplicate_skipped(partition: i32, offset: i64, next: i64) {
         "skipping a message already in the lake"
     );
     metrics::counter!("bulkhead_ingest_duplicates_skipped_total").increment(1);
+}
+
+/// Offsets `from..to` of `partition` were deleted from Kafka (retention, or records
+/// deleted by an operator) before ingest read them: they can never reach the lake.
+pub fn expired(partition: i32, from: i64, to: i64) {
+    tracing::error!(
+        partition,
+        from_offset = from,
+        to_offset = to,
+        messages = to - from,
+        "messages deleted from Kafka (retention or deleted records) before ingest read them: \
+         they are not in the lake"
+    );
+    metrics::counter!("bulkhead_ingest_expired_messages_total").increment((to - from) as u64);
 }
 
 pub fn committed(version: i64, rows: usize, partitions: usize, took: Duration) {

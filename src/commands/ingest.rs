@@ -10,8 +10,13 @@ pub async fn run(settings: &Settings, args: IngestArgs) -> anyhow::Result<()> {
     super::serve_metrics(&args.metrics_addr);
     let summary = bulkhead_ingest::run(config, &settings.kafka, super::shutdown_signal()).await?;
     eprintln!(
-        "ingest stopped: {} rows in {} commits, {} dead letters, {} replayed messages skipped",
-        summary.rows_written, summary.commits, summary.dead_letters, summary.duplicates_skipped
+        "ingest stopped: {} rows in {} commits, {} dead letters, {} replayed messages skipped, \
+         {} messages deleted from Kafka before they were read",
+        summary.rows_written,
+        summary.commits,
+        summary.dead_letters,
+        summary.duplicates_skipped,
+        summary.messages_expired
     );
     Ok(())
 }
