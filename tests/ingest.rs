@@ -850,7 +850,7 @@ async fn messages_kafka_deleted_before_ingest_read_them_are_reported_and_the_res
     let (mut batches, _) = synthetic(66, 10_000, 100);
     batches.truncate(50);
     assert_eq!(batches.len(), 50);
-    let kept = [0..10, 20..30, 40..50];
+    let kept = [5..10, 20..30, 40..50];
     let rows_of =
         |n: usize| -> i64 { expected_of(kept[..n].iter().flat_map(|r| &batches[r.clone()])).rows };
     let producer = Producer::new(&config).unwrap();
@@ -858,11 +858,22 @@ async fn messages_kafka_deleted_before_ingest_read_them_are_reported_and_the_res
     let lake = dir.path().join("lake");
     let fast = ["--commit-interval-secs", "0.3"];
 
-    // 1. Offsets 0..10 land; ingest stops.
+    // 1. Offsets 0..5 are gone before the lake exists: a new lake starts at 5, which is
+    //    no loss of the lake's. Offsets 5..10 land; ingest stops.
     publish(&producer, &config, &batches[..10]).await;
+    delete_records_before(&config, 5).await;
     let mut ingest = start_ingest(&config, &lake, 0, &fast);
     wait_for_rows(&lake, rows_of(1), &mut ingest, Duration::from_secs(60)).await;
-    ingest.stop();
+    let log = ingest.stop();
+    assert!(
+        log.contains("the lake has nothing of this partition yet"),
+        "{log}"
+    );
+    assert!(!log.contains("before ingest read them"), "{log}");
+    assert!(
+        log.contains(", 0 messages deleted from Kafka before they were read"),
+        "{log}"
+    );
 
     // 2. While it is down, offsets 10..20 are deleted before it reads them (retention):
     //    the restarted ingest resumes at 20 and says that 10 messages never arrived.
@@ -905,7 +916,7 @@ async fn messages_kafka_deleted_before_ingest_read_them_are_reported_and_the_res
         }
     }
     assert!(
-        log.contains("20 messages deleted from Kafka before they were read"),
+        log.contains(", 20 messages deleted from Kafka before they were read"),
         "the second run's summary counts both gaps:\n{log}"
     );
 }

@@ -622,7 +622,16 @@ impl Ingest {
                     .partitions
                     .get_mut(&partition)
                     .ok_or_else(|| internal(partition))?;
-                if low > state.next {
+                if low > state.next && state.table_offset.is_none() && state.edges_offset.is_none()
+                {
+                    // A new lake never had the messages Kafka let go before it existed.
+                    tracing::warn!(
+                        partition,
+                        offset = low,
+                        "the lake has nothing of this partition yet: starting at the oldest \
+                         offset Kafka still has"
+                    );
+                } else if low > state.next {
                     telemetry::expired(partition, state.next, low);
                     self.summary.messages_expired += (low - state.next) as u64;
                 }
