@@ -565,11 +565,16 @@ impl Ingest {
         }
     }
 
-    fn seek(&self, consumer: &FlowConsumer, partition: i32, to: Offset) {
-        if let Err(e) = consumer.seek(&self.topic, partition, to, Duration::from_secs(10)) {
-            // Not fatal: the offset filter still keeps duplicates out; a stale position
-            // is corrected at the next sync.
-            tracing::warn!(partition, ?to, error = %e, "seek failed");
+    /// Moves the consumer of `partition` to `to`; false if librdkafka refused.
+    fn seek(&self, consumer: &FlowConsumer, partition: i32, to: Offset) -> bool {
+        match consumer.seek(&self.topic, partition, to, Duration::from_secs(10)) {
+            Ok(()) => true,
+            Err(e) => {
+                // Not fatal: the offset filter still keeps duplicates out, and a position
+                // still behind is sought again at the next message.
+                tracing::warn!(partition, ?to, error = %e, "seek failed");
+                false
+            }
         }
     }
 
@@ -638,8 +643,12 @@ impl Ingest {
                 let target = state.next.max(low);
                 state.next = target;
                 if offset != target {
-                    state.exact = true;
-                    self.seek(consumer, partition, Offset::Offset(target));
+                    // Skip what was fetched before the seek, until `target` comes. If the
+                    // seek failed, nothing would come: the next message seeks again.
+                    let sought = self.seek(consumer, partition, Offset::Offset(target));
+                    if let Some(state) = self.partitions.get_mut(&partition) {
+                        state.exact = sought;
+                    }
                     return Ok(());
                 }
             }
