@@ -13,7 +13,7 @@ use serde::Deserialize;
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "Config and logging (every command)")]
 pub struct GlobalArgs {
-    /// TOML config file (sections: [kafka], [collector]).
+    /// TOML config file (sections: `[kafka]`, `[collector]`).
     #[arg(
         long,
         short = 'c',

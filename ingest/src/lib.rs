@@ -12,7 +12,7 @@
 //! [`IngestConfig::from_args`] without side effects). `bulkhead ingest` is the command.
 //!
 //! - [`config`]: flags and their pure validation.
-//! - [`run`]: the consume → buffer → seal loop, rebalances, shutdown.
+//! - [`run`](mod@run): the consume → buffer → seal loop, rebalances, shutdown.
 //! - `committer`: the thread that sorts, encodes and commits sealed buffers while the
 //!   loop reads on, and answers a partition's offsets in the tables.
 //! - [`writer`]: the Delta tables: sorted zstd Parquet, one `txn` per Kafka partition in

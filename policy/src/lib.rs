@@ -6,14 +6,14 @@
 //! table (simulation).
 //! Produces: attributed control events, signed `PolicyVersion`s on the compacted
 //! `bulkhead.policy.v1`, simulations, Kubernetes NetworkPolicy exports, and the policy
-//! part of the HTTP API ([`router`]).
+//! part of the HTTP API ([`router`](mod@router)).
 //!
 //! - [`state`]: the fold ([`state::PolicyState::apply`] refuses bad events without
 //!   changing anything);
 //! - [`engine`]: the single writer (check, publish, apply; signing key handling);
 //! - [`simulate`]: flows replayed against draft and active policy per app;
 //! - [`export`]: NetworkPolicy YAML;
-//! - [`router`]: the axum routes of HTTP-API.md.
+//! - [`router`](mod@router): the axum routes of HTTP-API.md.
 
 pub mod engine;
 pub mod export;

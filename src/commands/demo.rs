@@ -19,7 +19,7 @@ use crate::config::Settings;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Third octet of the lab's addresses, 10.250.<net>.0/24 (220-254).
+    /// Third octet N of the lab's addresses, 10.250.N.0/24 (220-254).
     #[arg(long, default_value_t = DEFAULT_NET)]
     pub net: u8,
     /// The broker's lab listener, which the agents in the lab's namespaces use.
@@ -38,7 +38,7 @@ pub struct DemoArgs {
         env = "BULKHEAD_DEMO_DIR"
     )]
     pub state_dir: PathBuf,
-    /// The lake [default: <state-dir>/lake].
+    /// The lake [default: STATE_DIR/lake].
     #[arg(long)]
     pub lake: Option<PathBuf>,
     /// The console's built assets (console/build makes them).

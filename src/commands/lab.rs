@@ -25,7 +25,7 @@ pub enum LabCommand {
     /// dns; monitoring; an internet host; an unlabeled rogue host), their listeners, and
     /// `bulkhead agent` in every estate host. Needs root and the broker's lab listener.
     Up {
-        /// Third octet of the lab's addresses, 10.250.<net>.0/24 (220-254).
+        /// Third octet N of the lab's addresses, 10.250.N.0/24 (220-254).
         #[arg(long, default_value_t = DEFAULT_NET)]
         net: u8,
         /// The broker address the agents use: the lab listener on the bridge bhlab0.

@@ -44,7 +44,7 @@ pub struct DemoOptions {
     /// The broker's lab listener, for the agents in the lab's namespaces.
     pub agent_kafka: String,
     pub topic_prefix: String,
-    /// Third octet of the lab's addresses (10.250.<net>.0/24).
+    /// Third octet of the lab's addresses (10.250.`net`.0/24).
     pub net: u8,
     /// HTTP API and console.
     pub listen: SocketAddr,

@@ -34,7 +34,7 @@ use crate::lab::{LAB_BRIDGE, LAB_GATEWAY, lab_bridge};
 use host::{CallPlan, HostPlan, ProgramPlan};
 
 pub const DEFAULT_STATE_DIR: &str = "/run/bulkhead-lab";
-/// Third octet of the lab's addresses (10.250.<net>.0/24); the test suite's hosts use
+/// Third octet of the lab's addresses (10.250.`net`.0/24); the test suite's hosts use
 /// 20-219, so the lab takes 220-254.
 pub const DEFAULT_NET: u8 = 240;
 const STATE_FILE: &str = "lab.json";
