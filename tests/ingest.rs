@@ -1108,6 +1108,10 @@ fn bad_ingest_settings_are_refused_before_anything_starts() {
             vec!["--lake", "/tmp/l", "--commit-interval-secs", "0"],
             "--commit-interval-secs",
         ),
+        (
+            vec!["--lake", "/tmp/l", "--metrics-addr", "localhost"],
+            "--metrics-addr \"localhost\"",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
             .arg("ingest")

@@ -33,7 +33,7 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> anyhow::Result<()> {
         )?);
     }
     let enforcer_config = EnforcerConfig::from_args(&enforce)?;
-    super::serve_metrics(&enforce.metrics_addr);
+    super::serve_metrics(&enforce.metrics_addr)?;
 
     let output = Output::Kafka(settings.kafka.clone());
     let collector =

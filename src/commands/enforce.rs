@@ -38,7 +38,7 @@ pub async fn run(settings: &Settings, args: EnforceArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    super::serve_metrics(&args.metrics_addr);
+    super::serve_metrics(&args.metrics_addr)?;
     agent::run(config, &settings.kafka, super::shutdown_signal()).await?;
     Ok(())
 }

@@ -30,19 +30,23 @@ pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Serves Prometheus metrics on `addr` (empty: off). A failure to listen is logged, not
-/// fatal: a service keeps doing its job without its metrics endpoint.
-pub fn serve_metrics(addr: &str) {
+/// Serves Prometheus metrics on `addr` (empty: off). An address that is not host:port is
+/// a configuration error and refused; a failure to listen on a good one (the port taken)
+/// is logged, not fatal: a service keeps doing its job without its metrics endpoint.
+pub fn serve_metrics(addr: &str) -> anyhow::Result<()> {
     if addr.is_empty() {
-        return;
+        return Ok(());
     }
-    let parsed: std::net::SocketAddr = match addr.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(addr, error = %e, "metrics address is not host:port; metrics are off");
-            return;
-        }
+    let refused = |problem: String| {
+        anyhow::anyhow!(
+            "--metrics-addr {addr:?}: {problem} (host:port, or empty to turn metrics off)"
+        )
     };
+    // A host name (`localhost:9462`) is resolved; its first address is served.
+    let parsed = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| refused(e.to_string()))?
+        .next()
+        .ok_or_else(|| refused("no address".into()))?;
     match metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(parsed)
         .install()
@@ -50,6 +54,7 @@ pub fn serve_metrics(addr: &str) {
         Ok(()) => tracing::info!(%parsed, "serving Prometheus metrics at /metrics"),
         Err(e) => tracing::warn!(%parsed, error = %e, "cannot serve metrics"),
     }
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.
