@@ -290,6 +290,52 @@ fn collect_refuses_bad_settings_with_the_input_named() {
     assert!(text(&output).contains(expected), "{}", text(&output));
 }
 
+#[test]
+fn agent_and_enforcer_refuse_bad_metrics_settings_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().to_str().unwrap();
+    assert!(
+        bulkhead(&["policy", "keygen", "--out", keys])
+            .status
+            .success()
+    );
+    let public = dir.path().join("policy-signing.pub.pem");
+    let public = public.to_str().unwrap();
+    for (args, needle) in [
+        // The agent's one endpoint is --metrics-addr; the collector's flag would be unused.
+        (
+            vec![
+                "agent",
+                "--policy-key",
+                public,
+                "--metrics-listen",
+                "127.0.0.1:9",
+            ],
+            "give it with --metrics-addr",
+        ),
+        (
+            vec![
+                "enforce",
+                "--policy-key",
+                public,
+                "--host-id",
+                "h1",
+                "--metrics-addr",
+                "nine",
+            ],
+            "--metrics-addr \"nine\"",
+        ),
+    ] {
+        let output = bulkhead(&args);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(
+            text(&output).contains(needle),
+            "{args:?}: {}",
+            text(&output)
+        );
+    }
+}
+
 /// Ids of the loaded BPF programs named `bh_*` (the collector's), from `bpftool`.
 fn bh_programs() -> Vec<u32> {
     let output = std::process::Command::new("bpftool")
