@@ -565,6 +565,12 @@ impl Ingest {
         }
     }
 
+    /// Offsets `from..to` of `partition` are gone from Kafka and will never be read.
+    fn expired(&mut self, partition: i32, from: i64, to: i64) {
+        telemetry::expired(partition, from, to);
+        self.summary.messages_expired += (to - from) as u64;
+    }
+
     /// Moves the consumer of `partition` to `to`; false if librdkafka refused.
     fn seek(&self, consumer: &FlowConsumer, partition: i32, to: Offset) -> bool {
         match consumer.seek(&self.topic, partition, to, Duration::from_secs(10)) {
@@ -601,9 +607,7 @@ impl Ingest {
                 let missing_from = state.next;
                 let low = self.low_watermark(consumer, partition);
                 if low > missing_from {
-                    let to = low.min(offset);
-                    telemetry::expired(partition, missing_from, to);
-                    self.summary.messages_expired += (to - missing_from) as u64;
+                    self.expired(partition, missing_from, low.min(offset));
                 }
             }
             Position::Accept => {}
@@ -627,8 +631,13 @@ impl Ingest {
                     .partitions
                     .get_mut(&partition)
                     .ok_or_else(|| internal(partition))?;
-                if low > state.next && state.table_offset.is_none() && state.edges_offset.is_none()
-                {
+                let (next, new_lake) = (
+                    state.next,
+                    state.table_offset.is_none() && state.edges_offset.is_none(),
+                );
+                let target = next.max(low);
+                state.next = target;
+                if low > next && new_lake {
                     // A new lake never had the messages Kafka let go before it existed.
                     tracing::warn!(
                         partition,
@@ -636,12 +645,9 @@ impl Ingest {
                         "the lake has nothing of this partition yet: starting at the oldest \
                          offset Kafka still has"
                     );
-                } else if low > state.next {
-                    telemetry::expired(partition, state.next, low);
-                    self.summary.messages_expired += (low - state.next) as u64;
+                } else if low > next {
+                    self.expired(partition, next, low);
                 }
-                let target = state.next.max(low);
-                state.next = target;
                 if offset != target {
                     // Skip what was fetched before the seek, until `target` comes. If the
                     // seek failed, nothing would come: the next message seeks again.
