@@ -851,8 +851,8 @@ async fn messages_kafka_deleted_before_ingest_read_them_are_reported_and_the_res
     batches.truncate(50);
     assert_eq!(batches.len(), 50);
     let kept = [5..10, 20..30, 40..50];
-    let rows_of =
-        |n: usize| -> i64 { expected_of(kept[..n].iter().flat_map(|r| &batches[r.clone()])).rows };
+    // What the lake holds once the first `n` kept ranges landed.
+    let landed = |n: usize| expected_of(kept[..n].iter().flat_map(|r| &batches[r.clone()]));
     let producer = Producer::new(&config).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
@@ -863,7 +863,7 @@ async fn messages_kafka_deleted_before_ingest_read_them_are_reported_and_the_res
     publish(&producer, &config, &batches[..10]).await;
     delete_records_before(&config, 5).await;
     let mut ingest = start_ingest(&config, &lake, 0, &fast);
-    wait_for_rows(&lake, rows_of(1), &mut ingest, Duration::from_secs(60)).await;
+    wait_for_rows(&lake, landed(1).rows, &mut ingest, Duration::from_secs(60)).await;
     let log = ingest.stop();
     assert!(
         log.contains("the lake has nothing of this partition yet"),
@@ -880,7 +880,7 @@ async fn messages_kafka_deleted_before_ingest_read_them_are_reported_and_the_res
     publish(&producer, &config, &batches[10..30]).await;
     delete_records_before(&config, 20).await;
     let mut ingest = start_ingest(&config, &lake, 1, &fast);
-    wait_for_rows(&lake, rows_of(2), &mut ingest, Duration::from_secs(60)).await;
+    wait_for_rows(&lake, landed(2).rows, &mut ingest, Duration::from_secs(60)).await;
 
     // 3. While it runs but is frozen, offsets 30..40 come and go: after it thaws,
     //    librdkafka skips to 40 and ingest reports the gap.
@@ -894,13 +894,10 @@ async fn messages_kafka_deleted_before_ingest_read_them_are_reported_and_the_res
     delete_records_before(&config, 40).await;
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    let view = wait_for_rows(&lake, rows_of(3), &mut ingest, Duration::from_secs(60)).await;
+    let view = wait_for_rows(&lake, landed(3).rows, &mut ingest, Duration::from_secs(60)).await;
     let log = ingest.stop();
 
-    assert_exact(
-        &view,
-        &expected_of(kept.iter().flat_map(|r| &batches[r.clone()])),
-    );
+    assert_exact(&view, &landed(kept.len()));
     let reports: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("before ingest read them"))

@@ -637,16 +637,18 @@ impl Ingest {
                 );
                 let target = next.max(low);
                 state.next = target;
-                if low > next && new_lake {
-                    // A new lake never had the messages Kafka let go before it existed.
-                    tracing::warn!(
-                        partition,
-                        offset = low,
-                        "the lake has nothing of this partition yet: starting at the oldest \
-                         offset Kafka still has"
-                    );
-                } else if low > next {
-                    self.expired(partition, next, low);
+                if low > next {
+                    if new_lake {
+                        // A new lake never had the messages Kafka let go before it existed.
+                        tracing::warn!(
+                            partition,
+                            offset = low,
+                            "the lake has nothing of this partition yet: starting at the \
+                             oldest offset Kafka still has"
+                        );
+                    } else {
+                        self.expired(partition, next, low);
+                    }
                 }
                 if offset != target {
                     // Skip what was fetched before the seek, until `target` comes. If the

@@ -471,7 +471,6 @@ impl AppendTable {
     }
 }
 
-/// The table at `url` at its newest commit, or unloaded when it has no commit yet.
 /// The table at `url` at its newest commit, or unloaded before its first; a local
 /// directory is created if it is missing.
 async fn open_table(url: &Url) -> Result<DeltaTable, DeltaTableError> {
