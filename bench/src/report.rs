@@ -5,13 +5,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::Summary;
 
 /// One headline figure: a measurement, the baseline measured in the same run, and their
 /// ratio, with the target the issue set (as text: "≥ 5×", "< 10 s").
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Figure {
     pub bench: String,
     pub name: String,
@@ -23,7 +23,7 @@ pub struct Figure {
     pub target: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Baseline {
     pub name: String,
     pub value: Summary,
@@ -60,7 +60,7 @@ impl Figure {
 }
 
 /// The figures of one run of `bench`, with what the run was.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub started: String,
     pub quick: bool,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Summary of repeated measurements.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub median: f64,
@@ -60,8 +60,8 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Starts a new peak-memory measurement, so that in `bench all` one benchmark's peak is
-/// not an earlier one's: returns freed heap to the kernel (`mi_collect`: the allocator
+/// Starts a new peak-memory measurement, so that one measurement's peak is not an earlier
+/// one's in the same process (the recommender's sizes): returns freed heap to the kernel (`mi_collect`: the allocator
 /// keeps it otherwise, and it would count as resident), then resets VmHWM to the current
 /// resident size (writing `5` to `/proc/self/clear_refs`).
 pub fn reset_peak_rss() {

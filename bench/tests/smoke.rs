@@ -165,3 +165,53 @@ fn recommend_benchmark_runs_and_fits_an_exponent() {
     positive(&report, "simulation_from_rows.total_ms.median");
     positive(&report, "simulation_from_rows.scan_only_ms.median");
 }
+
+/// `bench all` runs each benchmark in a process of its own and gathers their figures into
+/// one report; one that cannot run is listed with why, and the others still report.
+#[test]
+fn all_gathers_each_benchmarks_figures_and_lists_one_that_did_not_run() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "all",
+            "--quick",
+            "--skip",
+            "collector,enforcer,query,recommend",
+        ])
+        .args(["--bulkhead", "/nonexistent/bulkhead", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("the bench binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "bench all failed:\n{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("latest.json")).unwrap())
+            .unwrap();
+    let figures = report["figures"].as_array().expect("figures");
+    assert!(
+        figures.iter().all(|f| f["bench"] == "schemas") && !figures.is_empty(),
+        "only the schemas benchmark has figures: {report:#}"
+    );
+    positive(&figures[0], "value.median");
+    let skipped = report["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1, "{report:#}");
+    assert_eq!(skipped[0][0], "ingest");
+    assert!(!skipped[0][1].as_str().unwrap().is_empty(), "{report:#}");
+    let markdown = std::fs::read_to_string(out.path().join("latest.md")).unwrap();
+    assert!(markdown.contains("**ingest did not run:**"), "{markdown}");
+    let mut files: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    // Each benchmark's own results, the report, and no part left behind.
+    assert_eq!(
+        files,
+        ["latest.json", "latest.md", "schemas.json"],
+        "{text}"
+    );
+}
