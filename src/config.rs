@@ -106,4 +106,47 @@ pub fn init_tracing(args: &GlobalArgs) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    std::panic::set_hook(Box::new(log_panic));
+}
+
+/// A panic goes through `tracing` too, as an ERROR with the thread and the place (and a
+/// backtrace when `RUST_BACKTRACE` asks for one): JSON logs stay JSON lines, and a panic
+/// is found where the other errors are.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let place = info
+        .location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let thread = thread.name().unwrap_or("unnamed");
+    if is_caught_abort_of_failed_upload(message, &place) {
+        tracing::debug!(
+            thread,
+            place,
+            "object_store refused to abort an upload that had already failed (delta-rs catches this; the write's error follows)"
+        );
+        return;
+    }
+    let backtrace = std::backtrace::Backtrace::capture();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        tracing::error!(thread, place, %backtrace, "panicked: {message}");
+    } else {
+        tracing::error!(thread, place, "panicked: {message}");
+    }
+}
+
+/// The one panic Bulkhead knows to be caught: when a Parquet file cannot be written (a
+/// full disk), delta-rs aborts the upload, object_store's `BufWriter::abort` panics
+/// because the upload already ended, and delta-rs catches that. Logged as a panic, it
+/// read as ingest crashing on every retry while the disk was full.
+fn is_caught_abort_of_failed_upload(message: &str, place: &str) -> bool {
+    message == "Already shut down"
+        && place.contains("object_store")
+        && place.contains("buffered.rs")
 }

@@ -1021,27 +1021,34 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lake_that_refuses_writes_stops_progress_loses_nothing_and_recovers() {
-    let kafka = require_kafka!();
-    let config = kafka.config("ingest-lake-down");
-    topics(&config, 1).await;
+const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+/// 2025-11-26T00:00Z.
+const NOV_26_NS: u64 = 1_764_115_200_000_000_000;
+
+/// Two rounds of 3,000 flows in batches of 500: the first in hour 0 of 2025-11-26, the
+/// second in hour 5 (a partition directory the first did not create).
+fn two_rounds() -> (Vec<FlowBatch>, Vec<FlowBatch>) {
     let estate = Estate::generate(77, 30);
-    let hour_ns = 3_600 * 1_000_000_000;
-    let phase = |seed: u64, start_unix_ns: u64| -> Vec<FlowBatch> {
+    let round = |seed: u64, start_unix_ns: u64| -> Vec<FlowBatch> {
         estate
             .flows(&FlowSpec {
                 seed,
                 records: 3_000,
                 start_unix_ns,
-                span_ns: hour_ns / 6,
+                span_ns: HOUR_NS / 6,
                 batch_records: 500,
             })
             .collect()
     };
-    let day = 1_764_115_200_000_000_000; // 2025-11-26T00:00Z
-    let first = phase(1, day);
-    let second = phase(2, day + 5 * hour_ns);
+    (round(1, NOV_26_NS), round(2, NOV_26_NS + 5 * HOUR_NS))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lake_that_refuses_writes_stops_progress_loses_nothing_and_recovers() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-lake-down");
+    topics(&config, 1).await;
+    let (first, second) = two_rounds();
     let producer = Producer::new(&config).unwrap();
     publish(&producer, &config, &first).await;
     let dir = tempfile::tempdir().unwrap();
@@ -1090,6 +1097,142 @@ async fn a_lake_that_refuses_writes_stops_progress_loses_nothing_and_recovers() 
     assert_eq!(view.rows, 6_000);
     let expected_batches = first.len() + second.len();
     assert_eq!(view.batches.len(), expected_batches);
+    ingest.stop();
+}
+
+/// A real filesystem of `mib` MiB (tmpfs, mounted on a new directory; root only) that a
+/// test can fill up; unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (said loudly) when not root; under CI that is a failure instead.
+    fn mount(mib: u32) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let why = "mounting a small tmpfs needs root";
+            assert!(
+                !bulkhead_bench::lab::required(),
+                "{why}, and this run requires it"
+            );
+            eprintln!("\n*** SKIPPED: {why}. Run dev/test as root.\n");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let size = format!("size={mib}m");
+        let mountpoint = dir.path().to_str().unwrap();
+        bulkhead_bench::lab::run(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &size,
+            "bulkhead-test",
+            mountpoint,
+        ]);
+        Some(Self { dir })
+    }
+
+    /// Takes every free byte with one file, which is returned.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let error = loop {
+            if let Err(e) = file.write_all(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(
+            error.raw_os_error(),
+            Some(libc::ENOSPC),
+            "filling the disk: {error}"
+        );
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A lake on a disk that fills up: the commit that does not fit fails with the system's
+/// reason, ingest keeps running and retrying, the table stays as it was, and once there is
+/// room the commit lands exactly once, leaving no file of the failed attempts behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_progress_with_the_reason_and_the_commit_lands_once_there_is_room() {
+    let kafka = require_kafka!();
+    let Some(disk) = SmallDisk::mount(32) else {
+        return;
+    };
+    let config = kafka.config("ingest-disk-full");
+    topics(&config, 1).await;
+    let (first, second) = two_rounds();
+    let producer = Producer::new(&config).unwrap();
+    publish(&producer, &config, &first).await;
+    let lake = disk.dir.path().join("lake");
+    let logs = tempfile::tempdir().unwrap();
+    let mut ingest = spawn_ingest(
+        &config,
+        lake.as_os_str(),
+        logs.path().join("ingest.log"),
+        &["--commit-interval-secs", "0.3", "--retry-max-secs", "0.5"],
+        &[],
+    );
+    wait_for_rows(&lake, 3_000, &mut ingest, Duration::from_secs(90)).await;
+    let filler = disk.fill();
+    publish(&producer, &config, &second).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = || std::fs::read_to_string(logs.path().join("ingest.log")).unwrap_or_default();
+    while !(log().contains("cannot commit to the lake")
+        && log().contains("No space left on device"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no commit error with the system's reason:\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ingest.assert_running();
+    assert_eq!(
+        read_lake(&lake).await.unwrap().rows,
+        3_000,
+        "nothing half-written"
+    );
+    let text = log();
+    assert!(
+        text.contains("writing data files of file://") && !text.contains("panicked"),
+        "the error names the table and the reason, and nothing reads as a crash:\n{}",
+        ingest.log_tail()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    wait_for_rows(&lake, 6_000, &mut ingest, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = read_lake(&lake).await.unwrap();
+    assert_exact(&view, &expected_of(first.iter().chain(&second)));
+    let referenced: Vec<String> = view
+        .files
+        .iter()
+        .map(|uri| uri.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let unreferenced: Vec<PathBuf> = walk(&lake.join("flows"))
+        .into_iter()
+        .filter(|p| !p.starts_with(lake.join("flows/_delta_log")))
+        .filter(|p| !referenced.iter().any(|name| p.ends_with(name)))
+        .collect();
+    assert!(
+        unreferenced.is_empty(),
+        "files of failed attempts left on the disk: {unreferenced:?}"
+    );
     ingest.stop();
 }
 

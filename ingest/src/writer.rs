@@ -100,6 +100,10 @@ pub enum LakeError {
         #[source]
         source: Box<DeltaTableError>,
     },
+    /// A commit's data files could not be written (full disk, no permission, store
+    /// down); nothing was committed.
+    #[error("writing data files of {url}: {reason}")]
+    Files { url: Url, reason: String },
     #[error("sorting rows for {url}: {source}")]
     Arrow {
         url: Url,
@@ -114,6 +118,24 @@ impl LakeError {
         move |source| LakeError::Delta {
             url: url.clone(),
             source: Box::new(source),
+        }
+    }
+
+    /// Writing data files of the table at `url` failed: the reason without delta-rs's
+    /// wrapping, which calls every Parquet write error "Failed to parse parquet:
+    /// External: …" (its variant is meant for reading checkpoints).
+    pub fn files(url: &Url, source: DeltaTableError) -> LakeError {
+        use deltalake::parquet::errors::ParquetError;
+        let reason = match source {
+            DeltaTableError::Parquet {
+                source: ParquetError::External(cause),
+            } => cause.to_string(),
+            DeltaTableError::Parquet { source } => source.to_string(),
+            other => other.to_string(),
+        };
+        LakeError::Files {
+            url: url.clone(),
+            reason,
         }
     }
 
@@ -376,7 +398,7 @@ impl AppendTable {
             writer
                 .write_partition(slice, &values)
                 .await
-                .map_err(|source| self.delta_error(source))?;
+                .map_err(|source| self.files_error(source))?;
         }
         Ok(())
     }
@@ -414,7 +436,7 @@ impl AppendTable {
         let adds = writer
             .close()
             .await
-            .map_err(|source| self.delta_error(source))?;
+            .map_err(|source| self.files_error(source))?;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: (!self.partition_columns.is_empty())
@@ -437,6 +459,10 @@ impl AppendTable {
 
     fn delta_error(&self, source: DeltaTableError) -> LakeError {
         LakeError::delta(&self.url)(source)
+    }
+
+    fn files_error(&self, source: DeltaTableError) -> LakeError {
+        LakeError::files(&self.url, source)
     }
 
     fn arrow_error(&self, source: ArrowError) -> LakeError {
@@ -658,7 +684,10 @@ impl SnapshotTable {
             .with_writer_properties(self.writer_properties.clone())
             .with_commit_properties(CommitProperties::default().with_max_retries(5))
             .await
-            .map_err(delta)?;
+            .map_err(|source| match source {
+                DeltaTableError::Parquet { .. } => LakeError::files(&self.url, source),
+                other => delta(other),
+            })?;
         self.table = written;
         Ok(self.table.version().map_or(0, |v| v as i64))
     }
