@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     let settings = match config::Settings::load(&cli.global) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("bulkhead: {e:#}");
+            eprintln!("bulkhead: {}", bulkhead_schemas::error_line(e.as_ref()));
             return ExitCode::from(2);
         }
     };
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bulkhead: {e:#}");
+            eprintln!("bulkhead: {}", bulkhead_schemas::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1163,9 +1163,10 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A lake on a disk that fills up: the commit that does not fit fails with the system's
-/// reason, ingest keeps running and retrying, the table stays as it was, and once there is
-/// room the commit lands exactly once, leaving no file of the failed attempts behind.
+/// A lake on a disk that fills up: the commit whose files do not fit fails with the
+/// system's reason, ingest keeps running and retrying, the table stays as it was, and once
+/// there is room the commit lands exactly once, leaving no part of the files it could not
+/// write behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_progress_with_the_reason_and_the_commit_lands_once_there_is_room() {
     let kafka = require_kafka!();

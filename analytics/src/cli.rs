@@ -195,7 +195,7 @@ async fn repl(engine: &Engine, format: Format) -> anyhow::Result<()> {
         let started = Instant::now();
         match run_one(engine, &sql, format, None).await {
             Ok(()) => eprintln!("({:.3} s)", started.elapsed().as_secs_f64()),
-            Err(e) => eprintln!("error: {e:#}"),
+            Err(e) => eprintln!("error: {}", bulkhead_schemas::error_line(e.as_ref())),
         }
     }
     let _ = editor.save_history(&history);

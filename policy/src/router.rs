@@ -153,7 +153,10 @@ async fn label_suggestions(State(engine): State<AppState>) -> ApiResult {
     .map_err(|e| {
         ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("cannot read the edges: {e:#}"),
+            format!(
+                "cannot read the edges: {}",
+                bulkhead_schemas::error_line(e.as_ref())
+            ),
         )
     })?;
     Ok(Json(
@@ -341,7 +344,10 @@ async fn simulate(State(engine): State<AppState>, bytes: axum::body::Bytes) -> A
         .map_err(|e| {
             ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("cannot read flows from the lake: {e:#}"),
+                format!(
+                    "cannot read flows from the lake: {}",
+                    bulkhead_schemas::error_line(e.as_ref())
+                ),
             )
         })?;
     let state = engine.state().await;
@@ -729,7 +735,10 @@ async fn relabel(engine: &Engine) -> Result<usize, ApiError> {
         .map_err(|e| {
             ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("cannot read the workloads table: {e:#}"),
+                format!(
+                    "cannot read the workloads table: {}",
+                    bulkhead_schemas::error_line(e.as_ref())
+                ),
             )
         })?;
     Ok(engine.adopt_inventory(&inventory).await?)

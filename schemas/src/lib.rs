@@ -40,6 +40,23 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/bulkhead.v1.rs"));
 }
 
+/// `error` and its causes on one line, `outer: cause: …`, each text once. Many errors
+/// already end with their cause's text (thiserror messages with `{source}`, delta-rs's),
+/// and anyhow's `{:#}` then printed it again, up to three times per line.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    line
+}
+
 /// Decodes a `FlowBatch` with its records' vector sized up front. Counting the records
 /// first (reading only their tags and lengths) spares the vector's doublings, each a copy
 /// of every record decoded so far: about two copies of each ~400-byte record otherwise.
@@ -116,6 +133,35 @@ mod tests {
 
     use super::*;
     use proto::{FlowBatch, FlowRecord};
+
+    #[derive(Debug, thiserror::Error)]
+    enum Wrapping {
+        /// Says its cause, and gives it as its source too.
+        #[error("table t: {source}")]
+        Says {
+            #[source]
+            source: std::io::Error,
+        },
+        /// Only gives it.
+        #[error("reading t")]
+        Gives {
+            #[source]
+            source: std::io::Error,
+        },
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let full = || std::io::Error::other("No space left on device");
+        assert_eq!(
+            error_line(&Wrapping::Says { source: full() }),
+            "table t: No space left on device"
+        );
+        assert_eq!(
+            error_line(&Wrapping::Gives { source: full() }),
+            "reading t: No space left on device"
+        );
+    }
 
     fn batch(records: u32) -> FlowBatch {
         FlowBatch {

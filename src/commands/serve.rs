@@ -48,7 +48,7 @@ pub async fn run(settings: &Settings, args: ServeCommandArgs) -> anyhow::Result<
         .await?;
         let engine = Arc::new(engine);
         if let Err(e) = refresh(&engine, &lake).await {
-            tracing::warn!("{e:#}");
+            tracing::warn!("{}", bulkhead_schemas::error_line(e.as_ref()));
         }
         if args.recommend_every > 0 {
             tokio::spawn(recommend_periodically(
@@ -103,7 +103,10 @@ async fn recommend_periodically(
         };
         match run.await {
             Ok(n) => tracing::info!(recommendations = n, "periodic recommender run"),
-            Err(e) => tracing::warn!("periodic recommender run failed: {e:#}"),
+            Err(e) => tracing::warn!(
+                "periodic recommender run failed: {}",
+                bulkhead_schemas::error_line(e.as_ref())
+            ),
         }
     }
 }
