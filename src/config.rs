@@ -150,3 +150,71 @@ fn is_caught_abort_of_failed_upload(message: &str, place: &str) -> bool {
         && place.contains("object_store")
         && place.contains("buffered.rs")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_is_one_json_error_line_with_its_thread_and_place() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        // The hook is the process's: set only around this panic, which is caught.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(log_panic));
+        let caught = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                let subscriber = tracing_subscriber::fmt()
+                    .json()
+                    .with_writer(move || writer.clone())
+                    .finish();
+                tracing::subscriber::with_default(subscriber, || {
+                    std::panic::catch_unwind(|| panic!("boom {}", 42))
+                })
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        std::panic::set_hook(previous);
+        assert!(caught.is_err());
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+        assert_eq!(events.len(), 1, "{text}");
+        assert_eq!(events[0]["level"], "ERROR");
+        assert_eq!(events[0]["fields"]["message"], "panicked: boom 42");
+        assert_eq!(events[0]["fields"]["thread"], "committer");
+        let place = events[0]["fields"]["place"].as_str().unwrap();
+        assert!(place.starts_with("src/config.rs:"), "{place}");
+    }
+
+    #[test]
+    fn only_object_stores_abort_after_a_failed_upload_counts_as_caught() {
+        let place = "/root/.cargo/registry/src/x/object_store-0.13.2/src/buffered.rs:369:41";
+        assert!(is_caught_abort_of_failed_upload("Already shut down", place));
+        assert!(!is_caught_abort_of_failed_upload("boom", place));
+        assert!(!is_caught_abort_of_failed_upload(
+            "Already shut down",
+            "src/main.rs:1:1"
+        ));
+    }
+}
