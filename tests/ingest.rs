@@ -1043,6 +1043,31 @@ fn two_rounds() -> (Vec<FlowBatch>, Vec<FlowBatch>) {
     (round(1, NOV_26_NS), round(2, NOV_26_NS + 5 * HOUR_NS))
 }
 
+/// Waits until ingest's log has each of `failed` (a commit that failed), then checks that
+/// it keeps running and the table keeps its `rows` (nothing half-written).
+async fn wait_until_stuck(ingest: &mut Ingest, failed: &[&str], lake: &Path, rows: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&ingest.log).unwrap_or_default();
+        if failed.iter().all(|text| log.contains(text)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no commit error with {failed:?} logged:\n{}",
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ingest.assert_running();
+    assert_eq!(
+        read_lake(lake).await.unwrap().rows,
+        rows,
+        "nothing half-written"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lake_that_refuses_writes_stops_progress_loses_nothing_and_recovers() {
     let kafka = require_kafka!();
@@ -1064,25 +1089,7 @@ async fn a_lake_that_refuses_writes_stops_progress_loses_nothing_and_recovers() 
     let blocker = lake.join("flows/date=2025-11-26/hour=5");
     std::fs::write(&blocker, b"not a directory").unwrap();
     publish(&producer, &config, &second).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&ingest.log)
-        .unwrap_or_default()
-        .contains("cannot commit to the lake")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no commit error logged:\n{}",
-            ingest.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    ingest.assert_running();
-    assert_eq!(
-        read_lake(&lake).await.unwrap().rows,
-        3_000,
-        "nothing half-written"
-    );
+    wait_until_stuck(&mut ingest, &["cannot commit to the lake"], &lake, 3_000).await;
     let log = std::fs::read_to_string(&ingest.log).unwrap();
     assert!(
         log.contains("hour=5"),
@@ -1190,26 +1197,9 @@ async fn a_full_disk_stops_progress_with_the_reason_and_the_commit_lands_once_th
     wait_for_rows(&lake, 3_000, &mut ingest, Duration::from_secs(90)).await;
     let filler = disk.fill();
     publish(&producer, &config, &second).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let log = || std::fs::read_to_string(logs.path().join("ingest.log")).unwrap_or_default();
-    while !(log().contains("cannot commit to the lake")
-        && log().contains("No space left on device"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no commit error with the system's reason:\n{}",
-            ingest.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    ingest.assert_running();
-    assert_eq!(
-        read_lake(&lake).await.unwrap().rows,
-        3_000,
-        "nothing half-written"
-    );
-    let text = log();
+    let failed = ["cannot commit to the lake", "No space left on device"];
+    wait_until_stuck(&mut ingest, &failed, &lake, 3_000).await;
+    let text = std::fs::read_to_string(&ingest.log).unwrap();
     assert!(
         text.contains("writing data files of file://") && !text.contains("panicked"),
         "the error names the table and the reason, and nothing reads as a crash:\n{}",
