@@ -22,11 +22,13 @@ pub struct GlobalArgs {
         global = true
     )]
     pub config: Option<PathBuf>,
-    /// Log filter (tracing EnvFilter syntax), e.g. info or bulkhead_kafka=debug.
+    /// Log filter (tracing EnvFilter syntax), e.g. info or bulkhead_kafka=debug. The
+    /// default is Bulkhead's own info and other crates' warnings: their info (delta-rs's
+    /// kernel, DataFusion) runs to pages per command.
     #[arg(
         long,
         env = "BULKHEAD_LOG",
-        default_value = "info",
+        default_value = DEFAULT_LOG,
         value_name = "FILTER",
         global = true
     )]
@@ -87,14 +89,19 @@ impl Settings {
     }
 }
 
+/// Bulkhead's crates at info, everything else at warn.
+pub const DEFAULT_LOG: &str = "warn,bulkhead=info,bulkhead_kafka=info,bulkhead_collector=info,\
+bulkhead_ingest=info,bulkhead_analytics=info,bulkhead_recommender=info,bulkhead_policy=info,\
+bulkhead_enforcer=info,bulkhead_schemas=info";
+
 /// Logs go to stderr through `tracing`, as text (coloured on a terminal) or JSON lines.
 pub fn init_tracing(args: &GlobalArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
         eprintln!(
-            "bulkhead: --log {:?} is not a valid filter ({e}); using info",
+            "bulkhead: --log {:?} is not a valid filter ({e}); using {DEFAULT_LOG}",
             args.log
         );
-        tracing_subscriber::EnvFilter::new("info")
+        tracing_subscriber::EnvFilter::new(DEFAULT_LOG)
     });
     // Colours only on a terminal: a log file or journald gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

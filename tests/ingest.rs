@@ -994,6 +994,14 @@ async fn compaction_during_ingest_never_shows_a_row_twice_then_retention_and_vac
         view.files.len()
     );
     ingest.stop();
+    // Every file the compacted table references is there and reads; the command says so
+    // in a line, without the Delta kernel's own info logs.
+    let text = bulkhead_lake(&["check"], &lake);
+    assert!(
+        text.contains(&format!("{} data files", view.files.len())),
+        "{text}"
+    );
+    assert!(!text.contains("INFO"), "{text}");
 
     // Retention: the synthetic flows are from 2025-11-26, long before "the last day".
     let text = bulkhead_lake(&["retain", "--days", "1"], &lake);

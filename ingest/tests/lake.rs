@@ -197,3 +197,76 @@ async fn the_loop_ingests_from_kafka_and_commits_on_shutdown() {
     assert!(summary.commits >= 3, "{summary:?}");
     assert_eq!(count_and_bytes(&url).await.map(|(n, _)| n), Some(8_000));
 }
+
+/// `bulkhead lake check`'s work: a healthy table passes; a deleted, a truncated and a
+/// footer-damaged file are each named with their problem; repair drops only the missing
+/// one from the table, in one commit, and a query then reads the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_missing_and_unreadable_files_and_repair_drops_the_missing() {
+    use bulkhead_ingest::maintenance::check;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake_url(dir.path().to_str().unwrap()).unwrap();
+    let url = bulkhead_schemas::lake::table_url(&lake, "flows");
+    let mut table = FlowsTable::open(&url).await.unwrap();
+    let batches = flows(4, 4_000);
+    for (offset, part) in batches.chunks(batches.len() / 3 + 1).enumerate() {
+        table
+            .commit(rows_of(part), "t", &[(0, offset as i64)])
+            .await
+            .unwrap();
+    }
+    let files: Vec<std::path::PathBuf> = table
+        .table()
+        .get_file_uris()
+        .unwrap()
+        .map(|uri| std::path::PathBuf::from(uri.strip_prefix("file://").unwrap_or(&uri)))
+        .collect();
+    assert!(files.len() >= 4, "{files:?}");
+    let reads = std::sync::atomic::AtomicUsize::new(0);
+    let healthy = check(&url, false, |_, _| {
+        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await
+    .unwrap();
+    assert!(healthy.is_healthy(), "{healthy:?}");
+    assert_eq!(healthy.files, files.len());
+    assert_eq!(reads.into_inner(), files.len(), "a footer read per file");
+
+    let name = |path: &std::path::Path| path.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::remove_file(&files[0]).unwrap();
+    let truncated = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[1], &truncated[..1000]).unwrap();
+    let mut damaged = std::fs::read(&files[2]).unwrap();
+    let end = damaged.len();
+    damaged[end - 20..end - 8].fill(b'x'); // the footer's last bytes of metadata
+    std::fs::write(&files[2], damaged).unwrap();
+
+    let found = check(&url, false, |_, _| {}).await.unwrap();
+    assert!(!found.is_healthy());
+    assert_eq!(found.missing.len(), 1, "{found:?}");
+    assert!(found.missing[0].ends_with(&name(&files[0])), "{found:?}");
+    assert!(!found.repaired);
+    assert_eq!(found.unreadable.len(), 2, "{found:?}");
+    let problem = |file: &std::path::Path| {
+        let bad = found
+            .unreadable
+            .iter()
+            .find(|bad| bad.path.ends_with(&name(file)));
+        bad.unwrap_or_else(|| panic!("{} not reported: {found:?}", name(file)))
+            .problem
+            .clone()
+    };
+    assert!(problem(&files[1]).contains("has 1000 bytes"), "{found:?}");
+    assert!(!problem(&files[2]).is_empty());
+
+    let repaired = check(&url, true, |_, _| {}).await.unwrap();
+    assert!(
+        repaired.repaired && repaired.missing.len() == 1,
+        "{repaired:?}"
+    );
+    assert!(!repaired.is_healthy(), "the unreadable files remain");
+    let after = check(&url, false, |_, _| {}).await.unwrap();
+    assert!(after.missing.is_empty(), "{after:?}");
+    assert_eq!(after.files, files.len() - 1);
+    assert_eq!(after.unreadable.len(), 2);
+}

@@ -36,6 +36,17 @@ pub enum LakeCommand {
         #[arg(long)]
         days: u32,
     },
+    /// Check that every data file the table references is there and its Parquet footer
+    /// reads; exits 1 when one is not. --repair drops the missing ones from the table.
+    Check {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Drop the missing files from the table (one commit; their rows are gone).
+        /// Unreadable files are only reported: restore them, or move them away and
+        /// repair.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +105,47 @@ pub async fn run(command: LakeCommand) -> anyhow::Result<()> {
                 "{url}: removed {removed} files of partitions before {}",
                 maintenance::date_text(keep_from)
             );
+        }
+        LakeCommand::Check { table, repair } => {
+            let url = table.url()?;
+            let progress =
+                indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
+                    "reading footers {bar:30} {pos}/{len} ({elapsed})",
+                )?);
+            let found = maintenance::check(&url, repair, |done, total| {
+                progress.set_length(total as u64);
+                progress.set_position(done as u64);
+            })
+            .await?;
+            progress.finish_and_clear();
+            println!("{url}: {} data files", found.files);
+            if !found.missing.is_empty() {
+                let what = if found.repaired {
+                    "dropped from the table; their rows are gone"
+                } else {
+                    "--repair drops them from the table"
+                };
+                println!("missing ({}, {what}):", found.missing.len());
+                for path in &found.missing {
+                    println!("  {path}");
+                }
+            }
+            if !found.unreadable.is_empty() {
+                println!(
+                    "unreadable Parquet footer ({}; restore them, or move them away and run --repair):",
+                    found.unreadable.len()
+                );
+                for bad in &found.unreadable {
+                    println!("  {}: {}", bad.path, bad.problem);
+                }
+            }
+            if !found.is_healthy() {
+                anyhow::bail!(
+                    "{url}: {} missing and {} unreadable data files",
+                    found.missing.len(),
+                    found.unreadable.len()
+                );
+            }
         }
     }
     Ok(())
