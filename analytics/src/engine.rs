@@ -81,6 +81,9 @@ impl QueryError {
         });
         let root = e.find_root();
         let message = format!("{}{}", root.strip_backtrace(), position.unwrap_or_default());
+        if reading_a_file_failed(root) {
+            return Self::Internal(format!("{message} ({UNREADABLE_FILE_HINT})"));
+        }
         match root {
             DataFusionError::Plan(m)
                 if m.starts_with("DDL not supported")
@@ -99,6 +102,26 @@ impl QueryError {
             | DataFusionError::Configuration(_) => Self::Invalid(message),
             _ => Self::Internal(message),
         }
+    }
+}
+
+/// What an operator can do about a lake file a query could not read: not every such error
+/// names the file (a damaged page says only "Data corruption detected").
+pub const UNREADABLE_FILE_HINT: &str = "a data file of the lake could not be read; `bulkhead lake check --table <table>` names the missing or damaged ones";
+
+/// Whether `root` is a lake file that could not be read (missing, truncated, damaged),
+/// not a mistake of the query: the operator must act, so it is not `Invalid`.
+fn reading_a_file_failed(root: &DataFusionError) -> bool {
+    use datafusion::arrow::error::ArrowError;
+    match root {
+        DataFusionError::ParquetError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_) => true,
+        DataFusionError::ArrowError(arrow, _) => matches!(
+            **arrow,
+            ArrowError::ParquetError(_) | ArrowError::IoError(..)
+        ),
+        _ => false,
     }
 }
 

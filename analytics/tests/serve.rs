@@ -408,3 +408,37 @@ print(json.dumps(out))
         "{bad}"
     );
 }
+
+/// A lake file that is gone or truncated is the operator's to fix, not the query's: the
+/// error is `Internal` (HTTP 500, not 400) and points at `bulkhead lake check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_lake_file_is_an_internal_error_that_points_at_lake_check() {
+    use bulkhead_analytics::QueryError;
+    let dir = lake().await;
+    let edges = url::Url::from_directory_path(dir.path().join("edges")).unwrap();
+    let files: Vec<std::path::PathBuf> = deltalake::open_table(edges)
+        .await
+        .unwrap()
+        .get_file_uris()
+        .unwrap()
+        .map(|uri| std::path::PathBuf::from(uri.strip_prefix("file://").unwrap_or(&uri)))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let engine = Engine::new(LakeLocation::new(dir.path()), Limits::default()).unwrap();
+    let sql = "SELECT sum(flows) FROM edges";
+    engine.collect(sql).await.unwrap();
+    let whole = std::fs::read(&files[0]).unwrap();
+    for damage in ["truncated", "deleted"] {
+        match damage {
+            "truncated" => std::fs::write(&files[0], &whole[..whole.len() / 2]).unwrap(),
+            _ => std::fs::remove_file(&files[0]).unwrap(),
+        }
+        let engine = Engine::new(LakeLocation::new(dir.path()), Limits::default()).unwrap();
+        let err = engine.collect(sql).await.unwrap_err();
+        assert!(matches!(err, QueryError::Internal(_)), "{damage}: {err:?}");
+        assert!(
+            err.to_string().contains("bulkhead lake check"),
+            "{damage}: {err}"
+        );
+    }
+}
