@@ -501,3 +501,32 @@ fn collect_prints_the_flows_of_a_namespace_as_json_lines() {
         "{udp:#?}"
     );
 }
+
+#[test]
+fn lake_commands_on_a_lake_that_is_not_there_say_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-lake");
+    let lake = missing.to_str().unwrap();
+    for command in [
+        &["compact"][..],
+        &["vacuum"],
+        &["retain", "--days", "3"],
+        &["check"],
+    ] {
+        let mut args = vec!["lake"];
+        args.extend_from_slice(command);
+        args.extend_from_slice(&["--lake", lake]);
+        let output = bulkhead(&args);
+        let text = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {text}");
+        assert_eq!(
+            text.trim().lines().count(),
+            1,
+            "{args:?}: one line, no debug dump:\n{text}"
+        );
+        assert!(
+            text.contains("no table flows there") && text.contains(lake),
+            "{args:?}: {text}"
+        );
+    }
+}

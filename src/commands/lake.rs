@@ -64,7 +64,19 @@ impl TableArgs {
         if bulkhead_schemas::lake::table(&self.table).is_none() {
             anyhow::bail!("--table {:?} is not a lake table", self.table);
         }
-        Ok(table_url(&lake_url(&self.lake)?, &self.table))
+        let url = table_url(&lake_url(&self.lake)?, &self.table);
+        // delta-rs's own message for this is two lines, the second a Rust debug dump.
+        if let Ok(dir) = url.to_file_path()
+            && !dir.is_dir()
+        {
+            anyhow::bail!(
+                "--lake {}: no table {} there (no directory {}; ingest creates it on its first commit)",
+                self.lake,
+                self.table,
+                dir.display()
+            );
+        }
+        Ok(url)
     }
 }
 
