@@ -1812,6 +1812,9 @@ async fn a_lake_on_s3_works_like_a_directory_through_kills_and_an_outage() {
         *totals,
         "after compaction"
     );
+    // Every footer reads over S3's range requests; the command fails on a bad file.
+    let checked = bulkhead_with_env(&["lake", "check", "--lake", s3_lake], &env);
+    assert!(checked.contains(" data files"), "{checked}");
     let recommend = |lake: &str, env: &[(&str, String)]| {
         let text = bulkhead_with_env(
             &[
