@@ -16,6 +16,7 @@ use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::operations::write::WriterStatsConfig;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::errors::ParquetError;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
@@ -93,12 +94,13 @@ pub fn app_id(topic: &str, partition: i32) -> String {
 /// concurrent writer).
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
-    #[error("Delta table {url}: {source}")]
+    /// Its message says `error` in full, so it gives no `source` (which would print
+    /// twice in an error chain).
+    #[error("Delta table {url}: {}", storage_reason(error))]
     Delta {
         url: Url,
         /// Boxed: `DeltaTableError` is large, and every `Result` of the lake carries it.
-        #[source]
-        source: Box<DeltaTableError>,
+        error: Box<DeltaTableError>,
     },
     /// A commit's data files could not be written (full disk, no permission, store
     /// down); nothing was committed.
@@ -112,26 +114,39 @@ pub enum LakeError {
     },
 }
 
+/// `error`'s text, without what delta-rs puts in front of a storage failure: "Failed to
+/// parse parquet: External: " (its Parquet variant, meant for reading checkpoints, wraps
+/// every error of a Parquet read or write) and "Failed to read delta log object: " (said
+/// of a commit it could not write too). A full disk read as a parse or read error.
+fn storage_reason(error: &DeltaTableError) -> String {
+    match error {
+        DeltaTableError::Parquet {
+            source: ParquetError::External(cause),
+        } => cause.to_string(),
+        DeltaTableError::ObjectStore { source } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
 impl LakeError {
     /// Turns a Delta error on the table at `url` into a [`LakeError`] that names it.
     pub fn delta(url: &Url) -> impl Fn(DeltaTableError) -> LakeError + Copy + '_ {
-        move |source| LakeError::Delta {
+        move |error| LakeError::Delta {
             url: url.clone(),
-            source: Box::new(source),
+            error: Box::new(error),
         }
     }
 
     /// Writing data files of the table at `url` failed: the reason without delta-rs's
-    /// wrapping, which calls every Parquet write error "Failed to parse parquet:
-    /// External: …" (its variant is meant for reading checkpoints).
+    /// "Failed to parse parquet" (see `storage_reason`).
     pub fn files(url: &Url, source: DeltaTableError) -> LakeError {
-        use deltalake::parquet::errors::ParquetError;
-        let reason = match source {
-            DeltaTableError::Parquet {
-                source: ParquetError::External(cause),
-            } => cause.to_string(),
-            DeltaTableError::Parquet { source } => source.to_string(),
-            other => other.to_string(),
+        let reason = match &source {
+            DeltaTableError::Parquet { source: parquet }
+                if !matches!(parquet, ParquetError::External(_)) =>
+            {
+                parquet.to_string()
+            }
+            _ => storage_reason(&source),
         };
         LakeError::Files {
             url: url.clone(),
@@ -144,8 +159,8 @@ impl LakeError {
     pub fn is_concurrent_transaction(&self) -> bool {
         matches!(
             self,
-            LakeError::Delta { source, .. } if matches!(
-                **source,
+            LakeError::Delta { error, .. } if matches!(
+                **error,
                 DeltaTableError::Transaction {
                     source: deltalake::kernel::transaction::TransactionError::CommitConflict(
                         deltalake::kernel::transaction::CommitConflictError::ConcurrentTransaction
@@ -699,6 +714,43 @@ mod tests {
     use arrow_array::{Int32Array, StringArray};
     use arrow_ord::sort::{SortColumn, lexsort_to_indices};
     use std::sync::Arc;
+
+    #[test]
+    fn a_full_disk_reads_as_one_not_as_a_parse_or_read_error() {
+        let url = Url::parse("file:///lake/flows/").unwrap();
+        let full = || std::io::Error::from_raw_os_error(28); // ENOSPC
+        let store = || object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(full()),
+        };
+        let writing_parquet = DeltaTableError::Parquet {
+            source: ParquetError::External(Box::new(store())),
+        };
+        let writing_the_log = DeltaTableError::ObjectStore { source: store() };
+        let expected = format!("Generic LocalFileSystem error: {}", full());
+        for error in [writing_parquet, writing_the_log] {
+            assert_eq!(
+                LakeError::delta(&url)(error).to_string(),
+                format!("Delta table file:///lake/flows/: {expected}")
+            );
+        }
+        let writing_files = DeltaTableError::Parquet {
+            source: ParquetError::External(Box::new(store())),
+        };
+        assert_eq!(
+            LakeError::files(&url, writing_files).to_string(),
+            format!("writing data files of file:///lake/flows/: {expected}")
+        );
+        // A Parquet error of its own is still said as delta-rs says it.
+        let parsing = DeltaTableError::Parquet {
+            source: ParquetError::EOF("3 bytes".into()),
+        };
+        assert!(
+            LakeError::delta(&url)(parsing)
+                .to_string()
+                .contains("Failed to parse parquet")
+        );
+    }
 
     #[test]
     fn rows_sort_like_lexsort_nulls_first_with_nested_columns_taken_along() {
