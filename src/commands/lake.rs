@@ -80,11 +80,28 @@ impl TableArgs {
     }
 }
 
+/// A spinner on stderr while `what` runs (a compaction of a large table takes minutes);
+/// hidden when stderr is not a terminal.
+async fn with_spinner<T>(what: String, work: impl std::future::Future<Output = T>) -> T {
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(what);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        spinner.set_style(style);
+    }
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let out = work.await;
+    spinner.finish_and_clear();
+    out
+}
+
 pub async fn run(command: LakeCommand) -> anyhow::Result<()> {
     match command {
         LakeCommand::Compact { table, target_mib } => {
             let url = table.url()?;
-            let done = maintenance::compact(&url, target_mib * 1024 * 1024).await?;
+            let done = with_spinner(
+                format!("compacting {url}"),
+                maintenance::compact(&url, target_mib * 1024 * 1024),
+            )
+            .await?;
             println!(
                 "{}: {} files compacted into {} in {} partitions",
                 url, done.files_removed, done.files_added, done.partitions
@@ -99,10 +116,13 @@ pub async fn run(command: LakeCommand) -> anyhow::Result<()> {
                 anyhow::bail!("--retain-hours {retain_hours}: expected hours >= 0");
             }
             let url = table.url()?;
-            let files = maintenance::vacuum(
-                &url,
-                Duration::from_secs_f64(retain_hours * 3600.0),
-                dry_run,
+            let files = with_spinner(
+                format!("vacuuming {url}"),
+                maintenance::vacuum(
+                    &url,
+                    Duration::from_secs_f64(retain_hours * 3600.0),
+                    dry_run,
+                ),
             )
             .await?;
             let verb = if dry_run { "would delete" } else { "deleted" };
@@ -112,7 +132,11 @@ pub async fn run(command: LakeCommand) -> anyhow::Result<()> {
             let url = table.url()?;
             let today = (bulkhead_schemas::now_unix_ns() / 86_400_000_000_000) as i32;
             let keep_from = today - days.saturating_sub(1) as i32;
-            let removed = maintenance::retain(&url, keep_from).await?;
+            let removed = with_spinner(
+                format!("dropping partitions of {url}"),
+                maintenance::retain(&url, keep_from),
+            )
+            .await?;
             println!(
                 "{url}: removed {removed} files of partitions before {}",
                 maintenance::date_text(keep_from)
