@@ -135,14 +135,7 @@ impl Steps {
             eprintln!("demo: {what} …");
             return;
         }
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                .expect("the template is valid"),
-        );
-        bar.set_message(what.to_string());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        self.current = Some(bar);
+        self.current = Some(super::spinner(what));
     }
 
     fn done(&mut self, note: &str) {

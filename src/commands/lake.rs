@@ -80,14 +80,9 @@ impl TableArgs {
     }
 }
 
-/// A spinner on stderr while `what` runs (a compaction of a large table takes minutes);
-/// hidden when stderr is not a terminal.
+/// A spinner while `what` runs: a compaction of a large table takes minutes.
 async fn with_spinner<T>(what: String, work: impl std::future::Future<Output = T>) -> T {
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(what);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
-        spinner.set_style(style);
-    }
-    spinner.enable_steady_tick(Duration::from_millis(120));
+    let spinner = super::spinner(&what);
     let out = work.await;
     spinner.finish_and_clear();
     out
@@ -144,10 +139,7 @@ pub async fn run(command: LakeCommand) -> anyhow::Result<()> {
         }
         LakeCommand::Check { table, repair } => {
             let url = table.url()?;
-            let progress =
-                indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
-                    "reading footers {bar:30} {pos}/{len} ({elapsed})",
-                )?);
+            let progress = super::progress(0, "footers");
             let found = maintenance::check(&url, repair, |done, total| {
                 progress.set_length(total as u64);
                 progress.set_position(done as u64);

@@ -30,6 +30,19 @@ pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A spinner on stderr saying `what` is under way, ticking until finished (hidden when
+/// stderr is not a terminal).
+pub fn spinner(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .expect("the template is valid"),
+    );
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 /// Serves Prometheus metrics on `addr` (empty: off). An address that is not host:port is
 /// a configuration error and refused; a failure to listen on a good one (the port taken)
 /// is logged, not fatal: a service keeps doing its job without its metrics endpoint.
