@@ -66,7 +66,8 @@ enum Command {
     /// Consume flows from Kafka into the lake, exactly once: the `flows` and `edges` Delta
     /// tables, and the `workloads`, `policy` and `status` read models.
     Ingest(bulkhead_ingest::IngestArgs),
-    /// Maintain the lake's Delta tables: compact, vacuum, retain (safe while ingest runs).
+    /// Maintain the lake's Delta tables: compact, vacuum, retain, check (safe while ingest
+    /// runs).
     #[command(subcommand)]
     Lake(commands::lake::LakeCommand),
     /// A lab estate in network namespaces with real traffic and an agent on every host

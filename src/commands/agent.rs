@@ -23,15 +23,14 @@ pub async fn run(settings: &Settings, args: AgentArgs) -> anyhow::Result<()> {
         !enforce.dry_run && !enforce.remove && !collect.stdout && collect.netns.is_none(),
         "bulkhead agent runs both halves for real; use `bulkhead enforce --dry-run|--remove` or `bulkhead collect --stdout|--netns` for those"
     );
-    // One endpoint for both halves (below): a collector address given to the agent would
-    // be silently unused.
     anyhow::ensure!(
         collect.metrics_listen.is_none(),
         "bulkhead agent serves one Prometheus endpoint for both halves: give it with \
          --metrics-addr, not --metrics-listen or BULKHEAD_METRICS_LISTEN (the collector's own)"
     );
     let mut collector_config = CollectorConfig::resolve(&collect, settings.collector.as_ref())?;
-    // One endpoint for both halves: the enforcer's --metrics-addr serves the global recorder.
+    // One endpoint for both halves: the enforcer's --metrics-addr serves the global
+    // recorder (a collector address from the config file is dropped here).
     collector_config.metrics_listen = None;
     if enforce.host_id.is_none() {
         // The collector's persisted id (created on first start) names this host for both.
