@@ -699,10 +699,7 @@ impl SnapshotTable {
             .with_writer_properties(self.writer_properties.clone())
             .with_commit_properties(CommitProperties::default().with_max_retries(5))
             .await
-            .map_err(|source| match source {
-                DeltaTableError::Parquet { .. } => LakeError::files(&self.url, source),
-                other => delta(other),
-            })?;
+            .map_err(delta)?;
         self.table = written;
         Ok(self.table.version().map_or(0, |v| v as i64))
     }
