@@ -46,7 +46,7 @@ struct Args {
     report_part: Option<PathBuf>,
 }
 
-#[derive(Subcommand, Clone, PartialEq, Eq)]
+#[derive(Subcommand, Clone)]
 enum Bench {
     /// Every benchmark below, one after the other, each in a process of its own; what
     /// cannot run here is reported.
