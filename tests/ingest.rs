@@ -127,10 +127,15 @@ fn spawn_ingest(
     } else {
         &["--group", "ingest-test"][..]
     };
+    let metrics = if extra.contains(&"--metrics-addr") {
+        &[][..]
+    } else {
+        &["--metrics-addr", ""][..]
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(["ingest", "--lake"])
         .arg(lake)
-        .args(["--metrics-addr", ""])
+        .args(metrics)
         .args(group)
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -666,8 +671,65 @@ async fn sigkill_mid_stream_and_restart_neither_loses_nor_doubles() {
     assert!(log.contains("ingest stopped"), "{log}");
 }
 
+/// A free local port for a metrics endpoint.
+fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Every series of the Prometheus page at `addr` (`name{labels}` as printed) and its value.
+fn scrape(addr: &str) -> std::io::Result<BTreeMap<String, f64>> {
+    use std::io::{Read as _, Write as _};
+    let mut http = std::net::TcpStream::connect(addr)?;
+    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut page = String::new();
+    http.read_to_string(&mut page)?;
+    Ok(page
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// The metrics of `ingest` at `addr` once `ready` holds of them (librdkafka's statistics,
+/// hence the lag, come every 5 s).
+fn wait_for_metrics(
+    addr: &str,
+    ingest: &mut Ingest,
+    ready: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        ingest.assert_running();
+        let metrics = scrape(addr).unwrap_or_default();
+        if ready(&metrics) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics at {addr} never got there: {metrics:#?}\n{}",
+            ingest.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The number and total size of the Parquet files under `dir`.
+fn parquet_files(dir: &Path) -> (f64, f64) {
+    let sizes: Vec<u64> = walk(dir)
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
+        .filter(|path| !path.components().any(|c| c.as_os_str() == "_delta_log"))
+        .map(|path| std::fs::metadata(path).unwrap().len())
+        .collect();
+    (sizes.len() as f64, sizes.iter().sum::<u64>() as f64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_truncated_messages_go_to_the_dlq_while_good_ones_flow() {
+async fn bad_messages_go_to_the_dlq_good_ones_flow_and_the_metrics_count_both() {
     let kafka = require_kafka!();
     let config = kafka.config("ingest-dlq");
     topics(&config, 1).await;
@@ -708,7 +770,18 @@ async fn garbage_and_truncated_messages_go_to_the_dlq_while_good_ones_flow() {
 
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    let mut ingest = start_ingest(&config, &lake, 0, &["--commit-interval-secs", "0.5"]);
+    let metrics_addr = free_local_addr();
+    let mut ingest = start_ingest(
+        &config,
+        &lake,
+        0,
+        &[
+            "--commit-interval-secs",
+            "0.5",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
     let view = wait_for_rows(&lake, expected.rows, &mut ingest, Duration::from_secs(120)).await;
     assert_exact(&view, &expected);
 
@@ -741,6 +814,37 @@ async fn garbage_and_truncated_messages_go_to_the_dlq_while_good_ones_flow() {
             "payload kept byte for byte"
         );
     }
+
+    // The metrics say what happened: every message consumed, the rows and the files that
+    // landed (bytes as on disk), each dead letter by its reason, and no lag once the group
+    // offsets follow the lake.
+    let lag = r#"bulkhead_ingest_lag_messages{partition="0"}"#;
+    let metrics = wait_for_metrics(&metrics_addr, &mut ingest, |m| m.get(lag) == Some(&0.0));
+    let metric = |series: &str| metrics.get(series).copied().unwrap_or(f64::NAN);
+    let messages = (batches.len() + bad.len()) as f64;
+    assert_eq!(metric("bulkhead_ingest_messages_consumed_total"), messages);
+    assert_eq!(
+        metric("bulkhead_ingest_rows_written_total"),
+        expected.rows as f64
+    );
+    for (reason, count) in [("decode", 2.0), ("schema_version", 1.0), ("invalid", 1.0)] {
+        let series = format!(r#"bulkhead_ingest_dead_letters_total{{reason="{reason}"}}"#);
+        assert_eq!(metric(&series), count, "{series}");
+    }
+    for table in ["flows", "edges"] {
+        let (files, bytes) = parquet_files(&lake.join(table));
+        assert!(files > 0.0, "{table} has data files");
+        let series =
+            |name: &str| format!(r#"bulkhead_ingest_written_{name}_total{{table="{table}"}}"#);
+        assert_eq!(metric(&series("files")), files, "{table}");
+        assert_eq!(metric(&series("bytes")), bytes, "{table}");
+    }
+    let commits = metric(r#"bulkhead_ingest_commits_total{result="ok"}"#);
+    assert!(commits >= 1.0, "{metrics:#?}");
+    assert_eq!(
+        metric("bulkhead_ingest_commit_duration_seconds_count"),
+        commits
+    );
     ingest.stop();
 }
 

@@ -355,12 +355,12 @@ impl Tables {
             let batches = sorted_flows(&rows).map_err(|e| {
                 IngestError::Internal(format!("building the flows of a commit: {e}"))
             })?;
-            let version = self
+            let appended = self
                 .flows
                 .commit_sorted(batches, &self.topic, &offsets)
                 .await
                 .inspect_err(warn_if_concurrent)?;
-            telemetry::committed(version, row_count, offsets.len(), started.elapsed());
+            telemetry::committed(appended, row_count, offsets.len(), started.elapsed());
             committed.commits += 1;
             committed.rows_written += row_count as u64;
             land(pending, &offsets, |p| &mut p.flows);
@@ -372,12 +372,12 @@ impl Tables {
             let row_count: usize = rows.iter().map(|rows| rows.num_rows()).sum();
             let rows = rows.into_iter().cloned().collect();
             // Written even with no rows, so that the txn records how far the edges go.
-            let version = self
+            let appended = self
                 .edges
                 .commit_parts(rows, &self.topic, &offsets)
                 .await
                 .inspect_err(warn_if_concurrent)?;
-            telemetry::edges_committed(version, row_count, offsets.len(), started.elapsed());
+            telemetry::edges_committed(appended, row_count, offsets.len(), started.elapsed());
             land(pending, &offsets, |p| &mut p.edges);
             committed.edges.extend(offsets);
         }

@@ -5,12 +5,15 @@
 use std::time::Duration;
 
 use crate::dlq::RejectKind;
+use crate::writer::Appended;
 
 /// Every metric this crate emits (the explicit registry; docs list these).
 pub const METRICS: &[&str] = &[
     "bulkhead_ingest_messages_consumed_total",
     "bulkhead_ingest_consumed_bytes_total",
     "bulkhead_ingest_rows_written_total",
+    "bulkhead_ingest_written_files_total",
+    "bulkhead_ingest_written_bytes_total",
     "bulkhead_ingest_commits_total",
     "bulkhead_ingest_commit_duration_seconds",
     "bulkhead_ingest_dead_letters_total",
@@ -73,17 +76,29 @@ pub fn expired(partition: i32, from: i64, to: i64) {
     metrics::counter!("bulkhead_ingest_expired_messages_total").increment((to - from) as u64);
 }
 
-pub fn committed(version: i64, rows: usize, partitions: usize, took: Duration) {
+pub fn committed(appended: Appended, rows: usize, partitions: usize, took: Duration) {
     tracing::info!(
-        version,
+        version = appended.version,
         rows,
+        files = appended.files,
+        bytes = appended.bytes,
         partitions,
         took_ms = took.as_millis() as u64,
         "committed flows to the lake"
     );
     metrics::counter!("bulkhead_ingest_commits_total", "result" => "ok").increment(1);
     metrics::counter!("bulkhead_ingest_rows_written_total").increment(rows as u64);
+    written("flows", appended);
     metrics::histogram!("bulkhead_ingest_commit_duration_seconds").record(took.as_secs_f64());
+}
+
+/// The data files a commit to `table` added: what the lake grows by, and how many small
+/// files `bulkhead lake compact` will have to merge.
+fn written(table: &'static str, appended: Appended) {
+    metrics::counter!("bulkhead_ingest_written_files_total", "table" => table)
+        .increment(appended.files as u64);
+    metrics::counter!("bulkhead_ingest_written_bytes_total", "table" => table)
+        .increment(appended.bytes);
 }
 
 /// How often late flows are logged (counted always): a backlog replayed out of order can
@@ -115,16 +130,19 @@ pub fn edges_added(partition: i32, offset: i64, added: &crate::edges::Added) {
         .increment(added.skipped_client_reports as u64);
 }
 
-pub fn edges_committed(version: i64, rows: usize, partitions: usize, took: Duration) {
+pub fn edges_committed(appended: Appended, rows: usize, partitions: usize, took: Duration) {
     tracing::info!(
-        version,
+        version = appended.version,
         rows,
+        files = appended.files,
+        bytes = appended.bytes,
         partitions,
         took_ms = took.as_millis() as u64,
         "committed edges to the lake"
     );
     metrics::counter!("bulkhead_ingest_edge_commits_total").increment(1);
     metrics::counter!("bulkhead_ingest_edge_rows_written_total").increment(rows as u64);
+    written("edges", appended);
     metrics::histogram!("bulkhead_ingest_edge_commit_duration_seconds").record(took.as_secs_f64());
 }
 

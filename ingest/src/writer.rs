@@ -171,6 +171,30 @@ impl LakeError {
     }
 }
 
+/// What one append to an [`AppendTable`] committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The table version of the commit.
+    pub version: i64,
+    /// Data files the commit added, and their bytes (the sizes its `add` actions record).
+    pub files: usize,
+    pub bytes: u64,
+}
+
+impl Appended {
+    fn of(version: i64, actions: &[Action]) -> Self {
+        let added = actions.iter().filter_map(|action| match action {
+            Action::Add(add) => Some(add.size.max(0) as u64),
+            _ => None,
+        });
+        Self {
+            version,
+            files: added.clone().count(),
+            bytes: added.sum(),
+        }
+    }
+}
+
 /// An append-only Delta table of the lake (`flows`, `edges`).
 pub struct AppendTable {
     url: Url,
@@ -245,13 +269,13 @@ impl AppendTable {
     }
 
     /// Appends `rows` (sorted here) and records `last_offsets` (partition, last offset
-    /// included) of `topic` in the same atomic commit. Returns the new table version.
+    /// included) of `topic` in the same atomic commit.
     pub async fn commit(
         &mut self,
         rows: RecordBatch,
         topic: &str,
         last_offsets: &[(i32, i64)],
-    ) -> Result<i64, LakeError> {
+    ) -> Result<Appended, LakeError> {
         self.commit_parts(vec![rows], topic, last_offsets).await
     }
 
@@ -262,7 +286,7 @@ impl AppendTable {
         parts: Vec<RecordBatch>,
         topic: &str,
         last_offsets: &[(i32, i64)],
-    ) -> Result<i64, LakeError> {
+    ) -> Result<Appended, LakeError> {
         let keys = self.file_order();
         let rows = sort_batches_by(&parts, &keys).map_err(|e| self.arrow_error(e))?;
         drop(parts);
@@ -286,7 +310,7 @@ impl AppendTable {
         batches: Vec<RecordBatch>,
         topic: &str,
         last_offsets: &[(i32, i64)],
-    ) -> Result<i64, LakeError> {
+    ) -> Result<Appended, LakeError> {
         if batches.is_empty() {
             return Err(self.arrow_error(ArrowError::InvalidArgumentError(
                 "a commit needs one batch at least (empty is allowed)".into(),
@@ -320,7 +344,7 @@ impl AppendTable {
         &mut self,
         batches: Vec<RecordBatch>,
         properties: CommitProperties,
-    ) -> Result<i64, LakeError> {
+    ) -> Result<Appended, LakeError> {
         let written = self
             .table
             .clone()
@@ -332,7 +356,17 @@ impl AppendTable {
             .await
             .map_err(|source| self.delta_error(source))?;
         self.table = written;
-        Ok(self.table.version().map_or(0, |v| v as i64))
+        let version = self.table.version().unwrap_or(0);
+        // `write` reports no sizes: its commit's `add` actions, read back, have them.
+        let log_store = self.table.log_store();
+        let commit = log_store
+            .read_commit_entry(version)
+            .await
+            .map_err(|source| self.delta_error(source))?
+            .unwrap_or_default();
+        let actions = deltalake::logstore::get_actions(version, &commit)
+            .map_err(|source| self.delta_error(source))?;
+        Ok(Appended::of(version as i64, &actions))
     }
 
     /// Creates the table with the columns of `schema` (left as it is if another writer
@@ -428,7 +462,7 @@ impl AppendTable {
         &mut self,
         batches: Vec<RecordBatch>,
         properties: CommitProperties,
-    ) -> Result<i64, LakeError> {
+    ) -> Result<Appended, LakeError> {
         let state = self
             .table
             .snapshot()
@@ -458,8 +492,10 @@ impl AppendTable {
                 .then(|| self.partition_columns.clone()),
             predicate: None,
         };
+        let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        let added = Appended::of(-1, &actions);
         let committed = CommitBuilder::from(properties)
-            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .with_actions(actions)
             .build(
                 Some(state as &dyn TableReference),
                 self.table.log_store(),
@@ -467,9 +503,11 @@ impl AppendTable {
             )
             .await
             .map_err(|source| self.delta_error(source))?;
-        let version = committed.version as i64;
         self.table.state = Some(committed.snapshot);
-        Ok(version)
+        Ok(Appended {
+            version: committed.version as i64,
+            ..added
+        })
     }
 
     fn delta_error(&self, source: DeltaTableError) -> LakeError {
@@ -710,6 +748,7 @@ mod tests {
     use super::*;
     use arrow_array::{Int32Array, StringArray};
     use arrow_ord::sort::{SortColumn, lexsort_to_indices};
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     #[test]
@@ -878,12 +917,32 @@ mod tests {
             .collect()
     }
 
+    /// The size of every data file under `dir` (the log left out), by path.
+    fn files_on_disk(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, u64> {
+        let mut files = BTreeMap::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                if entry.file_type().unwrap().is_dir() {
+                    if !path.ends_with("_delta_log") {
+                        dirs.push(path);
+                    }
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    files.insert(path, entry.metadata().unwrap().len());
+                }
+            }
+        }
+        files
+    }
+
     /// Each data file of the table by partition (`date/hour`): its stats (parsed) and rows.
     fn files_by_partition(
         table: &FlowsTable,
         dir: &std::path::Path,
-    ) -> std::collections::BTreeMap<String, Vec<(serde_json::Value, Vec<RecordBatch>)>> {
-        let mut files = std::collections::BTreeMap::<String, Vec<_>>::new();
+    ) -> BTreeMap<String, Vec<(serde_json::Value, Vec<RecordBatch>)>> {
+        let mut files = BTreeMap::<String, Vec<_>>::new();
         for (key, stats, path) in data_files(table, dir) {
             let reader =
                 deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
@@ -902,8 +961,8 @@ mod tests {
     async fn the_first_commit_creates_the_table_and_writes_its_own_files() {
         let rows = rows_over_two_hours(1_000);
         let (dir, mut table) = new_table().await;
-        let version = table.commit(rows.clone(), "t", &[(0, 0)]).await.unwrap();
-        assert_eq!(version, 1, "created (0), then the rows (1)");
+        let appended = table.commit(rows.clone(), "t", &[(0, 0)]).await.unwrap();
+        assert_eq!(appended.version, 1, "created (0), then the rows (1)");
         assert_eq!(table.committed_offset("t", 0).await.unwrap(), Some(0));
         let commit =
             std::fs::read_to_string(dir.path().join("_delta_log/00000000000000000001.json"))
@@ -1025,13 +1084,30 @@ mod tests {
         assert!(!table.writes_files_itself(&rows), "no table yet");
         // delta-rs's own write (as a table this writer does not handle itself gets).
         let sorted = sort_rows_by(&rows, SORT_COLUMNS).unwrap();
-        table
+        let by_delta_rs = table
             .append_with_delta_rs(vec![sorted], CommitProperties::default())
             .await
             .unwrap();
+        let first_files = files_on_disk(dir.path());
+        assert_eq!(
+            (by_delta_rs.files, by_delta_rs.bytes),
+            (2, first_files.values().sum()),
+            "what delta-rs's write added: {first_files:?}"
+        );
         assert!(table.writes_files_itself(&rows));
         // The same rows again, through the own files this time.
-        table.commit(rows.clone(), "t", &[(0, 1)]).await.unwrap();
+        let own = table.commit(rows.clone(), "t", &[(0, 1)]).await.unwrap();
+        assert_eq!(own.version, by_delta_rs.version + 1);
+        let added: Vec<u64> = files_on_disk(dir.path())
+            .into_iter()
+            .filter(|(path, _)| !first_files.contains_key(path))
+            .map(|(_, size)| size)
+            .collect();
+        assert_eq!(
+            (own.files, own.bytes),
+            (2, added.iter().sum()),
+            "what the own write added: {added:?}"
+        );
         assert_eq!(table.committed_offset("t", 0).await.unwrap(), Some(1));
         let files = files_by_partition(&table, dir.path());
         assert_eq!(
