@@ -849,6 +849,80 @@ async fn bad_messages_go_to_the_dlq_good_ones_flow_and_the_metrics_count_both() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_later_than_the_lateness_still_land_in_their_window_and_are_counted() {
+    let kafka = require_kafka!();
+    let config = kafka.config("ingest-late");
+    topics(&config, 1).await;
+    // Five hours apart: once the newer round is in, every window of the older one ended
+    // long before the watermark (the newest flow minus the 300 s lateness).
+    let (older, newer) = two_rounds();
+    let producer = Producer::new(&config).unwrap();
+    // The rounds' estate: with its workloads known, a client's report of a connection the
+    // server reports too is skipped in the edges.
+    bulkhead_bench::ingest::publish_inventory(&producer, &config, &Estate::generate(77, 30))
+        .await
+        .unwrap();
+    publish(&producer, &config, &newer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let metrics_addr = free_local_addr();
+    let mut ingest = start_ingest(
+        &config,
+        &lake,
+        0,
+        &[
+            "--commit-interval-secs",
+            "0.5",
+            "--edge-lateness-secs",
+            "300",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
+    let counter = |m: &BTreeMap<String, f64>, name: &str| m.get(name).copied().unwrap_or(0.0);
+    // Every flows commit is followed by one of the edges, which the comparison below needs.
+    let landed = |rows: f64| {
+        move |m: &BTreeMap<String, f64>| {
+            counter(m, "bulkhead_ingest_rows_written_total") == rows
+                && counter(m, "bulkhead_ingest_edge_commits_total")
+                    == counter(m, r#"bulkhead_ingest_commits_total{result="ok"}"#)
+        }
+    };
+    let before = wait_for_metrics(&metrics_addr, &mut ingest, landed(3_000.0));
+    publish(&producer, &config, &older).await;
+    let after = wait_for_metrics(&metrics_addr, &mut ingest, landed(6_000.0));
+
+    // Each record of the older round that counts in the edges was late: all but the
+    // client reports of connections whose server reports them itself.
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    let skipped = delta("bulkhead_ingest_client_reports_skipped_total");
+    let late = delta("bulkhead_ingest_late_flows_total");
+    assert!(late > 0.0, "{after:#?}");
+    assert_eq!(late, 3_000.0 - skipped, "{after:#?}");
+    assert!(
+        ingest
+            .log_tail()
+            .contains("flows later than the edge lateness"),
+        "{}",
+        ingest.log_tail()
+    );
+
+    // None was dropped: every flow is in `flows` once, and the edges of the late ones are
+    // in their own (old) windows, equal to the flows grouped by edge.
+    let expected = expected_of(newer.iter().chain(&older));
+    assert_exact(&read_lake(&lake).await.unwrap(), &expected);
+    assert_edges_match_flows(&lake, &expected, true).await;
+    let old_windows = lake_sql(
+        &lake,
+        &["edges"],
+        "SELECT count(*) FROM edges WHERE window_end <= TIMESTAMP '2025-11-26T00:10:00Z'",
+    )
+    .await;
+    assert_ne!(old_windows, cells(&[&["0"]]), "the older round's windows");
+    ingest.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_partitions_across_rebalances_without_loss_or_duplicates() {
     let kafka = require_kafka!();
     let config = kafka.config("ingest-rebalance");
@@ -1138,7 +1212,7 @@ const HOUR_NS: u64 = 3_600 * 1_000_000_000;
 const NOV_26_NS: u64 = 1_764_115_200_000_000_000;
 
 /// Two rounds of 3,000 flows in batches of 500: the first in hour 0 of 2025-11-26, the
-/// second in hour 5 (a partition directory the first did not create).
+/// second in hour 5 (a partition directory the first did not create); estate seed 77.
 fn two_rounds() -> (Vec<FlowBatch>, Vec<FlowBatch>) {
     let estate = Estate::generate(77, 30);
     let round = |seed: u64, start_unix_ns: u64| -> Vec<FlowBatch> {
