@@ -117,6 +117,60 @@ fn compose_services_run_real_subcommands() {
     );
 }
 
+/// The words of the `packages=(…)` list in `dev/setup`.
+fn dev_setup_packages() -> Vec<String> {
+    let setup =
+        std::fs::read_to_string(bulkhead_kafka::testkit::repo_root().join("dev/setup")).unwrap();
+    let list = setup
+        .split_once("packages=(")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .expect("dev/setup has a packages=(…) list")
+        .0;
+    list.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn the_image_build_installs_what_dev_setup_installs_for_building() {
+    // What dev/setup installs for the tests or that the rust image already has; everything
+    // else it installs is needed to build the binary (a new build dependency added to
+    // dev/setup alone would break `docker build`).
+    const NOT_FOR_THE_BUILD: &[&str] = &[
+        "gcc",
+        "g++",
+        "make",
+        "maven",
+        "nftables",
+        "iproute2",
+        "chromium",
+        "prometheus",
+    ];
+    let dockerfile =
+        std::fs::read_to_string(bulkhead_kafka::testkit::repo_root().join("Dockerfile")).unwrap();
+    let build_stage = dockerfile
+        .split("\nFROM ")
+        .find(|stage| stage.contains("AS build"))
+        .expect("the Dockerfile has a build stage");
+    let installed: Vec<&str> = build_stage
+        .split(|c: char| c.is_whitespace() || c == '\\')
+        .collect();
+    let packages = dev_setup_packages();
+    assert!(packages.len() >= 10, "{packages:?}");
+    let missing: Vec<&String> = packages
+        .iter()
+        .filter(|p| !NOT_FOR_THE_BUILD.contains(&p.as_str()))
+        .filter(|p| !installed.contains(&p.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile's build stage does not install {missing:?}, which dev/setup installs"
+    );
+    // The image serves the console it built.
+    assert!(
+        dockerfile.contains("ENV BULKHEAD_CONSOLE_DIR="),
+        "{dockerfile}"
+    );
+}
+
 #[test]
 fn a_broken_config_file_is_named_with_its_problem() {
     let dir = tempfile::tempdir().unwrap();
