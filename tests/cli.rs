@@ -1,5 +1,5 @@
-//! The `bulkhead` binary as users meet it: its help, its errors on bad input, and the
-//! commands `docker-compose.yml` runs.
+//! The `bulkhead` binary as users meet it: its help, its errors on bad input, the command
+//! lines the README shows, and what `docker-compose.yml` and the `Dockerfile` rely on.
 
 use std::process::{Command, Output};
 
@@ -115,6 +115,73 @@ fn compose_services_run_real_subcommands() {
         checked >= 1,
         "no bulkhead service found in docker-compose.yml"
     );
+}
+
+/// The `bulkhead …` command lines of the README's code blocks: continuation lines joined,
+/// comments dropped, `a && b` split.
+fn readme_commands() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(bulkhead_kafka::testkit::repo_root().join("README.md")).unwrap();
+    let without_comment = |line: &str| -> String {
+        match line.find(" #") {
+            Some(at) => line[..at].trim_end().to_string(),
+            None => line.trim_end().to_string(),
+        }
+    };
+    let mut commands = Vec::new();
+    let mut in_code = false;
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let line = line.trim_start().trim_start_matches("sudo ");
+        if !in_code || !line.starts_with("bulkhead ") {
+            continue;
+        }
+        let mut command = without_comment(line);
+        while let Some(head) = command.strip_suffix('\\') {
+            let next = lines.next().unwrap_or_default();
+            command = format!("{head} {}", without_comment(next.trim()));
+        }
+        commands.extend(command.split(" && ").map(str::to_string));
+    }
+    commands
+}
+
+#[test]
+fn every_command_line_the_readme_shows_parses() {
+    let commands = readme_commands();
+    assert!(commands.len() >= 30, "{commands:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_bulkhead");
+    for command in &commands {
+        // `[--json]` is an optional flag; `…` stands for the flags given before (dropped)
+        // or for a value (any value parses).
+        let command = command.replace(['[', ']'], "");
+        let variants = [
+            command.replace(" … ", " ").replace(" …", ""),
+            command.replace('…', "x"),
+        ];
+        let parses = variants.iter().any(|variant| {
+            let line = format!("{binary}{} --help", &variant["bulkhead".len()..]);
+            Command::new("sh")
+                .args(["-c", &line])
+                .current_dir(dir.path())
+                .env_remove("BULKHEAD_KAFKA")
+                .env_remove("BULKHEAD_CONFIG")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        });
+        assert!(
+            parses,
+            "the README shows `{command}`, which bulkhead does not accept"
+        );
+    }
 }
 
 /// The words of the `packages=(…)` list in `dev/setup`.
