@@ -671,10 +671,19 @@ async fn sigkill_mid_stream_and_restart_neither_loses_nor_doubles() {
     assert!(log.contains("ingest stopped"), "{log}");
 }
 
-/// A free local port for a metrics endpoint.
-fn free_local_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+/// [`start_ingest`] with its metrics served on a free local port; returns that address.
+fn start_ingest_with_metrics(
+    config: &KafkaConfig,
+    lake: &Path,
+    extra: &[&str],
+) -> (Ingest, String) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .to_string();
+    let mut args = extra.to_vec();
+    args.extend(["--metrics-addr", &addr]);
+    (start_ingest(config, lake, 0, &args), addr)
 }
 
 /// Every series of the Prometheus page at `addr` (`name{labels}` as printed) and its value.
@@ -770,18 +779,8 @@ async fn bad_messages_go_to_the_dlq_good_ones_flow_and_the_metrics_count_both() 
 
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    let metrics_addr = free_local_addr();
-    let mut ingest = start_ingest(
-        &config,
-        &lake,
-        0,
-        &[
-            "--commit-interval-secs",
-            "0.5",
-            "--metrics-addr",
-            &metrics_addr,
-        ],
-    );
+    let (mut ingest, metrics_addr) =
+        start_ingest_with_metrics(&config, &lake, &["--commit-interval-secs", "0.5"]);
     let view = wait_for_rows(&lake, expected.rows, &mut ingest, Duration::from_secs(120)).await;
     assert_exact(&view, &expected);
 
@@ -865,18 +864,14 @@ async fn flows_later_than_the_lateness_still_land_in_their_window_and_are_counte
     publish(&producer, &config, &newer).await;
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    let metrics_addr = free_local_addr();
-    let mut ingest = start_ingest(
+    let (mut ingest, metrics_addr) = start_ingest_with_metrics(
         &config,
         &lake,
-        0,
         &[
             "--commit-interval-secs",
             "0.5",
             "--edge-lateness-secs",
             "300",
-            "--metrics-addr",
-            &metrics_addr,
         ],
     );
     let counter = |m: &BTreeMap<String, f64>, name: &str| m.get(name).copied().unwrap_or(0.0);
