@@ -1734,6 +1734,36 @@ async fn read_models_decisions_and_ip_lists_come_from_verified_policy_only() {
         ]),
         "edges carry the decisions"
     );
+    // Labels: the host's own before version 1; after it, version 1's (the rogue host's
+    // env is overridden there), in the maps, the standard columns and the edges.
+    let rogue_env =
+        |end: &str| format!("CASE WHEN src_workload = '{rogue}' THEN src_{end} ELSE dst_{end} END");
+    assert_eq!(
+        q(format!(
+            "SELECT CASE WHEN {before} THEN 'before' ELSE 'after' END, {}, {}, count(*) > 0 \
+             FROM flows WHERE src_workload = '{rogue}' OR dst_workload = '{rogue}' \
+             GROUP BY 1, 2, 3 ORDER BY 1",
+            rogue_env("env"),
+            rogue_env("labels['env']"),
+        ))
+        .await,
+        cells(&[
+            &["after", "override", "override", "true"],
+            &["before", "prod", "prod", "true"]
+        ]),
+        "flows carry the policy's labels once it is active"
+    );
+    assert_eq!(
+        q(format!(
+            "SELECT DISTINCT CASE WHEN to_unixtime(window_start) < {created_s} THEN 'before' \
+             ELSE 'after' END, {} FROM edges \
+             WHERE src_workload = '{rogue}' OR dst_workload = '{rogue}' ORDER BY 1",
+            rogue_env("labels['env']"),
+        ))
+        .await,
+        cells(&[&["after", "override"], &["before", "prod"]]),
+        "and so do the edges"
+    );
     let log = ingest.stop();
     assert!(
         log.contains("policy message refused") && log.contains("not a trusted policy key"),

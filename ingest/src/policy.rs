@@ -6,6 +6,10 @@
 //!
 //! Without a key nothing is trusted: no decisions (`unknown`), no `policy` rows, and
 //! ingest says so when it starts.
+//!
+//! The policy is also the authority on labels (enforcers resolve rules with its labels
+//! alone): a workload the active version labels gets those labels in `flows` and `edges`,
+//! over the ones its host declares in its inventory.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -13,12 +17,13 @@ use std::sync::{Arc, RwLock};
 use bulkhead_kafka::rdkafka::Message as _;
 use bulkhead_kafka::{KafkaConfig, KafkaError};
 use bulkhead_schemas::ip;
-use bulkhead_schemas::lake::NO_SHARED_LABELS;
+use bulkhead_schemas::lake::{Labels, NO_SHARED_LABELS, SharedLabels};
 use bulkhead_schemas::policy::{
     Decider, Endpoint, PolicyVerifier, PolicyVersion, ip_lists_containing,
 };
 use bulkhead_schemas::proto::{FlowBatch, FlowRecord, PolicyDecision};
 use bulkhead_schemas::topics::Topic;
+use rustc_hash::FxHashMap;
 
 use crate::telemetry;
 
@@ -26,6 +31,8 @@ use crate::telemetry;
 pub struct Active {
     pub version: &'static PolicyVersion,
     decider: Decider<'static>,
+    /// The labels it assigns, by workload (the workloads it gives any).
+    assigned: FxHashMap<&'static str, &'static Labels>,
 }
 
 /// Verified policy versions, by version number.
@@ -62,6 +69,13 @@ impl PolicyHistory {
         let active = Active {
             version,
             decider: Decider::new(&version.document),
+            assigned: version
+                .document
+                .workloads
+                .iter()
+                .filter(|w| !w.labels.is_empty())
+                .map(|w| (w.workload_id.as_str(), &w.labels))
+                .collect(),
         };
         self.versions.insert(version.version, active);
         self.generation += 1;
@@ -98,6 +112,69 @@ impl PolicyHistory {
             };
             judge(active, record);
         }
+    }
+}
+
+impl PolicyHistory {
+    /// Gives each record end whose workload the version active at the record's
+    /// `first_seen` labels the labels the policy has for it: the version's over the ones
+    /// its host declares (`shared`, from [`crate::enrich::Inventory::enrich`]), as the
+    /// `workloads` table's `labels` column has them. An end without inventory labels (an
+    /// unknown address, or labels the collector filled) is left as it is.
+    pub fn assign_labels(
+        &self,
+        batch: &FlowBatch,
+        shared: &mut [SharedLabels],
+        cache: &mut EffectiveLabels,
+    ) {
+        if self.versions.values().all(|a| a.assigned.is_empty()) {
+            return;
+        }
+        for (record, ends) in batch.records.iter().zip(shared.iter_mut()) {
+            let Some(active) = self.active_at(record.first_seen_unix_ns) else {
+                continue;
+            };
+            let [src, dst] = ends;
+            for (workload, labels) in [(&record.src_workload, src), (&record.dst_workload, dst)] {
+                if let (Some(declared), Some(assigned)) =
+                    (labels.as_ref(), active.assigned.get(workload.as_str()))
+                {
+                    *labels = Some(cache.merged(declared, assigned));
+                }
+            }
+        }
+    }
+}
+
+/// The merged label maps [`PolicyHistory::assign_labels`] made, one per host label map
+/// and assignment: rows share them as they share the inventory's (building the label
+/// columns copies each distinct map once, not once per row).
+#[derive(Default)]
+pub struct EffectiveLabels {
+    /// (the host's map, the assignment) by address → (the host's map, held so that its
+    /// address names no other map, and the merged map). Assignments belong to versions,
+    /// which live as long as ingest.
+    merged: FxHashMap<(usize, usize), (Arc<Labels>, Arc<Labels>)>,
+}
+
+/// Merged maps kept before the cache starts again (hosts × versions stay far below).
+const EFFECTIVE_LABELS_KEPT: usize = 65_536;
+
+impl EffectiveLabels {
+    fn merged(&mut self, declared: &Arc<Labels>, assigned: &'static Labels) -> Arc<Labels> {
+        if self.merged.len() >= EFFECTIVE_LABELS_KEPT {
+            self.merged.clear();
+        }
+        let key = (
+            Arc::as_ptr(declared) as usize,
+            assigned as *const Labels as usize,
+        );
+        let (_, merged) = self.merged.entry(key).or_insert_with(|| {
+            let mut labels = (**declared).clone();
+            labels.extend(assigned.iter().map(|(k, v)| (k.clone(), v.clone())));
+            (declared.clone(), Arc::new(labels))
+        });
+        merged.clone()
     }
 }
 
@@ -179,4 +256,95 @@ pub async fn follow(
         );
     }
     Ok(history)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_schemas::policy::PolicyDocument;
+
+    const NS: u64 = 1_000_000_000;
+
+    fn version(number: u64, created_s: u64, workloads: &str) -> PolicyVersion {
+        let doc = PolicyDocument::load(&format!("workloads:\n{workloads}"), "test").unwrap();
+        let mut version = PolicyVersion::new(number, number - 1, "test", "", doc);
+        version.created_unix_ns = created_s * NS;
+        version
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_active_version_labels_its_workloads_over_what_their_hosts_declare() {
+        let mut history = PolicyHistory::default();
+        history.insert(version(
+            1,
+            100,
+            "  - {workload_id: web-1, labels: {app: crm, env: prod}}\n",
+        ));
+        history.insert(version(
+            2,
+            200,
+            "  - {workload_id: web-1, labels: {env: staging}}\n",
+        ));
+        let declared = Arc::new(labels(&[("env", "dev"), ("role", "web")]));
+        let record = |at_s: u64, dst: &str| FlowRecord {
+            first_seen_unix_ns: at_s * NS,
+            src_workload: "web-1".into(),
+            dst_workload: dst.into(),
+            ..Default::default()
+        };
+        let batch = FlowBatch {
+            records: vec![
+                record(50, ""),
+                record(150, "db-1"),
+                record(250, ""),
+                record(260, ""),
+            ],
+            ..Default::default()
+        };
+        let mut shared: Vec<SharedLabels> = vec![
+            [Some(declared.clone()), None],
+            [Some(declared.clone()), Some(declared.clone())],
+            [Some(declared.clone()), None],
+            [Some(declared.clone()), None],
+        ];
+        history.assign_labels(&batch, &mut shared, &mut EffectiveLabels::default());
+        let of = |end: &Option<Arc<Labels>>| end.as_deref().cloned().unwrap_or_default();
+        assert_eq!(
+            of(&shared[0][0]),
+            *declared,
+            "before any version: the host's own"
+        );
+        assert_eq!(
+            of(&shared[1][0]),
+            labels(&[("app", "crm"), ("env", "prod"), ("role", "web")]),
+            "version 1's labels over the host's"
+        );
+        assert!(
+            Arc::ptr_eq(shared[1][1].as_ref().unwrap(), &declared),
+            "a workload the version does not label keeps its host's map"
+        );
+        assert_eq!(
+            of(&shared[2][0]),
+            labels(&[("env", "staging"), ("role", "web")]),
+            "version 2 is a whole document: version 1's app label is gone"
+        );
+        assert!(
+            Arc::ptr_eq(
+                shared[2][0].as_ref().unwrap(),
+                shared[3][0].as_ref().unwrap()
+            ),
+            "one merged map per host map and version, shared by its rows"
+        );
+        assert!(
+            shared[0][1].is_none(),
+            "an end without inventory labels stays so"
+        );
+    }
 }

@@ -332,6 +332,7 @@ pub async fn run(
         stop: stop_rx.clone(),
         inventory,
         policy,
+        effective_labels: Default::default(),
     };
     let mut stop = stop_rx;
     let mut group_offsets_tick = tokio::time::interval(Duration::from_secs(1));
@@ -467,6 +468,7 @@ struct Ingest {
     stop: watch::Receiver<bool>,
     inventory: crate::enrich::SharedInventory,
     policy: crate::policy::SharedPolicy,
+    effective_labels: crate::policy::EffectiveLabels,
 }
 
 impl Ingest {
@@ -737,6 +739,7 @@ impl Ingest {
         }
         if let Ok(policy) = self.policy.read() {
             policy.decide(batch);
+            policy.assign_labels(batch, &mut shared, &mut self.effective_labels);
         }
         shared
     }
