@@ -113,9 +113,7 @@ impl PolicyHistory {
             judge(active, record);
         }
     }
-}
 
-impl PolicyHistory {
     /// Gives each record end whose workload the version active at the record's
     /// `first_seen` labels the labels the policy has for it: the version's over the ones
     /// its host declares (`shared`, from [`crate::enrich::Inventory::enrich`]), as the
