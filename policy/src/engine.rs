@@ -149,6 +149,18 @@ impl Engine {
         self.state.read().await
     }
 
+    /// The labels the draft gives each workload: what analysts and label rules set,
+    /// before it is provisioned.
+    pub async fn draft_labels(&self) -> bulkhead_recommender::WorkloadLabels {
+        self.state()
+            .await
+            .draft
+            .workloads
+            .iter()
+            .map(|w| (w.workload_id.clone(), w.labels.clone()))
+            .collect()
+    }
+
     /// Checks, publishes and applies `changes` in order, attributed to `actor` with
     /// `reason`. A `PolicyProvisioned` with version 0 is completed with the next version
     /// and the draft's hash. Stops at the first refused change; the ones before it stay applied.

@@ -134,14 +134,7 @@ async fn label_suggestions(State(engine): State<AppState>) -> ApiResult {
         // No edges table yet: nothing to learn from.
         return Ok(Json(json!([])));
     };
-    let labels: bulkhead_recommender::WorkloadLabels = engine
-        .state()
-        .await
-        .draft
-        .workloads
-        .iter()
-        .map(|w| (w.workload_id.clone(), w.labels.clone()))
-        .collect();
+    let labels = engine.draft_labels().await;
     let suggestions = tokio::task::spawn_blocking(move || {
         let sums = bulkhead_recommender::aggregate(edges)?;
         anyhow::Ok(bulkhead_recommender::suggest::suggest_labels(

@@ -151,3 +151,14 @@ pub fn aggregate(edges: LazyFrame) -> PolarsResult<Vec<EdgeSum>> {
 
 /// Workload labels as a map per workload id.
 pub type WorkloadLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Lays `assigned` (labels the policy gives workloads, e.g. the draft's: what analysts
+/// set) over `seen` (the labels the edges carried), key by key, as enrichment lays the
+/// active policy's labels over what hosts declare.
+pub fn lay_labels_over(seen: &mut WorkloadLabels, assigned: &WorkloadLabels) {
+    for (workload, labels) in assigned.iter().filter(|(_, labels)| !labels.is_empty()) {
+        seen.entry(workload.clone())
+            .or_default()
+            .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}

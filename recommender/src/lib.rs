@@ -47,7 +47,7 @@ pub mod suggest;
 use bulkhead_schemas::policy::{IpList, Label, Rule};
 use serde::{Deserialize, Serialize};
 
-pub use frame::{EdgeRow, EdgeSum, End, WorkloadLabels, aggregate, edges_frame};
+pub use frame::{EdgeRow, EdgeSum, End, WorkloadLabels, aggregate, edges_frame, lay_labels_over};
 pub use lift::recommend_from_sums;
 
 /// The recommender's thresholds (see the crate documentation).

@@ -258,3 +258,36 @@ fn recommendations_convert_to_the_table_and_the_wire() {
     assert_eq!(wire.evidence.unwrap().flows, 10);
     assert_eq!(out.items[0].key(), "app=crm,env=prod");
 }
+
+#[test]
+fn labels_analysts_assign_lie_over_what_the_edges_carried() {
+    // The hosts declared no labels: the edges carried none, so nothing generalises.
+    let rows = [
+        edge("w1", "a1", 8080, 50, 2000, 0),
+        edge("w2", "a1", 8080, 50, 2000, 0),
+    ];
+    let unlabelled = run(&rows, &WorkloadLabels::new());
+    assert_eq!(unlabelled.rules().count(), 0, "{:#?}", unlabelled.items);
+    // The draft labels them (a CMDB import): the rule is at the label level.
+    let mut seen: WorkloadLabels = [(
+        "w1".to_string(),
+        BTreeMap::from([("env".into(), "dev".into())]),
+    )]
+    .into();
+    bulkhead_recommender::lay_labels_over(
+        &mut seen,
+        &labels(&[
+            ("w1", "web", "crm", "prod"),
+            ("w2", "web", "crm", "prod"),
+            ("a1", "api", "crm", "prod"),
+        ]),
+    );
+    assert_eq!(seen["w1"]["env"], "prod", "the assigned value wins");
+    let rules: Vec<_> = run(&rows, &seen).rules().cloned().collect();
+    assert_eq!(rules.len(), 1, "{rules:#?}");
+    assert_eq!(
+        rules[0].rule.consumers,
+        vec![Actor::Labels(vec![Label::new("role", "web")])],
+        "{rules:#?}"
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use bulkhead_kafka::admin::{self, TopicOptions};
 use bulkhead_kafka::{KafkaConfig, Producer};
-use bulkhead_recommender::{Kind, Options, Recommendations};
+use bulkhead_recommender::{Kind, Options, Recommendations, WorkloadLabels};
 use bulkhead_schemas::policy::Label;
 use bulkhead_schemas::topics::Topic;
 use prost::Message as _;
@@ -74,7 +74,8 @@ pub async fn run(settings: &Settings, args: RecommendArgs) -> anyhow::Result<()>
         scope_filter: args.scope.clone(),
         ..Options::default()
     };
-    let out = compute(&lake, args.since, options).await?;
+    // Standalone, the labels are the edges' own: the provisioned policy's over the hosts'.
+    let out = compute(&lake, args.since, options, &WorkloadLabels::new()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out.items)?);
     } else {
@@ -134,16 +135,19 @@ pub async fn run(settings: &Settings, args: RecommendArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The recommender over the edges last seen within `since_secs`.
+/// The recommender over the edges last seen within `since_secs`, with `assigned` (labels
+/// the policy gives workloads) laid over the labels the edges carried.
 pub async fn compute(
     lake: &url::Url,
     since_secs: u64,
     options: Options,
+    assigned: &WorkloadLabels,
 ) -> anyhow::Result<Recommendations> {
     let started = Instant::now();
     let since_us =
         (bulkhead_schemas::now_unix_ns() / 1000) as i64 - (since_secs as i64) * 1_000_000;
-    let (edges, labels) = bulkhead_recommender::lake::load_edges(lake, since_us).await?;
+    let (edges, mut labels) = bulkhead_recommender::lake::load_edges(lake, since_us).await?;
+    bulkhead_recommender::lay_labels_over(&mut labels, assigned);
     let out = tokio::task::spawn_blocking(move || {
         bulkhead_recommender::recommend(edges, &labels, &options)
     })

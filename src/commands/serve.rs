@@ -94,7 +94,10 @@ async fn recommend_periodically(
     loop {
         tick.tick().await;
         let run = async {
-            let out = super::recommend::compute(&lake, since_secs, Options::default()).await?;
+            // What analysts set counts before it is provisioned.
+            let assigned = engine.draft_labels().await;
+            let out =
+                super::recommend::compute(&lake, since_secs, Options::default(), &assigned).await?;
             if out.items.is_empty() {
                 return Ok(0);
             }
