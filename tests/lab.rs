@@ -234,3 +234,25 @@ async fn lab_up_traffic_flows_and_down() {
     );
     assert!(twice.contains("0 namespaces"), "{twice}");
 }
+
+#[test]
+fn the_lab_bridge_keeps_its_mac_while_hosts_come_and_go() {
+    if !support::can_build_hosts() {
+        return;
+    }
+    // Hosts' ARP caches hold the gateway's MAC: a bridge that took its ports' lowest MAC
+    // cut them off from the broker's lab listener whenever another host came or went.
+    let mac = || {
+        std::fs::read_to_string(format!("/sys/class/net/{}/address", support::LAB_BRIDGE))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let first = support::Host::new("mac-a");
+    assert_eq!(mac(), support::LAB_BRIDGE_MAC);
+    let second = support::Host::new("mac-b");
+    drop(first);
+    assert_eq!(mac(), support::LAB_BRIDGE_MAC);
+    drop(second);
+    assert_eq!(mac(), support::LAB_BRIDGE_MAC);
+}

@@ -78,6 +78,13 @@ pub fn host_problem() -> Option<String> {
     }
 }
 
+/// The lab bridge's MAC address, fixed ("bhlab", locally administered). A bridge without
+/// one takes the lowest MAC of its ports, so it changed whenever a test host came or went;
+/// hosts that had cached the old one could not reach the gateway (the broker's lab
+/// listener) until their ARP entries expired, and enforcers in parallel tests timed out
+/// connecting to Kafka.
+pub const LAB_BRIDGE_MAC: &str = "02:62:68:6c:61:62";
+
 /// The lab bridge in the root namespace (created once, shared by every test).
 pub fn lab_bridge() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -86,6 +93,7 @@ pub fn lab_bridge() {
             // Another test process may win the race; that is fine.
             let _ = sh(&["ip", "link", "add", LAB_BRIDGE, "type", "bridge"]);
         }
+        run(&["ip", "link", "set", LAB_BRIDGE, "address", LAB_BRIDGE_MAC]);
         let _ = sh(&["ip", "addr", "add", "10.250.0.1/16", "dev", LAB_BRIDGE]);
         let _ = sh(&[
             "ip",
