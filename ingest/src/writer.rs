@@ -182,17 +182,26 @@ pub struct Appended {
 }
 
 impl Appended {
+    /// Commit `version`, which holds `actions`.
     fn of(version: i64, actions: &[Action]) -> Self {
-        let added = actions.iter().filter_map(|action| match action {
-            Action::Add(add) => Some(add.size.max(0) as u64),
-            _ => None,
-        });
+        let (files, bytes) = added_files(actions);
         Self {
             version,
-            files: added.clone().count(),
-            bytes: added.sum(),
+            files,
+            bytes,
         }
     }
+}
+
+/// The number and total size of the data files `actions` add.
+fn added_files(actions: &[Action]) -> (usize, u64) {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Add(add) => Some(add.size.max(0) as u64),
+            _ => None,
+        })
+        .fold((0, 0), |(files, bytes), size| (files + 1, bytes + size))
 }
 
 /// An append-only Delta table of the lake (`flows`, `edges`).
@@ -493,7 +502,7 @@ impl AppendTable {
             predicate: None,
         };
         let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
-        let added = Appended::of(-1, &actions);
+        let (files, bytes) = added_files(&actions);
         let committed = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(
@@ -506,7 +515,8 @@ impl AppendTable {
         self.table.state = Some(committed.snapshot);
         Ok(Appended {
             version: committed.version as i64,
-            ..added
+            files,
+            bytes,
         })
     }
 
