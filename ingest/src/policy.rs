@@ -99,52 +99,44 @@ impl PolicyHistory {
             .find(|a| a.version.created_unix_ns <= unix_ns)
     }
 
-    /// Fills `policy_decision`, `policy_version` and the IP lists of addresses that are
-    /// no workload, from the version active at each record's `first_seen`. A decision
-    /// the collector already made is kept.
-    pub fn decide(&self, batch: &mut FlowBatch) {
-        if self.versions.is_empty() {
-            return;
-        }
-        for record in &mut batch.records {
-            let Some(active) = self.active_at(record.first_seen_unix_ns) else {
-                continue;
-            };
-            judge(active, record);
-        }
-    }
-
-    /// Gives each record end whose workload the version active at the record's
-    /// `first_seen` labels the labels the policy has for it: the version's over the ones
-    /// its host declares (`shared`, from [`crate::enrich::Inventory::enrich`]), as the
-    /// `workloads` table's `labels` column has them. An end without inventory labels (an
-    /// unknown address, or labels the collector filled) is left as it is.
-    pub fn assign_labels(
+    /// Judges each record by the version active at its `first_seen`: fills
+    /// `policy_decision`, `policy_version` and the IP lists of addresses that are no
+    /// workload (a decision the collector already made is kept), and gives each end whose
+    /// workload that version labels the labels the policy has for it: the version's over
+    /// the ones its host declares (`shared[i]`, from [`crate::enrich::Inventory::enrich`]),
+    /// as the `workloads` table's `labels` column has them. An end without inventory
+    /// labels (an unknown address, or labels the collector filled) is left as it is.
+    pub fn decide(
         &self,
-        batch: &FlowBatch,
+        batch: &mut FlowBatch,
         shared: &mut [SharedLabels],
         cache: &mut EffectiveLabels,
     ) {
-        if self.versions.values().all(|a| a.assigned.is_empty()) {
+        if self.versions.is_empty() {
             return;
         }
-        for (record, ends) in batch.records.iter().zip(shared.iter_mut()) {
+        let mut shared = shared.iter_mut();
+        for record in &mut batch.records {
+            let ends = shared.next();
             let Some(active) = self.active_at(record.first_seen_unix_ns) else {
                 continue;
             };
-            let [src, dst] = ends;
-            for (workload, labels) in [(&record.src_workload, src), (&record.dst_workload, dst)] {
-                if let (Some(declared), Some(assigned)) =
-                    (labels.as_ref(), active.assigned.get(workload.as_str()))
+            if let Some([src, dst]) = ends {
+                for (workload, labels) in [(&record.src_workload, src), (&record.dst_workload, dst)]
                 {
-                    *labels = Some(cache.merged(declared, assigned));
+                    if let (Some(declared), Some(assigned)) =
+                        (labels.as_ref(), active.assigned.get(workload.as_str()))
+                    {
+                        *labels = Some(cache.merged(declared, assigned));
+                    }
                 }
             }
+            judge(active, record);
         }
     }
 }
 
-/// The merged label maps [`PolicyHistory::assign_labels`] made, one per host label map
+/// The merged label maps [`PolicyHistory::decide`] made, one per host label map
 /// and assignment: rows share them as they share the inventory's (building the label
 /// columns copies each distinct map once, not once per row).
 #[derive(Default)]
@@ -297,7 +289,7 @@ mod tests {
             dst_workload: dst.into(),
             ..Default::default()
         };
-        let batch = FlowBatch {
+        let mut batch = FlowBatch {
             records: vec![
                 record(50, ""),
                 record(150, "db-1"),
@@ -312,7 +304,7 @@ mod tests {
             [Some(declared.clone()), None],
             [Some(declared.clone()), None],
         ];
-        history.assign_labels(&batch, &mut shared, &mut EffectiveLabels::default());
+        history.decide(&mut batch, &mut shared, &mut EffectiveLabels::default());
         let of = |end: &Option<Arc<Labels>>| end.as_deref().cloned().unwrap_or_default();
         assert_eq!(
             of(&shared[0][0]),

@@ -738,8 +738,7 @@ impl Ingest {
             inventory.enrich(batch, &mut shared);
         }
         if let Ok(policy) = self.policy.read() {
-            policy.decide(batch);
-            policy.assign_labels(batch, &mut shared, &mut self.effective_labels);
+            policy.decide(batch, &mut shared, &mut self.effective_labels);
         }
         shared
     }
