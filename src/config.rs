@@ -141,11 +141,9 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
         return;
     }
     let backtrace = std::backtrace::Backtrace::capture();
-    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
-        tracing::error!(thread, place, %backtrace, "panicked: {message}");
-    } else {
-        tracing::error!(thread, place, "panicked: {message}");
-    }
+    let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+        .then(|| backtrace.to_string());
+    tracing::error!(thread, place, backtrace, "panicked: {message}");
 }
 
 /// The one panic Bulkhead knows to be caught: when a Parquet file cannot be written (a

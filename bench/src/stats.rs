@@ -61,9 +61,9 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Starts a new peak-memory measurement, so that one measurement's peak is not an earlier
-/// one's in the same process (the recommender's sizes): returns freed heap to the kernel (`mi_collect`: the allocator
-/// keeps it otherwise, and it would count as resident), then resets VmHWM to the current
-/// resident size (writing `5` to `/proc/self/clear_refs`).
+/// one's in the same process (the recommender's sizes): returns freed heap to the kernel
+/// (`mi_collect`: the allocator keeps it otherwise, and it would count as resident), then
+/// resets VmHWM to the current resident size (writing `5` to `/proc/self/clear_refs`).
 pub fn reset_peak_rss() {
     // SAFETY: mi_collect only purges free memory of mimalloc's heaps (the bench binary's
     // global allocator, as in `bulkhead`).

@@ -181,18 +181,6 @@ pub struct Appended {
     pub bytes: u64,
 }
 
-impl Appended {
-    /// Commit `version`, which holds `actions`.
-    fn of(version: i64, actions: &[Action]) -> Self {
-        let (files, bytes) = added_files(actions);
-        Self {
-            version,
-            files,
-            bytes,
-        }
-    }
-}
-
 /// The number and total size of the data files `actions` add.
 fn added_files(actions: &[Action]) -> (usize, u64) {
     actions
@@ -375,7 +363,12 @@ impl AppendTable {
             .unwrap_or_default();
         let actions = deltalake::logstore::get_actions(version, &commit)
             .map_err(|source| self.delta_error(source))?;
-        Ok(Appended::of(version as i64, &actions))
+        let (files, bytes) = added_files(&actions);
+        Ok(Appended {
+            version: version as i64,
+            files,
+            bytes,
+        })
     }
 
     /// Creates the table with the columns of `schema` (left as it is if another writer
