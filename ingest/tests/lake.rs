@@ -73,12 +73,18 @@ fn rows_are_sorted_by_ips_then_port() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commits_record_offsets_per_partition_and_rows_read_back() {
+/// An empty `flows` table in a lake of its own (removed with the directory).
+async fn new_flows_table() -> (tempfile::TempDir, url::Url, FlowsTable) {
     let dir = tempfile::tempdir().unwrap();
     let lake = lake_url(dir.path().to_str().unwrap()).unwrap();
     let url = bulkhead_schemas::lake::table_url(&lake, "flows");
-    let mut table = FlowsTable::open(&url).await.unwrap();
+    let table = FlowsTable::open(&url).await.unwrap();
+    (dir, url, table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_record_offsets_per_partition_and_rows_read_back() {
+    let (_dir, url, mut table) = new_flows_table().await;
     assert_eq!(table.committed_offset("t", 0).await.unwrap(), None);
     let batches = flows(2, 3_000);
     let (first, second) = batches.split_at(batches.len() / 2);
@@ -204,10 +210,7 @@ async fn the_loop_ingests_from_kafka_and_commits_on_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_missing_and_unreadable_files_and_repair_drops_the_missing() {
     use bulkhead_ingest::maintenance::check;
-    let dir = tempfile::tempdir().unwrap();
-    let lake = lake_url(dir.path().to_str().unwrap()).unwrap();
-    let url = bulkhead_schemas::lake::table_url(&lake, "flows");
-    let mut table = FlowsTable::open(&url).await.unwrap();
+    let (_dir, url, mut table) = new_flows_table().await;
     let batches = flows(4, 4_000);
     for (offset, part) in batches.chunks(batches.len() / 3 + 1).enumerate() {
         table
