@@ -11,7 +11,9 @@
 //!   asks DataFusion (over deltalake's table provider) for the newest probe visible in
 //!   `flows`; latency = visible − produced, p50/p99; and the process's flows per CPU
 //!   second over that minute (steady state, where the throughput rounds time a fresh
-//!   process).
+//!   process). The estate runs under its signed policy there, as a deployment does: ingest
+//!   judges every flow and labels its ends from the policy. (The throughput rounds run
+//!   without one: the Python baseline has no policy step.)
 //! - **peak memory**: `VmHWM` of the ingest process, read from `/proc/<pid>/status`.
 
 use std::collections::BTreeMap;
@@ -566,6 +568,29 @@ fn coordinator_not_ready(error: &bulkhead_kafka::rdkafka::error::KafkaError) -> 
     )
 }
 
+/// Signs the estate's policy (version 1, created now: before the load's flows) with a
+/// fresh key and publishes it; returns the public key's PEM file, written under `work`.
+async fn publish_estate_policy(
+    producer: &Producer,
+    config: &KafkaConfig,
+    estate: &Estate,
+    work: &Path,
+) -> Result<PathBuf, BoxError> {
+    use bulkhead_schemas::policy::PolicySigner;
+    let signer = PolicySigner::generate();
+    let signed = signer.sign(&estate.policy(1, bulkhead_schemas::now_unix_ns()));
+    producer
+        .send(
+            &config.topic(Topic::Policy),
+            bulkhead_schemas::topics::POLICY_KEY.as_bytes(),
+            &signed.encode_to_vec(),
+        )
+        .await?;
+    let key = work.join("policy-key.pem");
+    std::fs::write(&key, signer.public_key_pem())?;
+    Ok(key)
+}
+
 /// Produce → visible in a DataFusion query, p50/p99, under `rate` flows/s for `secs`;
 /// the process's CPU per flow over the whole load.
 pub async fn freshness(
@@ -580,9 +605,20 @@ pub async fn freshness(
     let producer = Producer::new(&config)?;
     let estate = Estate::generate(6, 200);
     publish_inventory(&producer, &config, &estate).await?;
+    let key = publish_estate_policy(&producer, &config, &estate, work).await?;
     let lake = work.join("lake-freshness");
-    let mut child = IngestChild::start(bulkhead, &config, &lake, "bench-fresh", &[])?;
-    while !child.log_text().contains("ingesting flows") {
+    let key_arg = key.to_str().ok_or("policy key path is not UTF-8")?;
+    let mut child = IngestChild::start(
+        bulkhead,
+        &config,
+        &lake,
+        "bench-fresh",
+        &["--policy-public-key", key_arg],
+    )?;
+    while !["ingesting flows", "policy version verified"]
+        .iter()
+        .all(|line| child.log_text().contains(line))
+    {
         child.check_running()?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -724,7 +760,7 @@ pub async fn freshness(
         );
     }
     println!(
-        "ingest: steady load: {flows_committed} flows committed for {cpu_s:.2} CPU s = {:.0} flows per CPU second",
+        "ingest: steady load under the estate's policy: {flows_committed} flows committed for {cpu_s:.2} CPU s = {:.0} flows per CPU second",
         fresh.flows_per_cpu_s
     );
     Ok(fresh)

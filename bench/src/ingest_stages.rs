@@ -4,6 +4,11 @@
 //! each timed by the process's CPU time (user + system, every thread: a large commit's
 //! columns are built on two threads, and delta-rs writes files on tokio's blocking pool).
 //!
+//! The estate runs under its policy ([`crate::workload::Estate::policy`]), as a deployment
+//! does once its first version is provisioned: the policy step judges every record and
+//! gives its ends the policy's labels. The total is also printed without that step, the
+//! figure before any policy (and the one earlier runs reported).
+//!
 //! Kafka is left out (librdkafka's fetch and decompression, ~0.25 µs per flow in the
 //! throughput bench), so the sum of the stages is about what a core could reach if the
 //! event log were free (the process itself lands within ±15 % of it: its two threads
@@ -15,6 +20,7 @@ use std::path::Path;
 use bulkhead_ingest::edges::{EdgeAggregator, Windowing};
 use bulkhead_ingest::enrich::Inventory;
 use bulkhead_ingest::flow_rows::{FlowRows, sorted_flows};
+use bulkhead_ingest::policy::{PolicyCache, PolicyHistory};
 use bulkhead_ingest::writer::{AppendTable, EDGE_SORT_COLUMNS, SORT_COLUMNS};
 use bulkhead_schemas::lake::SharedLabels;
 use bulkhead_schemas::proto::FlowBatch;
@@ -23,14 +29,18 @@ use prost::Message as _;
 type BoxError = Box<dyn std::error::Error>;
 
 /// The steps, in the order ingest runs them.
-pub const STAGES: [&str; 6] = [
+pub const STAGES: [&str; 7] = [
     "decode (prost)",
     "enrich (workloads, labels)",
+    "policy (decisions, policy's labels)",
     "edges (aggregate + seal)",
     "sort keys + flows columns in file order",
     "Parquet + zstd + Delta commit (flows)",
     "sort + Parquet + commit (edges)",
 ];
+
+/// The index of the policy step in [`STAGES`].
+const POLICY_STAGE: usize = 2;
 
 /// CPU seconds per stage over `flows` flows.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -42,6 +52,8 @@ pub struct StagesReport {
     pub total_cpu_s: f64,
     /// `flows / total_cpu_s`: the per-core ceiling without Kafka.
     pub flows_per_cpu_s: f64,
+    /// The same without the policy step: before any policy version.
+    pub flows_per_cpu_s_without_policy: f64,
 }
 
 /// User + system CPU seconds of this process so far.
@@ -72,6 +84,9 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
     for host in estate.inventories(crate::ingest::INVENTORY_OBSERVED_UNIX_NS) {
         inventory.apply(&host.host_id, Some(&host));
     }
+    let mut policy = PolicyHistory::default();
+    policy.insert(estate.policy(1, crate::ingest::INVENTORY_OBSERVED_UNIX_NS));
+    let mut policy_cache = PolicyCache::default();
     // Messages grouped into commits as ingest groups them: a commit once the buffered
     // flows reach `commit_flows`.
     let mut commits: Vec<Vec<Vec<u8>>> = vec![vec![]];
@@ -105,7 +120,7 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
             .map(|bytes| bulkhead_schemas::decode_flow_batch(bytes))
             .collect::<Result<_, _>>()?;
         let t = lap(&mut cpu[0], t);
-        let shared: Vec<Vec<SharedLabels>> = batches
+        let mut shared: Vec<Vec<SharedLabels>> = batches
             .iter_mut()
             .map(|batch| {
                 let mut shared = Vec::new();
@@ -114,11 +129,15 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
             })
             .collect();
         let t = lap(&mut cpu[1], t);
+        for (batch, shared) in batches.iter_mut().zip(&mut shared) {
+            policy.decide(batch, shared, &mut policy_cache);
+        }
+        let t = lap(&mut cpu[POLICY_STAGE], t);
         for (batch, shared) in batches.iter().zip(&shared) {
             edges.add_batch(batch, shared, windowing, &mut newest_us);
         }
         let edge_rows = edges.finish(windowing)?;
-        let t = lap(&mut cpu[2], t);
+        let t = lap(&mut cpu[3], t);
         let mut rows = FlowRows::default();
         for (batch, shared) in batches.into_iter().zip(shared) {
             rows.push(batch, shared)?;
@@ -126,16 +145,16 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
         done += rows.len() as u64;
         let sorted = sorted_flows(&[&rows])?;
         drop(rows);
-        let t = lap(&mut cpu[3], t);
+        let t = lap(&mut cpu[4], t);
         let offsets = [(0, commit as i64)];
         flows_table
             .commit_sorted(sorted, "bench.stages", &offsets)
             .await?;
-        let t = lap(&mut cpu[4], t);
+        let t = lap(&mut cpu[5], t);
         edges_table
             .commit_parts(vec![edge_rows], "bench.stages", &offsets)
             .await?;
-        lap(&mut cpu[5], t);
+        lap(&mut cpu[6], t);
     }
     let total_cpu_s: f64 = cpu.iter().sum();
     let report = StagesReport {
@@ -148,6 +167,7 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
             .collect(),
         total_cpu_s,
         flows_per_cpu_s: done as f64 / total_cpu_s.max(1e-9),
+        flows_per_cpu_s_without_policy: done as f64 / (total_cpu_s - cpu[POLICY_STAGE]).max(1e-9),
     };
     for (stage, cpu_s, rate) in &report.stages {
         println!(
@@ -156,8 +176,8 @@ pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<Stages
         );
     }
     println!(
-        "ingest stages: all, without Kafka: {total_cpu_s:.2} CPU s for {done} flows = {:.0} flows per CPU second",
-        report.flows_per_cpu_s
+        "ingest stages: all, without Kafka: {total_cpu_s:.2} CPU s for {done} flows = {:.0} flows per CPU second ({:.0} without the policy step)",
+        report.flows_per_cpu_s, report.flows_per_cpu_s_without_policy
     );
     Ok(report)
 }
@@ -176,7 +196,7 @@ mod tests {
             assert!(*cpu_s >= 0.0, "{stage}: {cpu_s} CPU s");
         }
         // Decoding, building the columns and writing the files cannot be free.
-        for stage in [0, 3, 4] {
+        for stage in [0, POLICY_STAGE, 4, 5] {
             assert!(report.stages[stage].1 > 0.0, "{:?}", report.stages[stage]);
         }
         let total: f64 = report.stages.iter().map(|(_, s, _)| s).sum();

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use bulkhead_schemas::policy::PolicyVersion;
 use bulkhead_schemas::proto::{self, Direction, FlowBatch, FlowRecord, HostInventory};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -146,6 +147,122 @@ impl Estate {
                 agent_started_unix_ns: at_unix_ns,
             })
             .collect()
+    }
+
+    /// The policy an architect would write for this estate, as version `version` created at
+    /// `created_unix_ns`: every host a workload with its own labels (prod in full
+    /// enforcement, staging in visibility); DNS for everyone; monitoring scrapes every
+    /// host; the internet reaches web on 443; within an application, web → api on 8080
+    /// and api → db on 5432. Web → api across applications and the rogue host's scans
+    /// are what it leaves out (blocked in prod, would be blocked in staging).
+    pub fn policy(&self, version: u64, created_unix_ns: u64) -> PolicyVersion {
+        use bulkhead_schemas::policy::{
+            Actor, EnforcementMode, IpList, Label, PolicyDocument, PortRange, Rule, Ruleset,
+            ServiceRef, WorkloadPolicy,
+        };
+        let rule =
+            |id: String, consumers: Actor, providers: Actor, port: PortRange, extra: bool| Rule {
+                id,
+                description: String::new(),
+                consumers: vec![consumers],
+                providers: vec![providers],
+                services: vec![ServiceRef::Ports(port)],
+                extra_scope: extra,
+                disabled: false,
+            };
+        let role = |role: &str| Actor::Labels(vec![Label::new("role", role)]);
+        let mut apps: Vec<&str> = self
+            .hosts
+            .iter()
+            .map(|h| h.labels["app"].as_str())
+            .collect();
+        apps.dedup();
+        // The rogue host's "unknown" application gets no rules.
+        let rulesets = apps
+            .into_iter()
+            .filter(|app| *app != "unknown")
+            .map(|app| {
+                let id = |what: &str| format!("{app}-{what}");
+                let rules = if app == "infra" {
+                    vec![rule(
+                        id("dns"),
+                        Actor::Any,
+                        role("dns"),
+                        PortRange::udp(53),
+                        true,
+                    )]
+                } else {
+                    vec![
+                        rule(
+                            id("web"),
+                            Actor::IpList("internet".into()),
+                            role("web"),
+                            PortRange::tcp(443),
+                            true,
+                        ),
+                        rule(
+                            id("api"),
+                            role("web"),
+                            role("api"),
+                            PortRange::tcp(8080),
+                            false,
+                        ),
+                        rule(
+                            id("db"),
+                            role("api"),
+                            role("db"),
+                            PortRange::tcp(5432),
+                            false,
+                        ),
+                        rule(
+                            id("scrape"),
+                            role("monitoring"),
+                            Actor::Any,
+                            PortRange::tcp(9100),
+                            true,
+                        ),
+                    ]
+                };
+                Ruleset {
+                    name: app.to_string(),
+                    description: String::new(),
+                    scope: vec![Label::new("app", app)],
+                    rules,
+                }
+            })
+            .collect();
+        let internet = ["198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"];
+        let document = PolicyDocument {
+            ip_lists: vec![IpList {
+                name: "internet".into(),
+                description: String::new(),
+                cidrs: internet
+                    .iter()
+                    .map(|c| c.parse().expect("a CIDR"))
+                    .collect(),
+                exclusions: vec![],
+            }],
+            rulesets,
+            workloads: self
+                .hosts
+                .iter()
+                .map(|h| WorkloadPolicy {
+                    workload_id: h.id.clone(),
+                    labels: h.labels.clone(),
+                    mode: Some(if h.labels["env"] == "prod" {
+                        EnforcementMode::Full
+                    } else {
+                        EnforcementMode::VisibilityOnly
+                    }),
+                    quarantined: false,
+                    enforce_outbound: false,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut policy = PolicyVersion::new(version, 0, "bench", "the estate's policy", document);
+        policy.created_unix_ns = created_unix_ns;
+        policy
     }
 
     fn by_role<'a>(&'a self, role: &'a str) -> impl Iterator<Item = usize> + 'a {
@@ -512,6 +629,85 @@ mod tests {
                 .inventories(0)
                 .iter()
                 .all(|i| i.labels.contains_key("app"))
+        );
+    }
+
+    #[test]
+    fn the_estates_policy_is_valid_and_judges_its_flows_each_way() {
+        use bulkhead_ingest::enrich::Inventory;
+        use bulkhead_ingest::policy::{PolicyCache, PolicyHistory};
+        use bulkhead_schemas::proto::PolicyDecision;
+
+        let estate = Estate::generate(4, 40);
+        let start = spec(1).start_unix_ns;
+        let version = estate.policy(1, start);
+        version.document.validate().unwrap();
+        let mut inventory = Inventory::default();
+        for host in estate.inventories(start) {
+            inventory.apply(&host.host_id, Some(&host));
+        }
+        let mut history = PolicyHistory::default();
+        history.insert(version);
+        let mut cache = PolicyCache::default();
+        let mut decisions = std::collections::HashMap::<(i32, &str, u32), usize>::new();
+        let batches: Vec<FlowBatch> = estate
+            .flows(&spec(20_000))
+            .map(|mut batch| {
+                let mut shared = vec![];
+                inventory.enrich(&mut batch, &mut shared);
+                history.decide(&mut batch, &mut shared, &mut cache);
+                batch
+            })
+            .collect();
+        let env = |workload: &str| {
+            estate
+                .hosts
+                .iter()
+                .find(|h| h.id == workload)
+                .map_or("internet", |h| h.labels["env"].as_str())
+        };
+        for record in batches.iter().flat_map(|b| &b.records) {
+            *decisions
+                .entry((
+                    record.policy_decision,
+                    env(&record.dst_workload),
+                    record.dst_port,
+                ))
+                .or_default() += 1;
+        }
+        let count = |decision: PolicyDecision, env: &str, port: u32| {
+            decisions
+                .get(&(decision as i32, env, port))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert!(
+            !decisions
+                .keys()
+                .any(|(d, _, _)| *d == PolicyDecision::Unknown as i32),
+            "every flow is judged: {decisions:?}"
+        );
+        // The internet reaches web, DNS and scrapes are allowed everywhere, web → api
+        // within an application; web → api across applications is blocked in prod and
+        // would be in staging.
+        for port in [443, 53, 9100, 8080] {
+            assert!(
+                count(PolicyDecision::Allowed, "prod", port) > 0,
+                "{port}: {decisions:?}"
+            );
+        }
+        assert!(
+            count(PolicyDecision::Blocked, "prod", 8080) > 0,
+            "{decisions:?}"
+        );
+        assert!(
+            count(PolicyDecision::PotentiallyBlocked, "staging", 8080) > 0,
+            "{decisions:?}"
+        );
+        assert_eq!(
+            count(PolicyDecision::Blocked, "prod", 443),
+            0,
+            "{decisions:?}"
         );
     }
 

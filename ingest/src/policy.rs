@@ -18,9 +18,7 @@ use bulkhead_kafka::rdkafka::Message as _;
 use bulkhead_kafka::{KafkaConfig, KafkaError};
 use bulkhead_schemas::ip;
 use bulkhead_schemas::lake::{Labels, NO_SHARED_LABELS, SharedLabels};
-use bulkhead_schemas::policy::{
-    Decider, Endpoint, PolicyVerifier, PolicyVersion, ip_lists_containing,
-};
+use bulkhead_schemas::policy::{Decider, DecisionMemo, Endpoint, PolicyVerifier, PolicyVersion};
 use bulkhead_schemas::proto::{FlowBatch, FlowRecord, PolicyDecision};
 use bulkhead_schemas::topics::Topic;
 use rustc_hash::FxHashMap;
@@ -110,7 +108,7 @@ impl PolicyHistory {
         &self,
         batch: &mut FlowBatch,
         shared: &mut [SharedLabels],
-        cache: &mut EffectiveLabels,
+        cache: &mut PolicyCache,
     ) {
         if self.versions.is_empty() {
             return;
@@ -131,26 +129,34 @@ impl PolicyHistory {
                     }
                 }
             }
-            judge(active, record);
+            judge(active, record, cache.memo(active));
         }
     }
 }
 
-/// The merged label maps [`PolicyHistory::decide`] made, one per host label map
-/// and assignment: rows share them as they share the inventory's (building the label
-/// columns copies each distinct map once, not once per row).
+/// What [`PolicyHistory::decide`] keeps between batches: the merged label maps it made,
+/// one per host label map and assignment (rows share them as they share the
+/// inventory's, so building the label columns copies each distinct map once, not once per
+/// row), and each version's decisions by class of connection ([`DecisionMemo`]: judging
+/// a flow against the rules cost more than all of enrichment).
 #[derive(Default)]
-pub struct EffectiveLabels {
+pub struct PolicyCache {
     /// (the host's map, the assignment) by address → (the host's map, held so that its
     /// address names no other map, and the merged map). Assignments belong to versions,
     /// which live as long as ingest.
     merged: FxHashMap<(usize, usize), (Arc<Labels>, Arc<Labels>)>,
+    /// By version number.
+    memos: FxHashMap<u64, DecisionMemo<'static>>,
 }
 
 /// Merged maps kept before the cache starts again (hosts × versions stay far below).
 const EFFECTIVE_LABELS_KEPT: usize = 65_536;
 
-impl EffectiveLabels {
+/// Versions whose decisions are remembered at once (flows are judged by the version of
+/// their time: the newest few).
+const MEMOS_KEPT: usize = 8;
+
+impl PolicyCache {
     fn merged(&mut self, declared: &Arc<Labels>, assigned: &'static Labels) -> Arc<Labels> {
         if self.merged.len() >= EFFECTIVE_LABELS_KEPT {
             self.merged.clear();
@@ -166,10 +172,19 @@ impl EffectiveLabels {
         });
         merged.clone()
     }
+
+    fn memo(&mut self, active: &Active) -> &mut DecisionMemo<'static> {
+        let version = active.version.version;
+        if !self.memos.contains_key(&version) && self.memos.len() >= MEMOS_KEPT {
+            self.memos.clear();
+        }
+        self.memos
+            .entry(version)
+            .or_insert_with(|| active.decider.memo())
+    }
 }
 
-fn judge(active: &Active, record: &mut FlowRecord) {
-    let doc = &active.version.document;
+fn judge(active: &Active, record: &mut FlowRecord, memo: &mut DecisionMemo<'static>) {
     for (ip_bytes, workload, lists) in [
         (
             &record.src_ip,
@@ -187,7 +202,7 @@ fn judge(active: &Active, record: &mut FlowRecord) {
             && let Some(addr) = ip::from_bytes(ip_bytes)
         {
             lists.extend(
-                ip_lists_containing(doc, addr)
+                memo.ip_lists_containing(addr)
                     .into_iter()
                     .map(str::to_string),
             );
@@ -209,7 +224,7 @@ fn judge(active: &Active, record: &mut FlowRecord) {
     let (Some(src), Some(dst)) = (endpoint(&client), endpoint(&server)) else {
         return;
     };
-    let decision = active.decider.decide(src, dst, record.protocol, port);
+    let decision = memo.decide(&active.decider, src, dst, record.protocol, port);
     record.policy_decision = PolicyDecision::from(decision) as i32;
     record.policy_version = active.version.version;
 }
@@ -304,7 +319,7 @@ mod tests {
             [Some(declared.clone()), None],
             [Some(declared.clone()), None],
         ];
-        history.decide(&mut batch, &mut shared, &mut EffectiveLabels::default());
+        history.decide(&mut batch, &mut shared, &mut PolicyCache::default());
         let of = |end: &Option<Arc<Labels>>| end.as_deref().cloned().unwrap_or_default();
         assert_eq!(
             of(&shared[0][0]),

@@ -332,7 +332,7 @@ pub async fn run(
         stop: stop_rx.clone(),
         inventory,
         policy,
-        effective_labels: Default::default(),
+        policy_cache: Default::default(),
     };
     let mut stop = stop_rx;
     let mut group_offsets_tick = tokio::time::interval(Duration::from_secs(1));
@@ -468,7 +468,7 @@ struct Ingest {
     stop: watch::Receiver<bool>,
     inventory: crate::enrich::SharedInventory,
     policy: crate::policy::SharedPolicy,
-    effective_labels: crate::policy::EffectiveLabels,
+    policy_cache: crate::policy::PolicyCache,
 }
 
 impl Ingest {
@@ -738,7 +738,7 @@ impl Ingest {
             inventory.enrich(batch, &mut shared);
         }
         if let Ok(policy) = self.policy.read() {
-            policy.decide(batch, &mut shared, &mut self.effective_labels);
+            policy.decide(batch, &mut shared, &mut self.policy_cache);
         }
         shared
     }

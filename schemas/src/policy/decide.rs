@@ -24,6 +24,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use rustc_hash::FxHashMap;
+
 use super::{Actor, EnforcementMode, IpList, Label, PolicyDocument, PortRange, label_set_matches};
 use crate::proto::PolicyDecision;
 
@@ -129,6 +131,8 @@ pub struct Verdict<'p> {
 
 #[derive(Clone, Copy)]
 struct WorkloadState<'p> {
+    /// Its position in the document's workloads ([`EndClass`]).
+    index: u32,
     labels: &'p BTreeMap<String, String>,
     mode: EnforcementMode,
     quarantined: bool,
@@ -150,7 +154,7 @@ struct ResolvedRule<'p> {
 /// resolved). Build once per policy version.
 pub struct Decider<'p> {
     doc: &'p PolicyDocument,
-    workloads: HashMap<&'p str, WorkloadState<'p>>,
+    workloads: FxHashMap<&'p str, WorkloadState<'p>>,
     allows: Vec<ResolvedRule<'p>>,
     /// Which allow rules can concern a (protocol, port): judging a flow looks at those
     /// only, not at every rule (simulations judge millions of flows against thousands).
@@ -236,10 +240,12 @@ impl<'p> Decider<'p> {
         let workloads = doc
             .workloads
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(index, w)| {
                 (
                     w.workload_id.as_str(),
                     WorkloadState {
+                        index: index as u32,
                         labels: &w.labels,
                         mode: w.mode.unwrap_or(doc.default_mode),
                         quarantined: w.quarantined,
@@ -322,6 +328,7 @@ impl<'p> Decider<'p> {
             Some(state) => *state,
             // A workload with an agent that the policy does not list: default mode.
             None => WorkloadState {
+                index: UNLISTED,
                 labels: &NO_LABELS,
                 mode: self.doc.default_mode,
                 quarantined: false,
@@ -454,6 +461,120 @@ impl ResolvedRule<'_> {
         } else {
             self.scope
         }
+    }
+}
+
+/// [`WorkloadState::index`] of a workload the policy does not list.
+const UNLISTED: u32 = u32::MAX;
+
+/// What the decision on a flow depends on at one of its ends: the workload the policy
+/// lists it as (its position; none for an address that is no workload) and the IP lists
+/// its address is in. Rules see nothing else of an end, so two ends of one class are
+/// judged alike.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct EndClass {
+    workload: u32,
+    ip_lists: u64,
+}
+
+/// [`EndClass::workload`] of an address that is no workload.
+const NO_WORKLOAD: u32 = u32::MAX - 1;
+
+/// One [`Decider`]'s decisions ([`Decider::memo`]), remembered by the classes of a
+/// connection's ends, its protocol and port: for judging a stream of flows, whose
+/// connections repeat (a fleet's flows fall in few such classes: pairs of workloads and
+/// their ports, and the internet as the IP lists it is in). Ends it cannot class (a
+/// workload the policy does not list, a document of more than 64 IP lists) are judged
+/// each time, and so is everything asked of it with another document's decider.
+pub struct DecisionMemo<'p> {
+    doc: &'p PolicyDocument,
+    /// Each address's IP lists, as bits in the document's order.
+    ip_lists: FxHashMap<IpAddr, u64>,
+    decisions: FxHashMap<(EndClass, EndClass, u32, u32), Decision>,
+}
+
+/// Entries a memo keeps before starting again (a fleet's classes stay far below).
+const MEMO_ENTRIES: usize = 1 << 20;
+
+impl<'p> Decider<'p> {
+    /// An empty memo of this decider's decisions.
+    pub fn memo(&self) -> DecisionMemo<'p> {
+        DecisionMemo {
+            doc: self.doc,
+            ip_lists: FxHashMap::default(),
+            decisions: FxHashMap::default(),
+        }
+    }
+}
+
+impl<'p> DecisionMemo<'p> {
+    /// `decider.decide(src, dst, protocol, port)`, remembered.
+    pub fn decide(
+        &mut self,
+        decider: &Decider<'p>,
+        src: Endpoint<'_>,
+        dst: Endpoint<'_>,
+        protocol: u32,
+        port: u32,
+    ) -> Decision {
+        let (Some(src_class), Some(dst_class)) =
+            (self.class(decider, src), self.class(decider, dst))
+        else {
+            return decider.decide(src, dst, protocol, port);
+        };
+        if self.decisions.len() >= MEMO_ENTRIES {
+            self.decisions.clear();
+        }
+        *self
+            .decisions
+            .entry((src_class, dst_class, protocol, port))
+            .or_insert_with(|| decider.decide(src, dst, protocol, port))
+    }
+
+    /// The names of the IP lists of the document that contain `ip`, as
+    /// [`ip_lists_containing`] gives them, remembered.
+    pub fn ip_lists_containing(&mut self, ip: IpAddr) -> Vec<&'p str> {
+        let lists = &self.doc.ip_lists;
+        match self.ip_list_bits(ip) {
+            Some(bits) => lists
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| bits >> i & 1 == 1)
+                .map(|(_, list)| list.name.as_str())
+                .collect(),
+            None => ip_lists_containing(self.doc, ip),
+        }
+    }
+
+    fn class(&mut self, decider: &Decider<'p>, end: Endpoint<'_>) -> Option<EndClass> {
+        if !std::ptr::eq(decider.doc, self.doc) {
+            return None;
+        }
+        let workload = match end.workload {
+            None => NO_WORKLOAD,
+            Some(id) => decider.workloads.get(id)?.index,
+        };
+        Some(EndClass {
+            workload,
+            ip_lists: self.ip_list_bits(end.ip)?,
+        })
+    }
+
+    fn ip_list_bits(&mut self, ip: IpAddr) -> Option<u64> {
+        let lists = &self.doc.ip_lists;
+        if lists.len() > 64 {
+            return None;
+        }
+        if self.ip_lists.len() >= MEMO_ENTRIES {
+            self.ip_lists.clear();
+        }
+        Some(*self.ip_lists.entry(ip).or_insert_with(|| {
+            lists
+                .iter()
+                .enumerate()
+                .filter(|(_, list)| list.contains(ip))
+                .fold(0, |bits, (i, _)| bits | 1 << i)
+        }))
     }
 }
 
@@ -707,6 +828,64 @@ default_mode: visibility_only
             assert_eq!(Decision::from(proto), d);
         }
         assert!("maybe".parse::<Decision>().unwrap_err().contains("maybe"));
+    }
+
+    #[test]
+    fn a_memo_decides_every_connection_as_its_decider_does() {
+        let doc = doc();
+        let d = Decider::new(&doc);
+        let ends = [
+            w("web1", "10.0.0.1"),
+            w("web1", "8.8.4.4"), // a workload whose address is in an IP list
+            w("api1", "10.0.0.2"),
+            w("web2", "10.0.0.3"),
+            w("dns1", "10.0.0.4"),
+            w("lab1", "10.0.0.5"),
+            w("new", "10.0.0.9"), // not listed: judged each time
+            ip("8.8.8.8"),
+            ip("1.1.1.1"),
+            ip("10.1.1.1"),
+            ip("fd00::1"),
+        ];
+        let services = [
+            (TCP, 8080),
+            (TCP, 8050),
+            (TCP, 443),
+            (TCP, 23),
+            (UDP, 53),
+            (TCP, 22),
+        ];
+        let mut memo = d.memo();
+        // Twice: the second pass answers from the memo.
+        for _ in 0..2 {
+            for src in ends {
+                for dst in ends {
+                    for (protocol, port) in services {
+                        assert_eq!(
+                            memo.decide(&d, src, dst, protocol, port),
+                            d.decide(src, dst, protocol, port),
+                            "{src:?} → {dst:?} {protocol}/{port}"
+                        );
+                    }
+                }
+            }
+        }
+        for end in ends {
+            assert_eq!(
+                memo.ip_lists_containing(end.ip),
+                ip_lists_containing(&doc, end.ip)
+            );
+        }
+        // Asked with another document's decider, it answers as that decider does.
+        let mut other = doc.clone();
+        other.workloads[0].mode = Some(EnforcementMode::Full);
+        let other = Decider::new(&other);
+        let (web2, web1) = (w("web2", "10.0.0.3"), w("web1", "10.0.0.1"));
+        assert_eq!(
+            memo.decide(&d, web2, web1, TCP, 22),
+            Decision::PotentiallyBlocked
+        );
+        assert_eq!(memo.decide(&other, web2, web1, TCP, 22), Decision::Blocked);
     }
 
     #[test]

@@ -50,7 +50,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub use decide::{Decider, Decision, Endpoint, Verdict, ip_lists_containing};
+pub use decide::{Decider, Decision, DecisionMemo, Endpoint, Verdict, ip_lists_containing};
 pub use sign::{
     KeyError, PolicySigner, PolicyVerifier, SIGNATURE_DOMAIN, key_id, parse_verifying_key,
     signed_message,
