@@ -150,7 +150,7 @@ pub struct PolicyCache {
 }
 
 /// Merged maps kept before the cache starts again (hosts × versions stay far below).
-const EFFECTIVE_LABELS_KEPT: usize = 65_536;
+const MERGED_MAPS_KEPT: usize = 65_536;
 
 /// Versions whose decisions are remembered at once (flows are judged by the version of
 /// their time: the newest few).
@@ -158,7 +158,7 @@ const MEMOS_KEPT: usize = 8;
 
 impl PolicyCache {
     fn merged(&mut self, declared: &Arc<Labels>, assigned: &'static Labels) -> Arc<Labels> {
-        if self.merged.len() >= EFFECTIVE_LABELS_KEPT {
+        if self.merged.len() >= MERGED_MAPS_KEPT {
             self.merged.clear();
         }
         let key = (
