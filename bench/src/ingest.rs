@@ -106,6 +106,14 @@ pub const INVENTORY_OBSERVED_UNIX_NS: u64 = 1_764_115_000_000_000_000;
 /// The backlog the throughput and scaling runs drain: a 200-host estate and `flows` of
 /// its flows over ten minutes, in batches of 1,000.
 pub fn backlog(seed: u64, flows: u64) -> (Estate, FlowSpec) {
+    backlog_of(seed, flows, BACKLOG_HOSTS)
+}
+
+/// Hosts of the backlog's estate.
+pub const BACKLOG_HOSTS: usize = 200;
+
+/// [`backlog`] from an estate of `hosts` hosts.
+pub fn backlog_of(seed: u64, flows: u64, hosts: usize) -> (Estate, FlowSpec) {
     let spec = FlowSpec {
         seed,
         records: flows,
@@ -113,7 +121,7 @@ pub fn backlog(seed: u64, flows: u64) -> (Estate, FlowSpec) {
         span_ns: 600 * 1_000_000_000,
         batch_records: 1_000,
     };
-    (Estate::generate(seed, 200), spec)
+    (Estate::generate(seed, hosts), spec)
 }
 
 /// Publishes the estate's inventory, observed before any of its flows.

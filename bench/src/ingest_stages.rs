@@ -77,9 +77,14 @@ fn lap(stage: &mut f64, started: f64) -> f64 {
 
 /// Runs the stages over `flows` synthetic flows in commits of `commit_flows`, writing
 /// the tables under `work/lake-stages` (replaced if there), and prints each stage's line.
-pub async fn stages(flows: u64, commit_flows: u64, work: &Path) -> Result<StagesReport, BoxError> {
+pub async fn stages(
+    flows: u64,
+    commit_flows: u64,
+    hosts: usize,
+    work: &Path,
+) -> Result<StagesReport, BoxError> {
     bulkhead_ingest::memory::keep_freed_memory_for(bulkhead_ingest::memory::KEEP_FREED_MEMORY);
-    let (estate, spec) = crate::ingest::backlog(5, flows);
+    let (estate, spec) = crate::ingest::backlog_of(5, flows, hosts);
     let mut inventory = Inventory::default();
     for host in estate.inventories(crate::ingest::INVENTORY_OBSERVED_UNIX_NS) {
         inventory.apply(&host.host_id, Some(&host));
@@ -189,7 +194,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_stage_runs_over_every_flow_and_writes_both_tables() {
         let work = tempfile::tempdir().unwrap();
-        let report = stages(12_000, 5_000, work.path()).await.unwrap();
+        let report = stages(12_000, 5_000, 50, work.path()).await.unwrap();
         assert_eq!(report.flows, 12_000);
         assert_eq!(report.stages.len(), STAGES.len());
         for (stage, cpu_s, _) in &report.stages {

@@ -152,9 +152,10 @@ pub struct PolicyCache {
 /// Merged maps kept before the cache starts again (hosts × versions stay far below).
 const MERGED_MAPS_KEPT: usize = 65_536;
 
-/// Versions whose decisions are remembered at once (flows are judged by the version of
-/// their time: the newest few).
-const MEMOS_KEPT: usize = 8;
+/// Versions whose decisions are remembered at once: flows are judged by the version of
+/// their time, the newest one or, around a provision, the two newest (each memo may take
+/// ~40 MB under a scan).
+const MEMOS_KEPT: usize = 2;
 
 impl PolicyCache {
     fn merged(&mut self, declared: &Arc<Labels>, assigned: &'static Labels) -> Arc<Labels> {

@@ -489,7 +489,11 @@ async fn run(
             std::fs::create_dir_all(&work)?;
             let partitions = 4;
             let rounds = if args.quick { 1 } else { 3 };
-            let stages = ingest_stages::stages(flows, 500_000, &work).await?;
+            let stages =
+                ingest_stages::stages(flows, 500_000, ingest::BACKLOG_HOSTS, &work).await?;
+            if let Ok(hosts) = std::env::var("BENCH_STAGE_HOSTS") {
+                ingest_stages::stages(flows, 500_000, hosts.parse()?, &work).await?;
+            }
             let throughput = ingest::throughput(
                 &bulkhead,
                 &args.kafka,

@@ -156,9 +156,11 @@ pub struct Decider<'p> {
     doc: &'p PolicyDocument,
     workloads: FxHashMap<&'p str, WorkloadState<'p>>,
     allows: Vec<ResolvedRule<'p>>,
-    /// Which allow rules can concern a (protocol, port): judging a flow looks at those
-    /// only, not at every rule (simulations judge millions of flows against thousands).
-    allow_index: PortIndex,
+    /// Which allow rules can concern a host, inbound and outbound, on a (protocol,
+    /// port): judging a flow looks at those only, not at every rule (simulations and
+    /// ingest judge millions of flows against thousands).
+    inbound_allows: RuleIndex<'p>,
+    outbound_allows: RuleIndex<'p>,
     denies: Vec<ResolvedRule<'p>>,
 }
 
@@ -175,9 +177,10 @@ struct PortIndex {
 const NARROW_RANGE: u32 = 64;
 
 impl PortIndex {
-    fn new(rules: &[ResolvedRule<'_>]) -> Self {
+    /// The index of `rules`, given with their positions (ascending).
+    fn new<'r, 'p: 'r>(rules: impl IntoIterator<Item = (usize, &'r ResolvedRule<'p>)>) -> Self {
         let mut index = Self::default();
-        for (i, rule) in rules.iter().enumerate() {
+        for (i, rule) in rules {
             let narrow = rule.ports.iter().all(|r| {
                 r.protocol != super::protocol::ANY
                     && !r.all_ports()
@@ -216,6 +219,85 @@ impl PortIndex {
                 (None, None) => return out,
             }
         }
+    }
+}
+
+/// Allow rules by the scope a host must be in for them to concern it, then by port. A
+/// scope is met only by a host carrying one of its values for each of its keys, so a rule
+/// is filed under its scope's first key and each value the scope gives that key, and a
+/// host looks under its own labels only: of a thousand applications' rulesets, a host
+/// sees its own application's. Rules any host may meet (no scope) are filed everywhere.
+#[derive(Default)]
+struct RuleIndex<'p> {
+    by_scope: FxHashMap<&'p str, FxHashMap<&'p str, PortIndex>>,
+    everywhere: PortIndex,
+}
+
+impl<'p> RuleIndex<'p> {
+    /// The index of `rules` as a host meets them: `scope_of(rule)` is the scope the host
+    /// must be in (`None`: any host).
+    fn new(
+        rules: &[ResolvedRule<'p>],
+        scope_of: impl Fn(&ResolvedRule<'p>) -> Option<&'p [Label]>,
+    ) -> Self {
+        let mut filed: FxHashMap<&'p str, FxHashMap<&'p str, Vec<usize>>> = FxHashMap::default();
+        let mut everywhere = vec![];
+        for (i, rule) in rules.iter().enumerate() {
+            match scope_of(rule) {
+                Some(scope @ [first, ..]) => {
+                    let values = filed.entry(first.key.as_str()).or_default();
+                    for label in scope.iter().filter(|l| l.key == first.key) {
+                        let at = values.entry(label.value.as_str()).or_default();
+                        if at.last() != Some(&i) {
+                            at.push(i);
+                        }
+                    }
+                }
+                _ => everywhere.push(i),
+            }
+        }
+        let index = |positions: &[usize]| PortIndex::new(positions.iter().map(|&i| (i, &rules[i])));
+        Self {
+            by_scope: filed
+                .into_iter()
+                .map(|(key, values)| {
+                    let values = values
+                        .into_iter()
+                        .map(|(value, positions)| (value, index(&positions)))
+                        .collect();
+                    (key, values)
+                })
+                .collect(),
+            everywhere: index(&everywhere),
+        }
+    }
+
+    /// Positions of the rules that may concern a host with `labels` on
+    /// `protocol`/`port`, ascending.
+    fn candidates(
+        &self,
+        labels: &BTreeMap<String, String>,
+        protocol: u32,
+        port: u32,
+    ) -> Vec<usize> {
+        let mut out = self.everywhere.candidates(protocol, port);
+        let mut more = false;
+        for (key, value) in labels {
+            if let Some(index) = self
+                .by_scope
+                .get(key.as_str())
+                .and_then(|values| values.get(value.as_str()))
+            {
+                out.extend(index.candidates(protocol, port));
+                more = true;
+            }
+        }
+        if more {
+            // One key's values hold a rule once at most, and a host has one value per key.
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
     }
 }
 
@@ -279,14 +361,32 @@ impl<'p> Decider<'p> {
                 ports: doc.port_ranges(&r.services),
             })
             .collect();
-        let allow_index = PortIndex::new(&allows);
+        let inbound_allows = RuleIndex::new(&allows, |rule| rule.scope);
+        let outbound_allows = RuleIndex::new(&allows, |rule| rule.consumer_scope());
         Self {
             doc,
             workloads,
             allows,
-            allow_index,
+            inbound_allows,
+            outbound_allows,
             denies,
         }
+    }
+
+    /// This decider with every allow rule a candidate for every flow: what the indexes
+    /// must agree with.
+    #[cfg(test)]
+    fn unindexed(doc: &'p PolicyDocument) -> Self {
+        let mut decider = Self::new(doc);
+        let all = || RuleIndex {
+            by_scope: FxHashMap::default(),
+            everywhere: PortIndex {
+                by_port: HashMap::new(),
+                wide: (0..decider.allows.len()).collect(),
+            },
+        };
+        (decider.inbound_allows, decider.outbound_allows) = (all(), all());
+        decider
     }
 
     /// The decision on a connection from `src` (the consumer, who opened it) to `dst`
@@ -398,9 +498,12 @@ impl<'p> Decider<'p> {
         if !default_deny {
             return allowed(None);
         }
-        match self
-            .allow_index
-            .candidates(protocol, port)
+        let allows = match side {
+            Side::Inbound => &self.inbound_allows,
+            Side::Outbound => &self.outbound_allows,
+        };
+        match allows
+            .candidates(host_labels, protocol, port)
             .into_iter()
             .map(|i| &self.allows[i])
             .find(|r| concerns(r))
@@ -453,9 +556,9 @@ impl<'p> Decider<'p> {
     }
 }
 
-impl ResolvedRule<'_> {
+impl<'p> ResolvedRule<'p> {
     /// Consumers are limited to the scope unless the rule is extra-scope.
-    fn consumer_scope(&self) -> Option<&[Label]> {
+    fn consumer_scope(&self) -> Option<&'p [Label]> {
         if self.consumers_extra_scope {
             None
         } else {
@@ -493,8 +596,9 @@ pub struct DecisionMemo<'p> {
     decisions: FxHashMap<(EndClass, EndClass, u32, u32), Decision>,
 }
 
-/// Entries a memo keeps before starting again (a fleet's classes stay far below).
-const MEMO_ENTRIES: usize = 1 << 20;
+/// Entries each of a memo's two maps keeps before starting again (a fleet's classes stay
+/// far below; a scan from many addresses fills the address map; both full take ~40 MB).
+const MEMO_ENTRIES: usize = 1 << 18;
 
 impl<'p> Decider<'p> {
     /// An empty memo of this decider's decisions.
@@ -628,7 +732,7 @@ mod tests {
                 ports: ports.clone(),
             })
             .collect();
-        let index = PortIndex::new(&rules);
+        let index = PortIndex::new(rules.iter().enumerate());
         for protocol in [protocol::TCP, protocol::UDP, 1] {
             for port in [0, 53, 443, 445, 8050, 9000] {
                 let candidates = index.candidates(protocol, port);
@@ -828,6 +932,115 @@ default_mode: visibility_only
             assert_eq!(Decision::from(proto), d);
         }
         assert!("maybe".parse::<Decision>().unwrap_err().contains("maybe"));
+    }
+
+    const SCOPES: &str = r#"
+rulesets:
+  - name: shop-prod
+    scope: [app=shop, env=prod]
+    rules:
+      - id: shop-web-to-api
+        consumers: [{labels: [role=web]}]
+        providers: [{labels: [role=api]}]
+        services: [tcp/8080]
+      - id: shop-scrape
+        consumers: [{labels: [role=monitoring]}]
+        providers: [{any: true}]
+        services: [tcp/9100]
+        extra_scope: true
+      - id: shop-api-out
+        consumers: [{labels: [role=api]}]
+        providers: [{ip_list: internet}]
+        services: [tcp/1-65535]
+  - name: crm-any-env
+    scope: [app=crm]
+    rules:
+      - id: crm-web-to-api
+        consumers: [{labels: [role=web]}]
+        providers: [{labels: [role=api]}]
+        services: [tcp/8080]
+      - id: crm-any-to-db
+        consumers: [{any: true}]
+        providers: [{labels: [role=db]}]
+        services: [tcp/5432]
+  - name: mon
+    scope: [role=monitoring]
+    rules:
+      - id: mon-in
+        consumers: [{any: true}]
+        providers: [{any: true}]
+        services: [tcp/9090]
+        extra_scope: true
+workloads:
+  - {workload_id: sweb, labels: {app: shop, env: prod, role: web}, mode: full, enforce_outbound: true}
+  - {workload_id: sapi, labels: {app: shop, env: prod, role: api}, mode: full, enforce_outbound: true}
+  - {workload_id: sapi2, labels: {app: shop, env: staging, role: api}, mode: visibility_only}
+  - {workload_id: cweb, labels: {app: crm, env: staging, role: web}, mode: full, enforce_outbound: true}
+  - {workload_id: capi, labels: {app: crm, env: prod, role: api}, mode: full}
+  - {workload_id: cdb, labels: {app: crm, env: prod, role: db}, mode: selective}
+  - {workload_id: mon, labels: {role: monitoring, env: prod}, mode: full, enforce_outbound: true}
+  - {workload_id: bare, mode: full, enforce_outbound: true}
+ip_lists:
+  - name: internet
+    cidrs: [0.0.0.0/0]
+    exclusions: [10.0.0.0/8]
+"#;
+
+    #[test]
+    fn the_scope_and_port_indexes_offer_every_rule_that_can_concern_a_host() {
+        let mut doc = PolicyDocument::load(SCOPES, "scopes").unwrap();
+        // What validation refuses, but a decider must still judge alike: a scope with two
+        // values of one key, and a ruleset without scope.
+        let mut both_envs = doc.rulesets[0].clone();
+        both_envs.name = "shop-any-env".into();
+        both_envs.scope = vec![
+            Label::new("env", "staging"),
+            Label::new("app", "shop"),
+            Label::new("env", "prod"),
+        ];
+        for rule in &mut both_envs.rules {
+            rule.id = format!("{}-both", rule.id);
+            rule.services = vec![super::super::ServiceRef::Ports(PortRange::tcp(8443))];
+        }
+        let mut unscoped = doc.rulesets[1].clone();
+        unscoped.name = "everyone".into();
+        unscoped.scope = vec![];
+        for rule in &mut unscoped.rules {
+            rule.id = format!("{}-everyone", rule.id);
+        }
+        doc.rulesets.insert(0, both_envs);
+        doc.rulesets.push(unscoped);
+        let (indexed, every_rule) = (Decider::new(&doc), Decider::unindexed(&doc));
+        let mut ends: Vec<Endpoint<'_>> = doc
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Endpoint::workload(IpAddr::from([10, 0, 0, i as u8 + 1]), &w.workload_id))
+            .collect();
+        ends.extend([ip("8.8.8.8"), ip("10.9.9.9"), w("unlisted", "10.0.0.99")]);
+        let ports = [8080, 8443, 9100, 9090, 5432, 443, 22];
+        let mut rules_named = std::collections::HashSet::new();
+        for src in &ends {
+            for dst in &ends {
+                for port in ports {
+                    let verdict = indexed.explain(*src, *dst, TCP, port);
+                    assert_eq!(
+                        verdict,
+                        every_rule.explain(*src, *dst, TCP, port),
+                        "{src:?} → {dst:?} tcp/{port}"
+                    );
+                    rules_named.extend(verdict.rule_id);
+                }
+            }
+        }
+        // Each rule decided something, so each kind of scope was looked up.
+        for (_, rule) in doc.rules() {
+            assert!(
+                rules_named.contains(rule.id.as_str()),
+                "{} never decided",
+                rule.id
+            );
+        }
     }
 
     #[test]
