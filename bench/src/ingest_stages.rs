@@ -46,6 +46,8 @@ const POLICY_STAGE: usize = 2;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StagesReport {
     pub flows: u64,
+    /// Hosts of the estate, each a workload of its policy.
+    pub hosts: usize,
     pub commit_flows: u64,
     /// `(stage, CPU seconds, flows per CPU second of that stage alone)`.
     pub stages: Vec<(String, f64, f64)>,
@@ -75,8 +77,9 @@ fn lap(stage: &mut f64, started: f64) -> f64 {
     now
 }
 
-/// Runs the stages over `flows` synthetic flows in commits of `commit_flows`, writing
-/// the tables under `work/lake-stages` (replaced if there), and prints each stage's line.
+/// Runs the stages over `flows` synthetic flows of an estate of `hosts` hosts in commits
+/// of `commit_flows`, writing the tables under `work/lake-stages` (replaced if there), and
+/// prints each stage's line.
 pub async fn stages(
     flows: u64,
     commit_flows: u64,
@@ -164,6 +167,7 @@ pub async fn stages(
     let total_cpu_s: f64 = cpu.iter().sum();
     let report = StagesReport {
         flows: done,
+        hosts: estate.hosts.len(),
         commit_flows,
         stages: STAGES
             .iter()
@@ -174,6 +178,10 @@ pub async fn stages(
         flows_per_cpu_s: done as f64 / total_cpu_s.max(1e-9),
         flows_per_cpu_s_without_policy: done as f64 / (total_cpu_s - cpu[POLICY_STAGE]).max(1e-9),
     };
+    println!(
+        "ingest stages: {done} flows of an estate of {} hosts, under its policy",
+        report.hosts
+    );
     for (stage, cpu_s, rate) in &report.stages {
         println!(
             "ingest stages: {stage:<40} {cpu_s:>6.2} CPU s = {:>5.2} µs/flow ({rate:>9.0} flows per CPU s alone)",
