@@ -151,10 +151,10 @@ impl Estate {
 
     /// The policy an architect would write for this estate, as version `version` created at
     /// `created_unix_ns`: every host a workload with its own labels (prod in full
-    /// enforcement, staging in visibility); DNS for everyone; monitoring scrapes every
-    /// host; the internet reaches web on 443; within an application, web → api on 8080
-    /// and api → db on 5432. Web → api across applications and the rogue host's scans
-    /// are what it leaves out (blocked in prod, would be blocked in staging).
+    /// enforcement, staging in visibility); DNS for everyone; monitoring scrapes the
+    /// applications' hosts; the internet reaches web on 443; within an application, web →
+    /// api on 8080 and api → db on 5432. Web → api across applications and the rogue
+    /// host's scans are what it leaves out (blocked in prod, would be blocked in staging).
     pub fn policy(&self, version: u64, created_unix_ns: u64) -> PolicyVersion {
         use bulkhead_schemas::policy::{
             Actor, EnforcementMode, IpList, Label, PolicyDocument, PortRange, Rule, Ruleset,

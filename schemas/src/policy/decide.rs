@@ -293,9 +293,9 @@ impl<'p> RuleIndex<'p> {
             }
         }
         if more {
-            // One key's values hold a rule once at most, and a host has one value per key.
+            // In rule order, so the first that matches is the document's first. No rule
+            // comes twice: each is filed under one key, and a host has one value per key.
             out.sort_unstable();
-            out.dedup();
         }
         out
     }
