@@ -91,7 +91,11 @@ pub fn simulate(
     }
     let app_of = |workload: &Option<String>| -> Option<String> {
         let id = workload.as_deref()?;
-        app_by_workload.get(id).copied().flatten().map(str::to_string)
+        app_by_workload
+            .get(id)
+            .copied()
+            .flatten()
+            .map(str::to_string)
     };
     let mut apps: BTreeMap<String, AppImpact> = BTreeMap::new();
     let mut totals = Totals::default();
@@ -267,5 +271,49 @@ mod tests {
                 ("10.0.0.2".to_string(), "192.0.2.9".to_string(), 443),
             ]
         );
+    }
+
+    /// Flows count for the destination's application, else the source's, else
+    /// "(unlabeled)"; a workload listed twice counts for its first entry's application.
+    #[test]
+    fn flows_count_for_the_application_of_their_ends() {
+        let draft = PolicyDocument::from_yaml(
+            r#"
+workloads:
+  - {workload_id: web, labels: {app: shop, role: web}, mode: full}
+  - {workload_id: db, labels: {app: crm, role: db}, mode: full}
+  - {workload_id: db, labels: {app: other}}
+  - {workload_id: bare, mode: full}
+"#,
+            "draft",
+        )
+        .unwrap();
+        let key = |src: Option<&str>, dst: Option<&str>, flows: u64| FlowKey {
+            src_workload: src.map(str::to_string),
+            src_ip: "10.0.0.1".parse().unwrap(),
+            dst_workload: dst.map(str::to_string),
+            dst_ip: "10.0.0.2".parse().unwrap(),
+            port: 5432,
+            protocol: 6,
+            flows,
+        };
+        let flows = [
+            key(Some("web"), Some("db"), 1),
+            key(Some("web"), Some("bare"), 10),
+            key(None, Some("db"), 100),
+            key(Some("bare"), None, 1000),
+            key(Some("unknown"), Some("nowhere"), 10000),
+        ];
+        let report = simulate(None, &draft, &flows);
+        let per_app: Vec<(&str, u64)> = report
+            .per_app
+            .iter()
+            .map(|a| (a.app.as_str(), a.flows))
+            .collect();
+        assert_eq!(
+            per_app,
+            [("(unlabeled)", 11000), ("crm", 101), ("shop", 10)]
+        );
+        assert_eq!(report.totals.flows, 11111);
     }
 }
