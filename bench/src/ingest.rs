@@ -623,10 +623,12 @@ pub async fn freshness(
         "bench-fresh",
         &["--policy-public-key", key_arg],
     )?;
-    while !["ingesting flows", "policy version verified"]
-        .iter()
-        .all(|line| child.log_text().contains(line))
-    {
+    let started = |log: String| {
+        ["ingesting flows", "policy version verified"]
+            .iter()
+            .all(|line| log.contains(line))
+    };
+    while !started(child.log_text()) {
         child.check_running()?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

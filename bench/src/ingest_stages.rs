@@ -208,7 +208,7 @@ mod tests {
         for (stage, cpu_s, _) in &report.stages {
             assert!(*cpu_s >= 0.0, "{stage}: {cpu_s} CPU s");
         }
-        // Decoding, building the columns and writing the files cannot be free.
+        // Decoding, judging, building the columns and writing the files cannot be free.
         for stage in [0, POLICY_STAGE, 4, 5] {
             assert!(report.stages[stage].1 > 0.0, "{:?}", report.stages[stage]);
         }

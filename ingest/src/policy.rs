@@ -29,8 +29,6 @@ use crate::telemetry;
 pub struct Active {
     pub version: &'static PolicyVersion,
     decider: Decider<'static>,
-    /// The labels it assigns, by workload (the workloads it gives any).
-    assigned: FxHashMap<&'static str, &'static Labels>,
 }
 
 /// Verified policy versions, by version number.
@@ -67,13 +65,6 @@ impl PolicyHistory {
         let active = Active {
             version,
             decider: Decider::new(&version.document),
-            assigned: version
-                .document
-                .workloads
-                .iter()
-                .filter(|w| !w.labels.is_empty())
-                .map(|w| (w.workload_id.as_str(), &w.labels))
-                .collect(),
         };
         self.versions.insert(version.version, active);
         self.generation += 1;
@@ -122,8 +113,9 @@ impl PolicyHistory {
             if let Some([src, dst]) = ends {
                 for (workload, labels) in [(&record.src_workload, src), (&record.dst_workload, dst)]
                 {
+                    let assigned = active.decider.labels_of(workload);
                     if let (Some(declared), Some(assigned)) =
-                        (labels.as_ref(), active.assigned.get(workload.as_str()))
+                        (labels.as_ref(), assigned.filter(|a| !a.is_empty()))
                     {
                         *labels = Some(cache.merged(declared, assigned));
                     }
@@ -176,7 +168,7 @@ impl PolicyCache {
 
     fn memo(&mut self, active: &Active) -> &mut DecisionMemo<'static> {
         let version = active.version.version;
-        if !self.memos.contains_key(&version) && self.memos.len() >= MEMOS_KEPT {
+        if self.memos.len() >= MEMOS_KEPT && !self.memos.contains_key(&version) {
             self.memos.clear();
         }
         self.memos

@@ -422,6 +422,11 @@ impl<'p> Decider<'p> {
         }
     }
 
+    /// The labels the policy gives `workload_id` (`None` when it lists no such workload).
+    pub fn labels_of(&self, workload_id: &str) -> Option<&'p BTreeMap<String, String>> {
+        self.workloads.get(workload_id).map(|state| state.labels)
+    }
+
     fn state(&self, workload: Option<&str>) -> Option<WorkloadState<'p>> {
         let id = workload?;
         Some(match self.workloads.get(id) {
