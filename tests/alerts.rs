@@ -11,12 +11,12 @@ fn deploy_dir() -> PathBuf {
     bulkhead_kafka::testkit::repo_root().join("deploy/prometheus")
 }
 
-/// `promtool <args>` in `deploy/prometheus`; None (said loudly) when promtool is missing
-/// and this run does not require it.
-fn promtool(args: &[&str]) -> Option<String> {
+/// `promtool <args>` in `dir`; None (said loudly) when promtool is missing and this run
+/// does not require it.
+fn promtool_in(dir: &Path, args: &[&str]) -> Option<String> {
     let output = match Command::new("promtool")
         .args(args)
-        .current_dir(deploy_dir())
+        .current_dir(dir)
         .output()
     {
         Ok(output) => output,
@@ -43,9 +43,37 @@ fn promtool(args: &[&str]) -> Option<String> {
     Some(text)
 }
 
+/// `promtool <args>` in `deploy/prometheus`.
+fn promtool(args: &[&str]) -> Option<String> {
+    promtool_in(&deploy_dir(), args)
+}
+
+/// Where compose mounts the API token that Prometheus scrapes `serve` with.
+const SCRAPE_TOKEN_FILE: &str = "/etc/bulkhead/api-token";
+
 #[test]
 fn promtool_accepts_the_config_and_the_rules_and_their_unit_tests_pass() {
-    let Some(config) = promtool(&["check", "config", "prometheus.yml"]) else {
+    // promtool checks that the files the config names exist; the token exists only where
+    // compose mounts it, so the config is checked in a copy that names a token made here.
+    let checked = tempfile::tempdir().unwrap();
+    let token = checked.path().join("api-token");
+    std::fs::write(&token, "test-token\n").unwrap();
+    let config_text = std::fs::read_to_string(deploy_dir().join("prometheus.yml")).unwrap();
+    assert!(
+        config_text.contains(SCRAPE_TOKEN_FILE),
+        "the config scrapes serve with the token compose mounts"
+    );
+    std::fs::write(
+        checked.path().join("prometheus.yml"),
+        config_text.replace(SCRAPE_TOKEN_FILE, token.to_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::copy(
+        deploy_dir().join("alerts.yml"),
+        checked.path().join("alerts.yml"),
+    )
+    .unwrap();
+    let Some(config) = promtool_in(checked.path(), &["check", "config", "prometheus.yml"]) else {
         return;
     };
     assert!(
