@@ -200,6 +200,7 @@ impl Engine {
         }
         let base = SessionContext::new_with_state(state.build());
         crate::udf::register(&base);
+        crate::output_caps::register(&base, limits.query_memory_bytes);
         base.add_analyzer_rule(Arc::new(crate::rules::StandardLabelColumns));
         base.add_optimizer_rule(Arc::new(crate::rules::PackIntegerGroupKeys));
         let lake = Arc::new(LakeSchema::new(location));
@@ -351,6 +352,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::cast::AsArray as _;
 
     fn engine(limits: Limits) -> Engine {
         let dir = tempfile::tempdir().unwrap();
@@ -443,6 +445,29 @@ mod tests {
             0,
             "the failed query released its memory"
         );
+    }
+
+    #[tokio::test]
+    async fn a_function_result_past_the_query_limit_is_a_memory_error() {
+        let engine = engine(Limits {
+            memory_bytes: 64 << 20,
+            query_memory_bytes: 16 << 20,
+            query_timeout: Duration::from_secs(60),
+        });
+        // 160 MB of text from a 30-byte query: refused before it is built.
+        let err = engine
+            .collect("SELECT length(repeat('x', 160000000))")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueryError::Memory(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("repeat(…) would build up to 152.6 MiB")
+                && err.to_string().contains("memory limit of 16 MiB"),
+            "{err}"
+        );
+        let ok = engine.collect("SELECT repeat('ab', 3) AS r").await.unwrap();
+        assert_eq!(ok[0].column(0).as_string::<i32>().value(0), "ababab");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

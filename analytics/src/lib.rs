@@ -30,6 +30,7 @@ pub mod limits;
 pub mod mapped_files;
 pub mod openapi;
 pub mod output;
+mod output_caps;
 pub mod queries;
 pub mod rules;
 pub mod run_aggregate;
