@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::GlobalArgs;
 
+/// The stack of the runtime's threads, where queries are planned and run.
+const QUERY_THREAD_STACK: usize = 16 << 20;
+
 /// mimalloc instead of glibc malloc: ingest builds buffers on its loop thread and frees
 /// them on the committer's, where glibc's arena locks and consolidation took ~28 % of the
 /// CPU; DataFusion's hash tables gain too.
@@ -93,6 +96,10 @@ fn main() -> ExitCode {
     config::init_tracing(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Query planning recurses once per level of an expression; tokio's 2 MiB default
+        // holds about 1,500 levels, the analytics engine admits 2,000 (sql_shape.rs).
+        // Reserved address space: only the pages a thread touches take memory.
+        .thread_stack_size(QUERY_THREAD_STACK)
         .build()
     {
         Ok(runtime) => runtime,

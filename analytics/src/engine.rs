@@ -262,6 +262,7 @@ impl Engine {
 
     /// Plans `sql` read-only in a fresh session.
     pub async fn plan(&self, sql: &str) -> Result<DataFrame, QueryError> {
+        crate::sql_shape::check(sql).map_err(|e| self.failed(QueryError::Invalid(e)))?;
         let session = self.session();
         let deadline = self.limits.query_timeout;
         match tokio::time::timeout(deadline, session.sql_with_options(sql, read_only())).await {

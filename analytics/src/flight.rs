@@ -58,6 +58,7 @@ pub fn service(
     let timeout = engine.limits().query_timeout;
     let service = FlightSqlService::new_with_provider(Box::new(LakeSessions { engine, token }))
         .with_sql_options(read_only())
+        .with_sql_check(crate::sql_shape::check)
         .with_query_timeout(timeout);
     arrow_flight::flight_service_server::FlightServiceServer::new(service)
 }

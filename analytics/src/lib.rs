@@ -35,6 +35,7 @@ pub mod queries;
 pub mod rules;
 pub mod run_aggregate;
 pub mod serve;
+pub mod sql_shape;
 pub mod udf;
 
 pub use catalog::LakeLocation;

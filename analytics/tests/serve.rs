@@ -248,6 +248,37 @@ async fn http_endpoints_and_bad_input() {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{body:?}: {e}: {text}"));
         assert_error(s, &v, status, needle, &format!("query {body:?}"));
     }
+    // Queries that would crash the server rather than fail: a chain of operators that
+    // overflows the planner's stack, and a function result larger than the query's memory.
+    for (sql, status, needle) in [
+        (
+            format!("SELECT 1{}", " + 1".repeat(20_000)),
+            400,
+            "nests operators 20000 deep",
+        ),
+        (
+            "SELECT repeat('x', 1000000000000)".to_string(),
+            422,
+            "repeat(…) would build up to",
+        ),
+    ] {
+        let body = json!({ "sql": sql }).to_string();
+        let (s, text) = call(&app, "POST", "/api/v1/query", Some(&body), None).await;
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_error(s, &v, status, needle, &format!("query {}…", &sql[..30]));
+    }
+    let (s, v) = call_json(
+        &app,
+        "POST",
+        "/api/v1/query",
+        Some(json!({"sql": "SELECT 1 AS one"})),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["rows"]),
+        (StatusCode::OK, &json!([[1]])),
+        "still serving: {v}"
+    );
 
     let (s, v) = call_json(&app, "GET", "/api/v1/map?group_by=app", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -369,6 +400,13 @@ try:
     out["write"] = "accepted"
 except Exception as e:
     out["write"] = str(e)
+try:
+    cur.execute("SELECT 1" + " + 1" * 20000)
+    out["deep"] = "accepted"
+except Exception as e:
+    out["deep"] = str(e)
+cur.execute("SELECT count(*) AS n FROM edges")
+out["after_deep"] = cur.fetchone()[0]
 cur.close(); conn.close()
 try:
     bad = flight_sql.connect(uri, db_kwargs={DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer wrong"})
@@ -402,6 +440,9 @@ print(json.dumps(out))
         write.contains("not supported"),
         "a write must be refused: {write}"
     );
+    let deep = v["deep"].as_str().unwrap();
+    assert!(deep.contains("nests operators 20000 deep"), "{deep}");
+    assert_eq!(v["after_deep"], json!(HOSTS + 2), "{v}");
     let bad = v["bad_token"].as_str().unwrap();
     assert!(
         bad.to_lowercase().contains("unauthenticated") || bad.contains("token"),

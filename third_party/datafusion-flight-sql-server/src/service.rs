@@ -73,7 +73,12 @@ pub struct FlightSqlService {
     config: FlightSqlServiceConfig,
     /// Bulkhead patch: a query's stream fails once it has run this long.
     query_timeout: Option<std::time::Duration>,
+    /// Bulkhead patch: checks a query's text before it is parsed.
+    sql_check: Option<SqlCheck>,
 }
+
+/// Bulkhead patch: `Err(reason)` refuses a query's text before it is parsed.
+pub type SqlCheck = fn(&str) -> std::result::Result<(), String>;
 
 impl FlightSqlService {
     /// Creates a new FlightSqlService with a static SessionState.
@@ -88,6 +93,16 @@ impl FlightSqlService {
             sql_options: None,
             config: FlightSqlServiceConfig::default(),
             query_timeout: None,
+            sql_check: None,
+        }
+    }
+
+    /// Bulkhead patch: runs `check` on every query's text before it is parsed; a query it
+    /// refuses fails with its reason (e.g. shapes that would overflow the planner's stack).
+    pub fn with_sql_check(self, check: SqlCheck) -> Self {
+        Self {
+            sql_check: Some(check),
+            ..self
         }
     }
 
@@ -175,6 +190,7 @@ impl FlightSqlService {
             FlightSqlSessionContext {
                 inner: ctx,
                 sql_options: self.sql_options,
+                sql_check: self.sql_check,
             },
         ))
     }
@@ -193,10 +209,14 @@ static GET_TABLE_TYPES_SCHEMA: Lazy<SchemaRef> = Lazy::new(|| {
 struct FlightSqlSessionContext {
     inner: SessionContext,
     sql_options: Option<SQLOptions>,
+    sql_check: Option<SqlCheck>,
 }
 
 impl FlightSqlSessionContext {
     async fn sql_to_logical_plan(&self, sql: &str) -> DataFusionResult<LogicalPlan> {
+        if let Some(check) = self.sql_check {
+            check(sql).map_err(DataFusionError::Plan)?;
+        }
         let plan = self.inner.state().create_logical_plan(sql).await?;
         let verifier = self.sql_options.unwrap_or_default();
         verifier.verify_plan(&plan)?;
