@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 /// the `bulkhead` runtime's threads have 16 MiB.
 pub const MAX_CHAINED_OPERATORS: usize = 2_000;
 
-/// The most `JOIN`s in one query.
+/// The most joins in one query: `JOIN`s, and commas between the tables of a FROM list.
 pub const MAX_JOINS: usize = 100;
 
 /// Operators that chain into one another, by precedence: a chain of one class nests one
@@ -77,6 +77,22 @@ fn chain_of(token: &Token) -> Option<Chain> {
     })
 }
 
+/// Keywords after which a FROM list's commas no longer join tables.
+const ENDS_FROM: [Keyword; 12] = [
+    Keyword::WHERE,
+    Keyword::GROUP,
+    Keyword::HAVING,
+    Keyword::ORDER,
+    Keyword::LIMIT,
+    Keyword::OFFSET,
+    Keyword::QUALIFY,
+    Keyword::WINDOW,
+    Keyword::UNION,
+    Keyword::INTERSECT,
+    Keyword::EXCEPT,
+    Keyword::SELECT,
+];
+
 /// One level of parentheses.
 #[derive(Default)]
 struct Level {
@@ -84,6 +100,8 @@ struct Level {
     counts: [usize; CHAINS],
     /// How deep the deepest closed group inside this level nests.
     deepest_group: usize,
+    /// Inside this level's FROM list, where a comma joins one more table.
+    in_from: bool,
 }
 
 impl Level {
@@ -115,6 +133,13 @@ pub fn check(sql: &str) -> Result<(), String> {
                 outer.deepest_group = outer.deepest_group.max(closed);
             }
             Token::Word(word) if word.keyword == Keyword::JOIN => joins += 1,
+            Token::Comma if levels.last().is_some_and(|level| level.in_from) => joins += 1,
+            Token::Word(word) if word.keyword == Keyword::FROM => {
+                levels.last_mut().expect("a level").in_from = true;
+            }
+            Token::Word(word) if ENDS_FROM.contains(&word.keyword) => {
+                levels.last_mut().expect("a level").in_from = false;
+            }
             token => {
                 if let Some(chain) = chain_of(token) {
                     let count = &mut levels.last_mut().expect("a level").counts[chain as usize];
@@ -128,8 +153,8 @@ pub fn check(sql: &str) -> Result<(), String> {
     }
     if joins > MAX_JOINS {
         return Err(format!(
-            "the query has {joins} JOINs; planning time grows steeply with joins, so at most \
-             {MAX_JOINS} are planned"
+            "the query joins {joins} times (JOINs and commas in FROM); planning time grows \
+             steeply with joins, so at most {MAX_JOINS} are planned"
         ));
     }
     // Groups left open (text that will not parse) count as closed here.
@@ -208,8 +233,27 @@ mod tests {
         check(&joins(MAX_JOINS)).unwrap();
         let err = check(&joins(MAX_JOINS + 1)).unwrap_err();
         assert!(
-            err.contains("101 JOINs") && err.contains("at most 100"),
+            err.contains("joins 101 times") && err.contains("at most 100"),
             "{err}"
         );
+        let tables = |n: usize| (0..n).map(|i| format!("flows f{i}")).collect::<Vec<_>>();
+        let commas =
+            |n: usize| format!("SELECT count(*) FROM {} WHERE 1 = 1", tables(n).join(", "));
+        check(&commas(MAX_JOINS + 1)).unwrap();
+        assert!(
+            check(&commas(MAX_JOINS + 2))
+                .unwrap_err()
+                .contains("joins 101 times")
+        );
+        // Commas elsewhere (select lists, IN lists, function arguments) join nothing.
+        let columns = vec!["src_ip"; 500].join(", ");
+        let ports = (0..500)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        check(&format!(
+            "SELECT {columns} FROM flows WHERE dst_port IN ({ports}) ORDER BY {columns}"
+        ))
+        .unwrap();
     }
 }
