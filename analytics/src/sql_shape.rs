@@ -5,8 +5,8 @@
 //! `sql_parser.recursion_limit`), but it builds a chain of operators at one level, `1+1+…`
 //! or `a = 1 OR a = 2 OR …`, in a loop, into a tree as deep as the chain is long. Planning
 //! and dropping that tree recurse once per level: 8,000 `+1` overflowed an 8 MiB stack,
-//! and the process aborts (`bulkhead serve` with every client's queries). Joins do not
-//! crash but plan in time that grows steeply with their number (100 joins 0.3 s, 300 joins
+//! and the process aborts (`bulkhead serve` with every client's queries). Joins (by `JOIN`
+//! or by commas in a FROM list) do not crash but plan in time that grows steeply with their number (100 joins 0.3 s, 300 joins
 //! 4 s, 1,000 joins more than two minutes), on a thread the query's time limit cannot
 //! interrupt. So the text is tokenized (iteratively) and refused with a clear error when
 //! its operators nest too deep (the longest chain at each level of parentheses, plus the
