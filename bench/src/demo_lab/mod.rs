@@ -476,8 +476,10 @@ fn build(options: &LabOptions, state: &mut LabState) -> anyhow::Result<()> {
             write_state(state)?;
         }
     }
-    // Agents attach first so the hosts' own sockets are attributed from their creation.
-    std::thread::sleep(Duration::from_secs(2));
+    // Agents attach first so the hosts' own sockets are attributed from their creation
+    // (a socket older than the collector is attributed from /proc, to its process's name,
+    // not its thread's).
+    wait_for_agents_attached(state, AGENT_ATTACH_WAIT);
     let plans = plan(&state.hosts, &state.state_dir);
     for (i, plan) in plans.into_iter().enumerate() {
         let pid = spawn_host(options, &state.hosts[i], &plan)?;
@@ -584,6 +586,45 @@ fn make_namespace(host: &LabHost, net: u8) -> anyhow::Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// How long `lab up` waits for every agent's collector to attach before starting the
+/// hosts' software anyway (a debug build under a loaded machine took more than 2 s).
+const AGENT_ATTACH_WAIT: Duration = Duration::from_secs(60);
+
+/// The line a collector logs once its programs are attached (collector/src/run.rs).
+const COLLECTOR_ATTACHED: &str = "collector attached";
+
+/// Waits until each agent's log says its collector attached, one exits, or `limit` passes
+/// (then says which have not, and goes on: their hosts' sockets are attributed from
+/// /proc).
+fn wait_for_agents_attached(state: &LabState, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let waiting = |host: &&LabHost| {
+        host.pids.get("agent").is_some_and(|&pid| alive(pid))
+            && !std::fs::read_to_string(log_path(&state.state_dir, &host.name, "agent"))
+                .is_ok_and(|log| log.contains(COLLECTOR_ATTACHED))
+    };
+    loop {
+        let left: Vec<&str> = state
+            .hosts
+            .iter()
+            .filter(waiting)
+            .map(|h| h.name.as_str())
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "lab: the agents of {} have not attached after {limit:?}; starting the hosts' \
+                 software anyway (its first sockets are attributed to their process's name)",
+                left.join(", ")
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn log_path(state_dir: &Path, host: &str, what: &str) -> PathBuf {
