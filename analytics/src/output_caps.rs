@@ -182,28 +182,16 @@ fn byte_lengths(arg: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
         }
         ColumnarValue::Array(array) => array,
     };
-    let length = |i: usize, l: usize| if array.is_null(i) { 0 } else { l as u128 };
-    Ok(match array.data_type() {
-        DataType::Utf8 => (0..array.len())
-            .map(|i| length(i, array.as_string::<i32>().value(i).len()))
-            .collect(),
-        DataType::LargeUtf8 => (0..array.len())
-            .map(|i| length(i, array.as_string::<i64>().value(i).len()))
-            .collect(),
-        DataType::Utf8View => (0..array.len())
-            .map(|i| length(i, array.as_string_view().value(i).len()))
-            .collect(),
-        DataType::Binary => (0..array.len())
-            .map(|i| length(i, array.as_binary::<i32>().value(i).len()))
-            .collect(),
-        DataType::LargeBinary => (0..array.len())
-            .map(|i| length(i, array.as_binary::<i64>().value(i).len()))
-            .collect(),
-        DataType::BinaryView => (0..array.len())
-            .map(|i| length(i, array.as_binary_view().value(i).len()))
-            .collect(),
-        _ => vec![0; array.len()],
-    })
+    // Arrow's `length` kernel: bytes per value of text and binary arrays, null for null.
+    let Ok(lengths) = datafusion::arrow::compute::kernels::length::length(array) else {
+        return Ok(vec![0; array.len()]);
+    };
+    let lengths = datafusion::arrow::compute::cast(&lengths, &DataType::Int64)?;
+    Ok(lengths
+        .as_primitive::<Int64Type>()
+        .iter()
+        .map(|l| l.map_or(0, |l| l.max(0) as u128))
+        .collect())
 }
 
 /// Each row's value of an integer argument, negatives and nulls as 0.
