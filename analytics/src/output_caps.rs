@@ -15,7 +15,8 @@ use arrow_array::cast::AsArray as _;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::{DataType, FieldRef, TimeUnit};
-use datafusion::common::ScalarValue;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::kernels::length::length;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::FunctionRegistry as _;
 use datafusion::logical_expr::{
@@ -126,8 +127,12 @@ impl ScalarUDFImpl for OutputCapped {
 /// An upper bound of the bytes `growth`'s result takes for `rows` rows of `args`.
 fn result_bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128> {
     let arg = |i: usize| args.get(i);
-    let lengths = |i: usize| arg(i).map_or_else(|| Ok(vec![0; rows]), |a| byte_lengths(a, rows));
-    let counts = |i: usize| arg(i).map_or_else(|| Ok(vec![0; rows]), |a| counts(a, rows));
+    let of = |i: usize, f: fn(&ArrayRef) -> Result<Vec<u128>>| {
+        arg(i).map_or_else(|| Ok(vec![0; rows]), |a| per_row(a, rows, f))
+    };
+    let lengths = |i: usize| of(i, byte_lengths);
+    let counts = |i: usize| of(i, counts);
+    let row_sizes = |i: usize| of(i, |a| Ok(array_row_sizes(a)));
     let sum = |per_row: &mut dyn Iterator<Item = u128>| per_row.fold(0u128, u128::saturating_add);
     Ok(match growth {
         Growth::Repeat => {
@@ -154,77 +159,56 @@ fn result_bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u
                 .map(|(&t, &p)| t + (t + 1) * p + p / 2 * t))
         }
         Growth::ArrayRepeat => {
-            let (element, n) = (row_sizes(arg(0), rows)?, counts(1)?);
+            let (element, n) = (row_sizes(0)?, counts(1)?);
             sum(&mut element.iter().zip(&n).map(|(&e, &n)| e.max(1) * n))
         }
         Growth::ArrayResize => {
-            let (n, value) = (counts(1)?, row_sizes(arg(2), rows)?);
+            let (n, value) = (counts(1)?, row_sizes(2)?);
             sum(&mut n.iter().zip(&value).map(|(&n, &v)| n * v.max(16)))
         }
         Growth::Series => sum(&mut series_lengths(args, rows)?.into_iter().map(|n| n * 8)),
     })
 }
 
-/// Each row's byte length of a text or binary argument (0 for null or another type).
-fn byte_lengths(arg: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
-    let array = match arg {
-        ColumnarValue::Scalar(scalar) => {
-            let length = match scalar {
-                ScalarValue::Utf8(Some(s))
-                | ScalarValue::LargeUtf8(Some(s))
-                | ScalarValue::Utf8View(Some(s)) => s.len(),
-                ScalarValue::Binary(Some(b))
-                | ScalarValue::LargeBinary(Some(b))
-                | ScalarValue::BinaryView(Some(b)) => b.len(),
-                _ => 0,
-            };
-            return Ok(vec![length as u128; rows]);
-        }
-        ColumnarValue::Array(array) => array,
-    };
+/// `of(array)` for each of `rows` rows: a scalar is worked out once, as an array of one
+/// row, and stands for every row.
+fn per_row<T: Clone>(
+    arg: &ColumnarValue,
+    rows: usize,
+    of: impl Fn(&ArrayRef) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    match arg {
+        ColumnarValue::Array(array) => of(array),
+        ColumnarValue::Scalar(scalar) => Ok(of(&scalar.to_array()?)?
+            .into_iter()
+            .next()
+            .map_or_else(Vec::new, |value| vec![value; rows])),
+    }
+}
+
+/// Each row's byte length of a text or binary array (0 for null or another type).
+fn byte_lengths(array: &ArrayRef) -> Result<Vec<u128>> {
     // Arrow's `length` kernel: bytes per value of text and binary arrays, null for null.
-    let Ok(lengths) = datafusion::arrow::compute::kernels::length::length(array) else {
+    let Ok(lengths) = length(array) else {
         return Ok(vec![0; array.len()]);
     };
-    let lengths = datafusion::arrow::compute::cast(&lengths, &DataType::Int64)?;
-    Ok(lengths
+    Ok(cast(&lengths, &DataType::Int64)?
         .as_primitive::<Int64Type>()
         .iter()
         .map(|l| l.map_or(0, |l| l.max(0) as u128))
         .collect())
 }
 
-/// Each row's value of an integer argument, negatives and nulls as 0.
-fn counts(arg: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
-    let count = |v: Option<i64>| v.map_or(0, |v| v.max(0) as u128);
-    match arg {
-        ColumnarValue::Scalar(scalar) => {
-            let value = match scalar.cast_to(&DataType::Int64)? {
-                ScalarValue::Int64(v) => v,
-                _ => None,
-            };
-            Ok(vec![count(value); rows])
-        }
-        ColumnarValue::Array(array) => {
-            let array = datafusion::arrow::compute::cast(array, &DataType::Int64)?;
-            Ok(array
-                .as_primitive::<Int64Type>()
-                .iter()
-                .map(count)
-                .collect())
-        }
-    }
+/// Each row's value of an integer array, negatives and nulls as 0.
+fn counts(array: &ArrayRef) -> Result<Vec<u128>> {
+    Ok(cast(array, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .iter()
+        .map(|v| v.map_or(0, |v| v.max(0) as u128))
+        .collect())
 }
 
-/// An upper bound of each row's size in memory for any argument (none: 0).
-fn row_sizes(arg: Option<&ColumnarValue>, rows: usize) -> Result<Vec<u128>> {
-    match arg {
-        None => Ok(vec![0; rows]),
-        Some(ColumnarValue::Scalar(scalar)) => Ok(vec![scalar.size() as u128; rows]),
-        Some(ColumnarValue::Array(array)) => Ok(array_row_sizes(array)),
-    }
-}
-
+/// An upper bound of each row's size in memory, for an array of any type.
 fn array_row_sizes(array: &ArrayRef) -> Vec<u128> {
     let fixed = |width: usize| vec![width as u128; array.len()];
     let list = |offsets: Vec<usize>, values: &ArrayRef| {
@@ -261,8 +245,7 @@ fn array_row_sizes(array: &ArrayRef) -> Vec<u128> {
         other => match other.primitive_width() {
             Some(width) => fixed(width),
             None => {
-                let lengths = byte_lengths(&ColumnarValue::Array(array.clone()), array.len())
-                    .unwrap_or_else(|_| fixed(0));
+                let lengths = byte_lengths(array).unwrap_or_else(|_| fixed(0));
                 // Text and binary: the bytes and an offset or view; anything else: its
                 // share of the array's buffers, at least a word.
                 let share = (array.get_array_memory_size() / array.len().max(1)).max(8) as u128;
@@ -283,13 +266,13 @@ fn series_lengths(args: &[ColumnarValue], rows: usize) -> Result<Vec<u128>> {
         [start, stop, step, ..] => (Some(start), stop, Some(step)),
         [] => return Ok(vec![0; rows]),
     };
-    let stop = instants(stop, rows)?;
+    let stop = per_row(stop, rows, instants)?;
     let start = match start {
-        Some(start) => instants(start, rows)?,
+        Some(start) => per_row(start, rows, instants)?,
         None => vec![Some(0); rows],
     };
     let step = match step {
-        Some(step) => steps(step, rows)?,
+        Some(step) => per_row(step, rows, steps)?,
         None => vec![1; rows],
     };
     Ok(start
@@ -303,66 +286,48 @@ fn series_lengths(args: &[ColumnarValue], rows: usize) -> Result<Vec<u128>> {
         .collect())
 }
 
-/// An integer, date or timestamp argument as a number per row: the integer itself, else
+/// An integer, date or timestamp array as a number per row: the integer itself, else
 /// nanoseconds since the epoch.
-fn instants(arg: &ColumnarValue, rows: usize) -> Result<Vec<Option<i128>>> {
-    let array = arg.to_array(1)?;
+fn instants(array: &ArrayRef) -> Result<Vec<Option<i128>>> {
     let as_int = match array.data_type() {
-        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => {
-            datafusion::arrow::compute::cast(
-                &datafusion::arrow::compute::cast(
-                    &array,
-                    &DataType::Timestamp(TimeUnit::Nanosecond, None),
-                )?,
-                &DataType::Int64,
-            )?
-        }
-        _ => datafusion::arrow::compute::cast(&array, &DataType::Int64)?,
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => cast(
+            &cast(array, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
+            &DataType::Int64,
+        )?,
+        _ => cast(array, &DataType::Int64)?,
     };
-    let values: Vec<Option<i128>> = as_int
+    Ok(as_int
         .as_primitive::<Int64Type>()
         .iter()
         .map(|v| v.map(i128::from))
-        .collect();
-    Ok(match arg {
-        ColumnarValue::Scalar(_) => vec![values.first().copied().flatten(); rows],
-        ColumnarValue::Array(_) => values,
-    })
+        .collect())
 }
 
-/// A step argument as a positive number per row: an integer's magnitude, an interval's
+/// A step array as a positive number per row: an integer's magnitude, an interval's
 /// shortest length in nanoseconds (a month as 28 days); 0 when it cannot step.
-fn steps(arg: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+fn steps(array: &ArrayRef) -> Result<Vec<u128>> {
     const DAY_NS: i128 = 86_400_000_000_000;
-    let array = arg.to_array(1)?;
-    let values: Vec<u128> = match array.data_type() {
-        DataType::Interval(_) => {
-            let array = datafusion::arrow::compute::cast(
-                &array,
-                &DataType::Interval(arrow_schema::IntervalUnit::MonthDayNano),
-            )?;
-            array
-                .as_primitive::<arrow_array::types::IntervalMonthDayNanoType>()
-                .iter()
-                .map(|v| {
-                    v.map_or(0, |v| {
-                        let ns = i128::from(v.months) * 28 * DAY_NS
-                            + i128::from(v.days) * DAY_NS
-                            + i128::from(v.nanoseconds);
-                        ns.unsigned_abs()
-                    })
-                })
-                .collect()
-        }
-        _ => datafusion::arrow::compute::cast(&array, &DataType::Int64)?
+    Ok(match array.data_type() {
+        DataType::Interval(_) => cast(
+            array,
+            &DataType::Interval(arrow_schema::IntervalUnit::MonthDayNano),
+        )?
+        .as_primitive::<arrow_array::types::IntervalMonthDayNanoType>()
+        .iter()
+        .map(|v| {
+            v.map_or(0, |v| {
+                let ns = i128::from(v.months) * 28 * DAY_NS
+                    + i128::from(v.days) * DAY_NS
+                    + i128::from(v.nanoseconds);
+                ns.unsigned_abs()
+            })
+        })
+        .collect(),
+        _ => cast(array, &DataType::Int64)?
             .as_primitive::<Int64Type>()
             .iter()
             .map(|v| v.map_or(0, |v| v.unsigned_abs() as u128))
             .collect(),
-    };
-    Ok(match arg {
-        ColumnarValue::Scalar(_) => vec![values.first().copied().unwrap_or(0); rows],
-        ColumnarValue::Array(_) => values,
     })
 }
 
@@ -385,6 +350,7 @@ fn human_bytes(bytes: u128) -> String {
 mod tests {
     use super::*;
     use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::common::ScalarValue;
 
     /// A session with DataFusion's functions and the caps of `limit_bytes`.
     fn session(limit_bytes: usize) -> SessionContext {
