@@ -112,6 +112,13 @@ impl Level {
     }
 }
 
+/// Closes the innermost of `levels` (at least two), a group inside the one around it.
+fn close_group(levels: &mut Vec<Level>) {
+    let closed = levels.pop().expect("an inner level").depth();
+    let outer = levels.last_mut().expect("the outer level");
+    outer.deepest_group = outer.deepest_group.max(closed);
+}
+
 /// `Err` with what is wrong when `sql` nests operators deeper than
 /// [`MAX_CHAINED_OPERATORS`] (chains at one level, and the chains of the groups inside
 /// them), or joins more than [`MAX_JOINS`] times. Text that does not tokenize passes: the
@@ -127,11 +134,7 @@ pub fn check(sql: &str) -> Result<(), String> {
     for token in &tokens {
         match token {
             Token::LParen => levels.push(Level::default()),
-            Token::RParen if levels.len() > 1 => {
-                let closed = levels.pop().expect("an inner level").depth();
-                let outer = levels.last_mut().expect("the outer level");
-                outer.deepest_group = outer.deepest_group.max(closed);
-            }
+            Token::RParen if levels.len() > 1 => close_group(&mut levels),
             Token::Word(word) if word.keyword == Keyword::JOIN => joins += 1,
             Token::Comma if levels.last().is_some_and(|level| level.in_from) => joins += 1,
             Token::Word(word) if word.keyword == Keyword::FROM => {
@@ -158,9 +161,10 @@ pub fn check(sql: &str) -> Result<(), String> {
         ));
     }
     // Groups left open (text that will not parse) count as closed here.
-    let depth = levels.iter().rev().fold(0, |inner, level| {
-        level.counts.iter().max().copied().unwrap_or(0) + level.deepest_group.max(inner)
-    });
+    while levels.len() > 1 {
+        close_group(&mut levels);
+    }
+    let depth = levels[0].depth();
     match longest {
         Some((_, token)) if depth > MAX_CHAINED_OPERATORS => Err(format!(
             "the query nests operators {depth} deep (chains of `{token}`), more than the \
