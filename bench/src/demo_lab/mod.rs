@@ -600,26 +600,24 @@ const COLLECTOR_ATTACHED: &str = "collector attached";
 /// /proc).
 fn wait_for_agents_attached(state: &LabState, limit: Duration) {
     let deadline = Instant::now() + limit;
-    let waiting = |host: &&LabHost| {
+    let waiting = |host: &LabHost| {
         host.pids.get("agent").is_some_and(|&pid| alive(pid))
             && !std::fs::read_to_string(log_path(&state.state_dir, &host.name, "agent"))
                 .is_ok_and(|log| log.contains(COLLECTOR_ATTACHED))
     };
+    // Once attached, an agent's log is not read again.
+    let mut left: Vec<&LabHost> = state.hosts.iter().collect();
     loop {
-        let left: Vec<&str> = state
-            .hosts
-            .iter()
-            .filter(waiting)
-            .map(|h| h.name.as_str())
-            .collect();
+        left.retain(|host| waiting(host));
         if left.is_empty() {
             return;
         }
         if Instant::now() >= deadline {
+            let names: Vec<&str> = left.iter().map(|h| h.name.as_str()).collect();
             eprintln!(
                 "lab: the agents of {} have not attached after {limit:?}; starting the hosts' \
                  software anyway (its first sockets are attributed to their process's name)",
-                left.join(", ")
+                names.join(", ")
             );
             return;
         }
