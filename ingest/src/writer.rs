@@ -1177,4 +1177,108 @@ mod tests {
             .sum();
         assert_eq!(rows_written, 4);
     }
+
+    /// `third_party/parquet` looks string values up in a cache by their first and last
+    /// eight bytes and compares values of up to 16 bytes as numbers (its `PATCHED.md`).
+    /// Files written with the writer ingest uses must hold the same values and the same
+    /// min/max statistics as the plain byte comparison gives, for values of every length:
+    /// empty, with zero and 0xff bytes, prefixes of each other, longer ones equal in their
+    /// first and last eight bytes, and enough distinct values to share cache slots.
+    #[test]
+    fn strings_and_their_statistics_come_back_exactly_from_the_patched_parquet_writer() {
+        use arrow_array::BinaryArray;
+        use deltalake::parquet::arrow::ArrowWriter;
+        use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+        use deltalake::parquet::file::statistics::Statistics;
+
+        let mut values: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\0".to_vec(),
+            b"ab".to_vec(),
+            b"\xff".to_vec(),
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff".to_vec(),
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\0".to_vec(),
+            b"0123456789abcdef".to_vec(),
+            b"0123456789abcdeg".to_vec(),
+            b"01234567-X-89abcdef".to_vec(),
+            b"01234567-Y-89abcdef".to_vec(),
+            b"01234567-Y-89abcdeg".to_vec(),
+        ];
+        // Distinct values of every length up to 40, more than the cache has slots.
+        values.extend((0..2_000u32).map(|i| {
+            let len = (i % 41) as usize;
+            (0..len)
+                .map(|k| (i.wrapping_mul(2_654_435_761) >> (k % 24)) as u8)
+                .collect()
+        }));
+        // Every value several times, in runs and scattered, as sorted rows repeat them.
+        let rows: Vec<&[u8]> = (0..4)
+            .flat_map(|pass| {
+                values
+                    .iter()
+                    .enumerate()
+                    .flat_map(move |(i, v)| std::iter::repeat_n(v.as_slice(), 1 + (i + pass) % 3))
+            })
+            .collect();
+        let binary = Arc::new(BinaryArray::from_iter_values(rows.iter().copied()));
+        let texts: Vec<String> = rows.iter().map(|v| v.escape_ascii().to_string()).collect();
+        let text = Arc::new(StringArray::from_iter_values(&texts));
+        let batch =
+            RecordBatch::try_from_iter([("binary", binary as ArrayRef), ("text", text)]).unwrap();
+        let mut file = Vec::new();
+        // Statistics whole (not cut to 64 bytes); small data pages, many per dictionary.
+        let properties = WriterProperties::builder()
+            .set_statistics_truncate_length(None)
+            .set_data_page_row_count_limit(1_000)
+            .set_write_batch_size(700)
+            .build();
+        let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let file = bytes::Bytes::from(file);
+
+        let read: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file.clone())
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let read = arrow_select::concat::concat_batches(&batch.schema(), &read).unwrap();
+        assert_eq!(read, batch);
+
+        let reader = SerializedFileReader::new(file).unwrap();
+        let column = |i: usize| reader.metadata().row_group(0).column(i).clone();
+        let sorted_rows = {
+            let mut sorted = rows.clone();
+            sorted.sort();
+            sorted
+        };
+        match column(0).statistics() {
+            Some(Statistics::ByteArray(stats)) => {
+                assert_eq!(stats.min_opt().unwrap().data(), sorted_rows[0]);
+                assert_eq!(
+                    stats.max_opt().unwrap().data(),
+                    *sorted_rows.last().unwrap()
+                );
+            }
+            other => panic!("binary statistics: {other:?}"),
+        }
+        let (min, max) = (texts.iter().min().unwrap(), texts.iter().max().unwrap());
+        match column(1).statistics() {
+            Some(Statistics::ByteArray(stats)) => {
+                assert_eq!(stats.min_opt().unwrap().data(), min.as_bytes());
+                assert_eq!(stats.max_opt().unwrap().data(), max.as_bytes());
+            }
+            other => panic!("text statistics: {other:?}"),
+        }
+        assert!(
+            column(0)
+                .encodings()
+                .any(|e| e == deltalake::parquet::basic::Encoding::RLE_DICTIONARY),
+            "written with a dictionary"
+        );
+    }
 }
