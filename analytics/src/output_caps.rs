@@ -189,14 +189,10 @@ fn per_row<T: Clone>(
 /// Each row's byte length of a text or binary array (0 for null or another type).
 fn byte_lengths(array: &ArrayRef) -> Result<Vec<u128>> {
     // Arrow's `length` kernel: bytes per value of text and binary arrays, null for null.
-    let Ok(lengths) = length(array) else {
-        return Ok(vec![0; array.len()]);
-    };
-    Ok(cast(&lengths, &DataType::Int64)?
-        .as_primitive::<Int64Type>()
-        .iter()
-        .map(|l| l.map_or(0, |l| l.max(0) as u128))
-        .collect())
+    match length(array) {
+        Ok(lengths) => counts(&lengths),
+        Err(_) => Ok(vec![0; array.len()]),
+    }
 }
 
 /// Each row's value of an integer array, negatives and nulls as 0.
