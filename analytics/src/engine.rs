@@ -13,7 +13,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 
 use crate::catalog::{LakeLocation, LakeSchema};
 use crate::limits::{Limits, QueryPool};
@@ -57,6 +57,21 @@ impl QueryError {
             Self::Timeout(_) => "timeout",
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// A panic inside DataFusion while it ran the query, as the error it should have been.
+    /// DataFusion re-raises a panic of an operator's task in the task that reads the
+    /// query's stream; caught there, the request fails cleanly instead.
+    fn engine_panic(panic: Box<dyn std::any::Any + Send>) -> Self {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Self::Internal(format!(
+            "the query engine failed while running this query ({message}); this is a defect in \
+             DataFusion, not in the query: report it with the query, or rewrite the query"
+        ))
     }
 
     /// Classifies a DataFusion error; `sql` lets a position be shown under the query.
@@ -198,6 +213,7 @@ impl Engine {
                 crate::run_aggregate::RunGroupedPartialAggregate::default(),
             ));
         }
+        let state = state.with_physical_optimizer_rule(Arc::new(crate::yielding::YieldingJoins));
         let base = SessionContext::new_with_state(state.build());
         crate::udf::register(&base);
         crate::output_caps::register(&base, limits.query_memory_bytes);
@@ -291,9 +307,11 @@ impl Engine {
     ) -> Result<Vec<RecordBatch>, QueryError> {
         let started = Instant::now();
         let limit = self.limits.query_timeout;
-        let result = match tokio::time::timeout(limit, df.collect()).await {
-            Ok(Ok(batches)) => Ok(batches),
-            Ok(Err(e)) => Err(self.failed(QueryError::from_datafusion(e, sql))),
+        let run = std::panic::AssertUnwindSafe(df.collect()).catch_unwind();
+        let result = match tokio::time::timeout(limit, run).await {
+            Ok(Ok(Ok(batches))) => Ok(batches),
+            Ok(Ok(Err(e))) => Err(self.failed(QueryError::from_datafusion(e, sql))),
+            Ok(Err(panic)) => Err(self.failed(QueryError::engine_panic(panic))),
             Err(_) => Err(self.failed(QueryError::Timeout(limit))),
         };
         self.record(started, result.is_ok());
@@ -332,11 +350,17 @@ impl Engine {
             let engine = engine.clone();
             async move {
                 let mut stream = state?;
-                match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Ok(Some(item)) => Some((item, Some(stream))),
-                    Ok(None) => {
+                let next = std::panic::AssertUnwindSafe(stream.next()).catch_unwind();
+                match tokio::time::timeout_at(deadline, next).await {
+                    Ok(Ok(Some(item))) => Some((item, Some(stream))),
+                    Ok(Ok(None)) => {
                         engine.record(started, true);
                         None
+                    }
+                    Ok(Err(panic)) => {
+                        engine.record(started, false);
+                        let e = engine.failed(QueryError::engine_panic(panic));
+                        Some((Err(DataFusionError::External(Box::new(e))), None))
                     }
                     Err(_) => {
                         engine.record(started, false);
@@ -482,6 +506,76 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, QueryError::Timeout(_)), "{err:?}");
+        engine.collect("SELECT 1").await.unwrap();
+    }
+
+    /// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // SAFETY: reads a constant of the system.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_that_makes_trillions_of_rows_is_stopped_at_the_limit_and_stops_working() {
+        let engine = engine(Limits {
+            query_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        // 10^12 pairs, each batch of `c` joined with a million rows of `a, b`: without a
+        // yield per joined batch, the limit of 0.3 s fired after 15.6 s (debug build).
+        let started = Instant::now();
+        let err = engine
+            .collect(
+                "SELECT count(*) FROM range(1000) a, range(1000) b, range(1000000) c \
+                 WHERE a.value + b.value + c.value > 0",
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueryError::Timeout(_)), "{err:?}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "stopped only after {took:?}");
+        // And the stopped query's work ends with it: a join still running on the runtime's
+        // threads would spend about a CPU second per second here.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = cpu_seconds();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let spent = cpu_seconds() - before;
+        assert!(
+            spent < 0.5,
+            "the stopped query kept working: {spent:.2} CPU s in 2 s"
+        );
+        engine.collect("SELECT 1").await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_inside_datafusion_fails_the_query_not_the_server() {
+        let engine = engine(Limits::default());
+        // DataFusion 55.2 panics on this one ("partition not used yet", in a repartition
+        // under a cross join whose build side runs out of memory); a fixed DataFusion
+        // answers with the memory limit instead. Either way: an error, and the engine
+        // goes on.
+        let sql = "SELECT count(*) FROM range(20000) a, range(20000) b, range(20000) c \
+                   WHERE a.value + b.value + c.value > 0";
+        let err = engine.collect(sql).await.unwrap_err();
+        assert!(
+            matches!(err, QueryError::Internal(_) | QueryError::Memory(_)),
+            "{err:?}"
+        );
+        let mut stream = engine.stream(sql).await.unwrap();
+        let mut failed = false;
+        while let Some(item) = stream.next().await {
+            failed |= item.is_err();
+        }
+        assert!(failed, "the streamed query must end with its error");
         engine.collect("SELECT 1").await.unwrap();
     }
 }

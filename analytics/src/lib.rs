@@ -10,8 +10,8 @@
 //! Entry points:
 //! - [`Engine`]: DataFusion over the lake ([`catalog`]; a local lake's Parquet files are read
 //!   through memory maps, [`mapped_files`]), read-only, with the flow
-//!   functions of [`udf`], the optimizer rules of [`rules`] and [`run_aggregate`], and the
-//!   memory and time limits of [`limits`].
+//!   functions of [`udf`], the optimizer rules of [`rules`], [`run_aggregate`] and
+//!   [`yielding`], and the memory and time limits of [`limits`].
 //! - [`cli::run_sql`]: `bulkhead sql`.
 //! - [`serve::Server`]: `bulkhead serve` — HTTP ([`http`]) and Flight SQL ([`flight`]).
 //!   Other components mount their axum `Router` with
@@ -37,6 +37,7 @@ pub mod run_aggregate;
 pub mod serve;
 pub mod sql_shape;
 pub mod udf;
+pub mod yielding;
 
 pub use catalog::LakeLocation;
 pub use engine::{Engine, QueryError};
