@@ -48,7 +48,7 @@ use datafusion_substrait::{
     logical_plan::consumer::from_substrait_plan, serializer::deserialize_bytes,
 };
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use log::info;
 use once_cell::sync::Lazy;
 use prost::bytes::Bytes;
@@ -1234,9 +1234,29 @@ where
         if over {
             return None;
         }
-        match tokio::time::timeout_at(end, stream.next()).await {
-            Ok(Some(item)) => Some((item, (stream, false))),
-            Ok(None) => None,
+        // A panic inside DataFusion is re-raised where the stream is read: caught here,
+        // the query fails with the message instead of the connection's task.
+        let next = std::panic::AssertUnwindSafe(stream.next()).catch_unwind();
+        match tokio::time::timeout_at(end, next).await {
+            Ok(Ok(Some(item))) => Some((item, (stream, false))),
+            Ok(Ok(None)) => None,
+            Ok(Err(panic)) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                Some((
+                    Err(FlightError::ExternalError(
+                        format!(
+                            "the query engine failed while running this query ({message}); \
+                             this is a defect in DataFusion, not in the query"
+                        )
+                        .into(),
+                    )),
+                    (stream, true),
+                ))
+            }
             Err(_) => Some((
                 Err(FlightError::ExternalError(
                     format!("the query exceeded its time limit of {limit:?}").into(),
