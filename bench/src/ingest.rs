@@ -306,14 +306,32 @@ struct PythonResult {
     seconds: f64,
 }
 
+/// The `bench` crate's directory, where the Python baseline lives: cargo's at run time
+/// when set (tests and their children), else the one compiled in, else `bench/` under the
+/// working directory. A target directory shared by two checkouts can hold a build whose
+/// compiled-in path names the other, since removed, checkout.
+fn bench_dir() -> PathBuf {
+    let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+        Some(compiled.clone()),
+        std::env::current_dir().ok().map(|dir| dir.join("bench")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|dir| dir.join("python/ingest_baseline.py").is_file())
+    .unwrap_or(compiled)
+}
+
 fn python_baseline(
     config: &KafkaConfig,
     flows: u64,
     out: &Path,
     window_secs: u64,
 ) -> Result<PythonResult, BoxError> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/ingest_baseline.py");
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/proto");
+    let bench_dir = bench_dir();
+    let script = bench_dir.join("python/ingest_baseline.py");
+    let proto = bench_dir.join("../schemas/proto");
     let output = Command::new("python3")
         .arg(&script)
         .args(["--brokers", &config.brokers])
