@@ -3,8 +3,8 @@
 //! The time limit is a tokio timeout around the query's stream; it fires only when the
 //! query yields to the runtime. DataFusion's own `EnsureCooperative` rule makes the scans
 //! spend tokio's cooperative budget, one unit per batch they read — but a join can make
-//! billions of rows out of one batch read: `flows a, flows b, flows c` counted for hours
-//! without yielding once, past a limit of half a second. [`YieldingJoins`] wraps every
+//! billions of rows out of one batch read: `flows a, flows b, flows c` ran on for over 18
+//! minutes without yielding, past a limit of half a second. [`YieldingJoins`] wraps every
 //! join and unnest in DataFusion's `CooperativeExec`, so each batch they emit spends the
 //! budget too, and a query that runs out of time is stopped within a few batches.
 
