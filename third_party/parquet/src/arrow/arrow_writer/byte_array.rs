@@ -890,46 +890,28 @@ where
 {
     let first_idx = valid.next()?;
 
-    let first_val = array.value(first_idx);
-    let mut min = first_val;
-    let mut max = first_val;
-    // Values of at most 16 bytes are compared as numbers (Bulkhead patch, see
-    // `PATCHED.md`); `None` while the bound is a longer value.
-    let order = |val: T::Item| {
+    // Each value with its number when it has at most 16 bytes: two such values are
+    // compared as numbers, any other pair by their bytes (Bulkhead patch, see `PATCHED.md`).
+    let ordered = |val: T::Item| {
         let key = ShortKey::of(val.as_ref());
-        key.is_whole().then(|| key.order())
+        (val, key.is_whole().then(|| key.order()))
     };
-    let mut min_order = order(first_val);
-    let mut max_order = min_order;
+    let less = |(a, a_order): (T::Item, _), (b, b_order): (T::Item, _)| match (a_order, b_order) {
+        (Some(a_order), Some(b_order)) => a_order < b_order,
+        _ => a < b,
+    };
+    let mut min = ordered(array.value(first_idx));
+    let mut max = min;
     for idx in valid {
-        let val = array.value(idx);
-        let val_order = order(val);
-        match (val_order, min_order) {
-            (Some(v), Some(m)) => {
-                if v < m {
-                    (min, min_order) = (val, val_order);
-                }
-            }
-            _ => {
-                if val < min {
-                    (min, min_order) = (val, val_order);
-                }
-            }
+        let val = ordered(array.value(idx));
+        if less(val, min) {
+            min = val;
         }
-        match (val_order, max_order) {
-            (Some(v), Some(m)) => {
-                if v > m {
-                    (max, max_order) = (val, val_order);
-                }
-            }
-            _ => {
-                if val > max {
-                    (max, max_order) = (val, val_order);
-                }
-            }
+        if less(max, val) {
+            max = val;
         }
     }
-    Some((min.as_ref().to_vec().into(), max.as_ref().to_vec().into()))
+    Some((min.0.as_ref().to_vec().into(), max.0.as_ref().to_vec().into()))
 }
 
 /// Updates geospatial statistics for the provided array and indices
