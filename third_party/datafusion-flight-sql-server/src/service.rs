@@ -315,10 +315,7 @@ impl ArrowFlightSqlService for FlightSqlService {
             .map_err(df_error_to_status)?;
 
         let arrow_stream = stream.map_err(|e| FlightError::ExternalError(e.into()));
-        let arrow_stream = match self.query_timeout {
-            Some(limit) => with_deadline(arrow_stream, limit).boxed(),
-            None => arrow_stream.boxed(),
-        };
+        let arrow_stream = guarded(arrow_stream, self.query_timeout).boxed();
 
         let flight_data_stream = FlightDataEncoderBuilder::new()
             .with_schema(arrow_schema)
@@ -1220,49 +1217,47 @@ fn requested_catalogs(ctx: &SessionContext, named: Option<String>) -> Vec<String
     }
 }
 
-/// `stream`, ended with an error once `limit` has passed since the query started
-/// (Bulkhead patch).
-fn with_deadline<S>(
+/// `stream`, ended with an error once `limit` (if any) has passed since the query started,
+/// or when DataFusion re-raises a panic while it is read (Bulkhead patch).
+fn guarded<S>(
     stream: S,
-    limit: std::time::Duration,
+    limit: Option<std::time::Duration>,
 ) -> impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send
 where
     S: futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
 {
-    let end = tokio::time::Instant::now() + limit;
+    let end = limit.map(|limit| (tokio::time::Instant::now() + limit, limit));
     futures::stream::unfold((Box::pin(stream), false), move |(mut stream, over)| async move {
         if over {
             return None;
         }
-        // A panic inside DataFusion is re-raised where the stream is read: caught here,
-        // the query fails with the message instead of the connection's task.
+        // Caught here, a panic fails the query with its message, not the connection's task.
         let next = std::panic::AssertUnwindSafe(stream.next()).catch_unwind();
-        match tokio::time::timeout_at(end, next).await {
-            Ok(Ok(Some(item))) => Some((item, (stream, false))),
-            Ok(Ok(None)) => None,
-            Ok(Err(panic)) => {
+        let next = match end {
+            Some((end, limit)) => match tokio::time::timeout_at(end, next).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let e = format!("the query exceeded its time limit of {limit:?}");
+                    return Some((Err(FlightError::ExternalError(e.into())), (stream, true)));
+                }
+            },
+            None => next.await,
+        };
+        match next {
+            Ok(Some(item)) => Some((item, (stream, false))),
+            Ok(None) => None,
+            Err(panic) => {
                 let message = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "no message".into());
-                Some((
-                    Err(FlightError::ExternalError(
-                        format!(
-                            "the query engine failed while running this query ({message}); \
-                             this is a defect in DataFusion, not in the query"
-                        )
-                        .into(),
-                    )),
-                    (stream, true),
-                ))
+                let e = format!(
+                    "the query engine failed while running this query ({message}); \
+                     this is a defect in DataFusion, not in the query"
+                );
+                Some((Err(FlightError::ExternalError(e.into())), (stream, true)))
             }
-            Err(_) => Some((
-                Err(FlightError::ExternalError(
-                    format!("the query exceeded its time limit of {limit:?}").into(),
-                )),
-                (stream, true),
-            )),
         }
     })
 }
