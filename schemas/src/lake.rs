@@ -5,8 +5,8 @@
 //! read the tables without casts. IP addresses are text; "unknown" is NULL, never "" or 0.
 //!
 //! [`FlowColumns`] appends [`FlowBatch`]es straight into Arrow column builders: no
-//! intermediate row structs, and no allocation per row (addresses are formatted into one
-//! reused buffer).
+//! intermediate copies of rows, and no allocation per row (addresses are formatted into
+//! one reused buffer).
 
 use std::sync::Arc;
 
