@@ -696,7 +696,7 @@ impl<'a> FlowRow<'a> {
 
 /// Rows [`FlowColumns::append_checked_rows`] appends column by column: few enough that
 /// their records stay in the CPU's cache from the first column to the last.
-pub const APPEND_CHUNK: usize = 128;
+pub const APPEND_CHUNK: usize = 256;
 
 /// Appends `value` of each of `rows` (at most [`APPEND_CHUNK`]) to `builder`, as one slice.
 fn append_each<T: ArrowPrimitiveType>(
