@@ -72,17 +72,12 @@ pub fn sorted_flows(parts: &[&FlowRows]) -> Result<Vec<RecordBatch>, ArrowError>
     };
     let build = |places: &[Place]| -> Result<RecordBatch, ArrowError> {
         let mut columns = FlowColumns::with_capacity(places.len());
-        let mut chunks = places.chunks(APPEND_CHUNK).peekable();
-        if let Some(first) = chunks.peek() {
-            first.iter().for_each(|place| prefetch_row(&row(place)));
-        }
-        let mut rows = Vec::with_capacity(APPEND_CHUNK);
-        while let Some(chunk) = chunks.next() {
-            if let Some(next) = chunks.peek() {
-                next.iter().for_each(|place| prefetch_row(&row(place)));
-            }
-            rows.clear();
-            rows.extend(chunk.iter().map(row));
+        let mut chunks = places.chunks(APPEND_CHUNK);
+        let (mut rows, mut next) = (Vec::new(), Vec::with_capacity(APPEND_CHUNK));
+        fetch(chunks.next(), row, &mut next);
+        while !next.is_empty() {
+            std::mem::swap(&mut rows, &mut next);
+            fetch(chunks.next(), row, &mut next);
             rows.iter().for_each(|row| prefetch_fields(row.record));
             columns.append_checked_rows(&rows);
         }
@@ -108,6 +103,18 @@ fn prefetch<T>(p: *const T) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
     }
+}
+
+/// `chunk`'s rows (none for no chunk) into `rows`, their records (with their ends'
+/// labels) fetched into the cache.
+fn fetch<'a>(
+    chunk: Option<&[Place]>,
+    row: impl Fn(&Place) -> FlowRow<'a>,
+    rows: &mut Vec<FlowRow<'a>>,
+) {
+    rows.clear();
+    rows.extend(chunk.unwrap_or_default().iter().map(row));
+    rows.iter().for_each(prefetch_row);
 }
 
 fn prefetch_row(row: &FlowRow<'_>) {

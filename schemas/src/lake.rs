@@ -819,12 +819,12 @@ impl FlowColumns {
     }
 
     fn append_chunk(&mut self, rows: &[FlowRow<'_>]) {
-        append_each(&mut self.date, rows, |row| {
-            date_hour(row.record.first_seen_unix_ns).0
-        });
-        append_each(&mut self.hour, rows, |row| {
-            date_hour(row.record.first_seen_unix_ns).1
-        });
+        let (mut dates, mut hours) = ([0; APPEND_CHUNK], [0; APPEND_CHUNK]);
+        for ((date, hour), row) in dates.iter_mut().zip(&mut hours).zip(rows) {
+            (*date, *hour) = date_hour(row.record.first_seen_unix_ns);
+        }
+        self.date.append_slice(&dates[..rows.len()]);
+        self.hour.append_slice(&hours[..rows.len()]);
         for row in rows {
             let host_id = if row.record.host_id.is_empty() {
                 &row.batch.host_id
