@@ -842,8 +842,13 @@ impl FlowColumns {
         append_each(&mut self.ip_version, rows, |row| {
             row.record.ip_version as i32
         });
+        // In file order a source address repeats row after row: written once per run.
+        let mut written: Option<&[u8]> = None;
         for row in rows {
-            crate::ip::write_text(&row.record.src_ip, &mut self.ip_text);
+            if written != Some(&row.record.src_ip) {
+                crate::ip::write_text(&row.record.src_ip, &mut self.ip_text);
+                written = Some(&row.record.src_ip);
+            }
             self.src_ip.append_value(&self.ip_text);
         }
         for row in rows {
@@ -1070,6 +1075,45 @@ mod tests {
                 );
             }
             assert!(names.insert(table.name), "duplicate table {}", table.name);
+        }
+    }
+
+    #[test]
+    fn each_row_gets_its_own_addresses_as_text_in_runs_and_out_of_them() {
+        let sources: [&[u8]; 6] = [
+            &[10, 0, 0, 1],
+            &[10, 0, 0, 1],
+            &[192, 168, 100, 254],
+            &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            &[10, 0, 0, 1],
+            &[10, 0, 0, 1],
+        ];
+        let batch = FlowBatch {
+            records: sources
+                .iter()
+                .enumerate()
+                .map(|(i, src)| FlowRecord {
+                    src_ip: src.to_vec(),
+                    dst_ip: sources[5 - i].to_vec(),
+                    ..record(i as u32)
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let rb = flow_batches_to_arrow(std::slice::from_ref(&batch)).unwrap();
+        for (column, ends) in [
+            ("src_ip", sources),
+            ("dst_ip", {
+                let mut reversed = sources;
+                reversed.reverse();
+                reversed
+            }),
+        ] {
+            let texts = rb.column_by_name(column).unwrap().as_string::<i32>();
+            for (row, bytes) in ends.iter().enumerate() {
+                let expected = crate::ip::from_bytes(bytes).unwrap().to_string();
+                assert_eq!(texts.value(row), expected, "{column} of row {row}");
+            }
         }
     }
 

@@ -131,8 +131,10 @@ pub struct Verdict<'p> {
 
 #[derive(Clone, Copy)]
 struct WorkloadState<'p> {
-    /// Its position in the document's workloads ([`EndClass`]).
-    index: u32,
+    /// Its [`EndClass::workload`]: the position in the document of the first workload
+    /// that no rule can tell from it (same labels, mode, quarantine and outbound
+    /// enforcement), or its own position when a rule names it.
+    class: u32,
     labels: &'p BTreeMap<String, String>,
     mode: EnforcementMode,
     quarantined: bool,
@@ -319,17 +321,42 @@ enum Side {
 
 impl<'p> Decider<'p> {
     pub fn new(doc: &'p PolicyDocument) -> Self {
+        // Rules see a workload through its labels and state, unless they name it: the
+        // workloads alike share a class, so that a fleet's decisions are remembered per
+        // kind of workload rather than per pair of hosts.
+        let named: std::collections::HashSet<&str> = doc
+            .rules()
+            .flat_map(|(_, r)| r.consumers.iter().chain(&r.providers))
+            .chain(
+                doc.deny_rules
+                    .iter()
+                    .flat_map(|r| r.consumers.iter().chain(&r.providers)),
+            )
+            .filter_map(|actor| match actor {
+                Actor::Workload(id) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut classes = HashMap::new();
         let workloads = doc
             .workloads
             .iter()
             .enumerate()
             .map(|(index, w)| {
+                let (index, mode) = (index as u32, w.mode.unwrap_or(doc.default_mode));
+                let class = if named.contains(w.workload_id.as_str()) {
+                    index
+                } else {
+                    *classes
+                        .entry((&w.labels, mode, w.quarantined, w.enforce_outbound))
+                        .or_insert(index)
+                };
                 (
                     w.workload_id.as_str(),
                     WorkloadState {
-                        index: index as u32,
+                        class,
                         labels: &w.labels,
-                        mode: w.mode.unwrap_or(doc.default_mode),
+                        mode,
                         quarantined: w.quarantined,
                         enforce_outbound: w.enforce_outbound,
                     },
@@ -433,7 +460,7 @@ impl<'p> Decider<'p> {
             Some(state) => *state,
             // A workload with an agent that the policy does not list: default mode.
             None => WorkloadState {
-                index: UNLISTED,
+                class: UNLISTED,
                 labels: &NO_LABELS,
                 mode: self.doc.default_mode,
                 quarantined: false,
@@ -572,13 +599,13 @@ impl<'p> ResolvedRule<'p> {
     }
 }
 
-/// [`WorkloadState::index`] of a workload the policy does not list.
+/// [`WorkloadState::class`] of a workload the policy does not list.
 const UNLISTED: u32 = u32::MAX;
 
 /// What the decision on a flow depends on at one of its ends: the workload the policy
-/// lists it as (its position; none for an address that is no workload) and the IP lists
-/// its address is in. Rules see nothing else of an end, so two ends of one class are
-/// judged alike.
+/// lists it as, up to what rules can tell apart ([`WorkloadState::class`]; none for an
+/// address that is no workload), and the IP lists its address is in. Rules see nothing
+/// else of an end, so two ends of one class are judged alike.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct EndClass {
     workload: u32,
@@ -590,8 +617,8 @@ const NO_WORKLOAD: u32 = u32::MAX - 1;
 
 /// One [`Decider`]'s decisions ([`Decider::memo`]), remembered by the classes of a
 /// connection's ends, its protocol and port: for judging a stream of flows, whose
-/// connections repeat (a fleet's flows fall in few such classes: pairs of workloads and
-/// their ports, and the internet as the IP lists it is in). Ends it cannot class (a
+/// connections repeat (a fleet's flows fall in few such classes: pairs of kinds of
+/// workloads and their ports, and the internet as the IP lists it is in). Ends it cannot class (a
 /// workload the policy does not list, a document of more than 64 IP lists) are judged
 /// each time, and so is everything asked of it with another document's decider.
 pub struct DecisionMemo<'p> {
@@ -661,7 +688,7 @@ impl<'p> DecisionMemo<'p> {
         }
         let workload = match end.workload {
             None => NO_WORKLOAD,
-            Some(id) => decider.workloads.get(id)?.index,
+            Some(id) => decider.workloads.get(id)?.class,
         };
         Some(EndClass {
             workload,
@@ -1104,6 +1131,59 @@ ip_lists:
             Decision::PotentiallyBlocked
         );
         assert_eq!(memo.decide(&other, web2, web1, TCP, 22), Decision::Blocked);
+    }
+
+    #[test]
+    fn workloads_no_rule_tells_apart_share_a_memo_class_and_named_ones_do_not() {
+        let mut doc = doc();
+        let like = |id: &str, of: &str, mode: Option<EnforcementMode>| {
+            let mut twin = doc
+                .workloads
+                .iter()
+                .find(|w| w.workload_id == of)
+                .unwrap()
+                .clone();
+            twin.workload_id = id.into();
+            twin.mode = mode.or(twin.mode);
+            twin
+        };
+        let twins = [
+            like("web3", "web1", None),
+            like("web4", "web1", Some(EnforcementMode::Full)),
+            like("dns2", "dns1", None), // dns1 is named by `api-to-dns`
+        ];
+        doc.workloads.extend(twins);
+        let d = Decider::new(&doc);
+        let class = |id: &str| d.workloads[id].class;
+        assert_eq!(class("web3"), class("web1"), "same labels and state");
+        assert_ne!(class("web4"), class("web1"), "another mode");
+        assert_ne!(class("dns2"), class("dns1"), "a rule names dns1");
+        let mut memo = d.memo();
+        let (api1, dns1, dns2) = (
+            w("api1", "10.0.0.2"),
+            w("dns1", "10.0.0.4"),
+            w("dns2", "10.0.0.6"),
+        );
+        assert_eq!(memo.decide(&d, api1, dns1, UDP, 53), Decision::Allowed);
+        assert_eq!(memo.decide(&d, api1, dns2, UDP, 53), Decision::Blocked);
+        let ends: Vec<Endpoint<'_>> = doc
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Endpoint::workload(IpAddr::from([10, 0, 0, i as u8 + 1]), &w.workload_id))
+            .chain([ip("8.8.8.8"), ip("10.1.1.1")])
+            .collect();
+        for src in &ends {
+            for dst in &ends {
+                for (protocol, port) in [(TCP, 8080), (TCP, 443), (TCP, 23), (UDP, 53), (TCP, 22)] {
+                    assert_eq!(
+                        memo.decide(&d, *src, *dst, protocol, port),
+                        d.decide(*src, *dst, protocol, port),
+                        "{src:?} → {dst:?} {protocol}/{port}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
