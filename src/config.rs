@@ -121,11 +121,7 @@ pub fn init_tracing(args: &GlobalArgs) {
 /// is found where the other errors are.
 fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     let payload = info.payload();
-    let message = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
+    let message = bulkhead_schemas::panic_message(payload).unwrap_or("(no message)");
     let place = info
         .location()
         .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))

@@ -63,11 +63,7 @@ impl QueryError {
     /// DataFusion re-raises a panic of an operator's task in the task that reads the
     /// query's stream; caught there, the request fails cleanly instead.
     fn engine_panic(panic: Box<dyn std::any::Any + Send>) -> Self {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
+        let message = bulkhead_schemas::panic_message(&*panic).unwrap_or("no message");
         Self::Internal(format!(
             "the query engine failed while running this query ({message}); this is a defect in \
              DataFusion, not in the query: report it with the query, or rewrite the query"

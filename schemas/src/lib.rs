@@ -57,6 +57,15 @@ pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// The message a panic was raised with (`panic!("…")` gives a `&str` or a `String`), or
+/// `None` for another payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
 /// Decodes a `FlowBatch` with its records' vector sized up front. Counting the records
 /// first (reading only their tags and lengths) spares the vector's doublings, each a copy
 /// of every record decoded so far: about two copies of each ~400-byte record otherwise.
@@ -195,6 +204,17 @@ mod tests {
             assert_eq!(decoded, sent);
             assert_eq!(decoded.records.capacity(), records as usize);
         }
+    }
+
+    #[test]
+    fn a_panics_message_is_read_from_either_kind_of_payload() {
+        let caught = |f: fn()| std::panic::catch_unwind(f).unwrap_err();
+        let literal = caught(|| panic!("plain"));
+        let formatted = caught(|| panic!("formatted {}", 7));
+        let other = caught(|| std::panic::panic_any(7u8));
+        assert_eq!(panic_message(&*literal), Some("plain"));
+        assert_eq!(panic_message(&*formatted), Some("formatted 7"));
+        assert_eq!(panic_message(&*other), None);
     }
 
     #[test]
