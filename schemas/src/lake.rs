@@ -711,6 +711,31 @@ fn append_each<T: ArrowPrimitiveType>(
     builder.append_slice(&values[..rows.len()]);
 }
 
+/// Appends `value` of each of `rows`' records to `builder`, NULL where it is `None`.
+fn append_each_option<T: ArrowPrimitiveType>(
+    builder: &mut PrimitiveBuilder<T>,
+    rows: &[FlowRow<'_>],
+    value: impl Fn(&FlowRecord) -> Option<T::Native>,
+) {
+    for row in rows {
+        builder.append_option(value(row.record));
+    }
+}
+
+/// Appends `flag` of each of `rows`' records (at most [`APPEND_CHUNK`]) to `builder`, as
+/// one slice.
+fn append_each_flag(
+    builder: &mut BooleanBuilder,
+    rows: &[FlowRow<'_>],
+    flag: impl Fn(&FlowRecord) -> bool,
+) {
+    let mut flags = [false; APPEND_CHUNK];
+    for (slot, row) in flags.iter_mut().zip(rows) {
+        *slot = flag(row.record);
+    }
+    builder.append_slice(&flags[..rows.len()]);
+}
+
 /// Appends a text field of each of `rows`' records to `builder`, NULL where empty.
 fn append_each_text(
     builder: &mut StringBuilder,
@@ -874,31 +899,20 @@ impl FlowColumns {
         append_each(&mut self.sampling_rate, rows, |row| {
             row.record.sampling_rate.max(1) as i32
         });
-        for row in rows {
-            let r = row.record;
-            self.pid.append_option((r.pid != 0).then_some(r.pid as i32));
-        }
+        append_each_option(&mut self.pid, rows, |r| {
+            (r.pid != 0).then_some(r.pid as i32)
+        });
         append_each_text(&mut self.process_name, rows, |r| &r.process_name);
         append_each_text(&mut self.executable, rows, |r| &r.executable);
-        for row in rows {
-            let r = row.record;
-            // cgroup ids are 64-bit kernfs ids; stored bit for bit in a signed column.
-            self.cgroup_id
-                .append_option((r.cgroup_id != 0).then_some(r.cgroup_id as i64));
-        }
-        for row in rows {
-            let r = row.record;
-            self.uid.append_option((r.pid != 0).then_some(r.uid as i32));
-        }
-        let mut flags = [false; APPEND_CHUNK];
-        for (flag, row) in flags.iter_mut().zip(rows) {
-            *flag = row.record.closed;
-        }
-        self.closed.append_slice(&flags[..rows.len()]);
-        for (flag, row) in flags.iter_mut().zip(rows) {
-            *flag = row.record.local_is_server;
-        }
-        self.local_is_server.append_slice(&flags[..rows.len()]);
+        // cgroup ids are 64-bit kernfs ids; stored bit for bit in a signed column.
+        append_each_option(&mut self.cgroup_id, rows, |r| {
+            (r.cgroup_id != 0).then_some(r.cgroup_id as i64)
+        });
+        append_each_option(&mut self.uid, rows, |r| {
+            (r.pid != 0).then_some(r.uid as i32)
+        });
+        append_each_flag(&mut self.closed, rows, |r| r.closed);
+        append_each_flag(&mut self.local_is_server, rows, |r| r.local_is_server);
         append_each_text(&mut self.dns_name, rows, |r| &r.remote_dns_name);
         append_each_text(&mut self.src_workload, rows, |r| &r.src_workload);
         append_each_text(&mut self.dst_workload, rows, |r| &r.dst_workload);
@@ -923,11 +937,9 @@ impl FlowColumns {
             self.policy_decision
                 .append_value(decision_text(row.record.policy_decision));
         }
-        for row in rows {
-            let version = row.record.policy_version;
-            self.policy_version
-                .append_option((version != 0).then_some(version as i64));
-        }
+        append_each_option(&mut self.policy_version, rows, |r| {
+            (r.policy_version != 0).then_some(r.policy_version as i64)
+        });
         for row in rows {
             self.agent_instance_id
                 .append_value(&row.batch.agent_instance_id);
